@@ -1,0 +1,30 @@
+"""The tokenizer interface every tokenizer in the project implements.
+
+A tokenizer maps text to integer ids and back. Models only see ``vocab_size``; the data
+pipeline uses ``encode`` and ``eos_id`` (the document separator); sampling uses ``decode``.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    name: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def check_text(text) -> str:
+    """Tokenizer input must be ``str``; say so in one line otherwise."""
+    if isinstance(text, str):
+        return text
+    raise TypeError(f"tokenizer input must be str, got {type(text).__name__}; decode bytes first (e.g. data.decode('utf-8'))")
