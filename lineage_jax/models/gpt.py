@@ -1,0 +1,115 @@
+"""GPT-2 (Radford et al. 2019): a decoder-only Transformer with pre-LayerNorm, GELU,
+learned positions and input/output embeddings tied (Press & Wolf 2017).
+
+Used purely: ``params = GPT(cfg).init(key, tokens)["params"]`` and
+``logits = GPT(cfg).apply({"params": params}, tokens)``. Every parameter carries logical
+axis names (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``position``, and ``layers``
+for the scanned stack); the model knows nothing of meshes.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lineage_jax.config import ModelConfig
+from lineage_jax.models.layers import Dense, causal_attention, constrain, layer_norm, linear
+
+
+class CausalSelfAttention(nn.Module):
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
+        c = self.cfg
+        H, K = c.heads, c.width // c.heads
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        proj = lambda name: Dense((H, K), ("embed", "heads", "kv"), init_std=c.init_std,
+                                  dtype=dtype, param_dtype=pdtype, name=name)
+        q, k, v = (constrain(proj(n)(x), ("batch", "length", "heads", "kv")) for n in ("query", "key", "value"))
+        drop = None
+        if c.dropout > 0 and not self.deterministic:
+            drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)
+        y = causal_attention(q, k, v, chunks=c.attn_chunks, dropout=drop)           # [B, T, H, K]
+        # Residual projections scaled by 1/√(2L) at init (GPT-2 §2.3).
+        out = Dense((c.width,), ("heads", "kv", "embed"), in_axes=2, init_std=c.init_std / math.sqrt(2 * c.layers),
+                    dtype=dtype, param_dtype=pdtype, name="out")(y)
+        return nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.cfg
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        h = Dense((c.mlp_ratio * c.width,), ("embed", "mlp"), init_std=c.init_std,
+                  dtype=dtype, param_dtype=pdtype, name="fc")(x)
+        h = constrain(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))   # GELU (Hendrycks & Gimpel 2016)
+        out = Dense((c.width,), ("mlp", "embed"), init_std=c.init_std / math.sqrt(2 * c.layers),
+                    dtype=dtype, param_dtype=pdtype, name="proj")(h)
+        return nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x)): the pre-LN residual block (Xiong et al. 2020)."""
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _=None):
+        c = self.cfg
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        x = x + CausalSelfAttention(c, self.deterministic, name="attn")(
+            layer_norm("ln1", c.layernorm_eps, dtype, pdtype)(x))
+        x = x + MLP(c, self.deterministic, name="mlp")(layer_norm("ln2", c.layernorm_eps, dtype, pdtype)(x))
+        return constrain(x, ("batch", "length", "embed")), None
+
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class GPT(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+        """tokens [B, T] int -> logits [B, T, V] in the compute dtype."""
+        c = self.cfg
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        T = tokens.shape[-1]
+        if T > c.context:
+            raise ValueError(f"sequence length {T} exceeds model.context={c.context}")
+        init = nn.initializers.normal(c.init_std)
+        wte = self.param("wte", nn.with_logical_partitioning(init, ("vocab", "embed")), (c.vocab_size, c.width), pdtype)
+        wpe = self.param("wpe", nn.with_logical_partitioning(init, ("position", "embed")), (c.context, c.width), pdtype)
+        x = (jnp.take(wte, tokens, axis=0) + wpe[:T]).astype(dtype)
+        x = constrain(nn.Dropout(c.dropout, deterministic=deterministic)(x), ("batch", "length", "embed"))
+
+        block = Block
+        if c.remat != "none":
+            block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+        if c.scan_layers:
+            stack = nn.scan(block, length=c.layers, variable_axes={"params": 0},
+                            split_rngs={"params": True, "dropout": True},
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = stack(c, deterministic, name="blocks")(x, None)
+        else:
+            for i in range(c.layers):
+                x, _ = block(c, deterministic, name=f"blocks_{i}")(x)
+
+        x = layer_norm("ln_f", c.layernorm_eps, dtype, pdtype)(x)
+        logits = linear(x, wte.astype(dtype), True)                                    # tied: x · Eᵀ
+        return constrain(logits, ("batch", "length", "vocab"))
+
+
+def count_params(params) -> int:
+    return sum(int(math.prod(p.shape)) for p in jax.tree.leaves(params))

@@ -1,0 +1,53 @@
+"""Orbax checkpoints of the whole TrainState plus a JSON sidecar (data position, config).
+
+No pickle anywhere: arrays go through Orbax's tensorstore format, metadata through JSON.
+Restoring takes an abstract target (shapes, dtypes, shardings), so a checkpoint written
+under one mesh restores directly into another.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(FileNotFoundError):
+    """A missing or unusable checkpoint, stated in one line."""
+
+
+def manager(run_dir: str | Path, *, keep: int = 3, async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
+    directory = Path(run_dir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                           enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+    """Start an (async) save of ``state`` and ``meta`` at ``step``."""
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    directory = Path(run_dir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        return None
+    with manager(run_dir, create=False, async_save=False) as mngr:
+        return mngr.latest_step()
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """State restored into the shapes/shardings of ``abstract_state`` (a pytree of ShapeDtypeStruct)."""
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                     meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a pytree of arrays (what ``restore`` needs)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)

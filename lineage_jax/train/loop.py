@@ -1,0 +1,163 @@
+"""The training loop: the only place in training with side effects (files, progress bar).
+
+A run directory holds ``config.yaml``, ``metrics.jsonl`` (one JSON object per logged step),
+``checkpoints/`` (Orbax) and ``loss.png``. Rerunning with the same run_dir resumes from the
+latest checkpoint: parameters, optimizer state, step and data position are restored, so
+the continued run is the run that was never stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from lineage_jax.config import Config
+from lineage_jax.data import Sampler, load_splits
+from lineage_jax.tokenize import get_tokenizer
+from lineage_jax.train import checkpoint as ckpt
+from lineage_jax.train.setup import build, compile_all
+
+
+class RunDirError(ValueError):
+    """The run directory holds something this config cannot continue."""
+
+
+def check_resumable(cfg: Config, run_dir: Path) -> None:
+    """A run_dir may be continued with other train/optim settings, but not with another model."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or ckpt.latest_step(run_dir) is None:
+        return
+    old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
+    new = cfg.to_dict()["model"]
+    diff = [k for k in new if k in old and old[k] != new[k] and k not in ("scan_layers", "remat", "attn_chunks", "dtype")]
+    if diff:
+        k = diff[0]
+        raise RunDirError(f"run_dir {run_dir} holds a checkpoint of another model (model.{k}: {old[k]} there, "
+                          f"{new[k]} here); use a new run_dir or the same model settings")
+
+
+def _eval_loss(setup, params, sampler: Sampler, n_batches: int) -> float:
+    B = setup.cfg.train.batch_size
+    losses = [setup.eval_step(params, setup.put_batch(sampler.batch(i * B, B))) for i in range(n_batches)]
+    return float(np.mean(jax.device_get(losses)))
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0) -> dict:
+    """Train (or resume) ``cfg``; return a summary {first_loss, final_loss, eval_loss, steps, ...}."""
+    run_dir = Path(cfg.run_dir)
+    check_resumable(cfg, run_dir)
+    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise RunDirError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size} tokens; set model.vocab_size >= {tokenizer.vocab_size}")
+    setup = build(cfg, compile_steps=False)            # mesh/batch/divisibility checks before compiling
+    splits = load_splits(cfg.data, tokenizer)
+    T, B = cfg.model.context, cfg.train.batch_size
+    train_data, eval_data = Sampler(splits.train, T, cfg.train.seed), Sampler(splits.eval, T, cfg.train.seed)
+
+    compile_all(setup)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mngr = ckpt.manager(run_dir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
+    metrics_path = run_dir / "metrics.jsonl"
+    start = mngr.latest_step()
+    if start is None:
+        state = setup.init_state(jax.random.key(cfg.train.seed))
+        position, start = 0, 0
+        metrics_path.unlink(missing_ok=True)
+    else:
+        state, meta = ckpt.restore(mngr, start, setup.abstract_state())
+        position = int(meta["data_position"])
+        _truncate_metrics(metrics_path, start)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=f"train {run_dir.name}")
+    if progress and start:
+        tqdm.write(f"resumed from step {start} (data position {position})")
+    window, t_window, rows, step = [], time.perf_counter(), [], start
+    try:
+        for step in range(start, cfg.train.steps):
+            state, metrics = setup.train_step(state, setup.put_batch(train_data.batch(position, B)))
+            position += B
+            window.append(metrics)
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps or done == 1:
+                window = jax.device_get(window)
+                dt = time.perf_counter() - t_window
+                row = {"step": done, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
+                       "tokens_per_s": len(window) * B * T / dt}
+                if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
+                    row["eval_loss"] = _eval_loss(setup, state.params, eval_data, cfg.train.eval_batches)
+                rows.append(row)
+                _append_jsonl(metrics_path, [row])
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row.get('lr', 0):.2e}",
+                                tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+                window, t_window = [], time.perf_counter()
+            if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
+                ckpt.save(mngr, done, state, {"data_position": position, "step": done})
+            bar.update(1)
+    except KeyboardInterrupt:
+        try:  # save the last completed step unless the interrupt hit mid-update
+            done = int(jax.device_get(state.step))
+            if done * B == position and done > (mngr.latest_step() or 0):
+                ckpt.save(mngr, done, state, {"data_position": position, "step": done})
+        except Exception:  # noqa: BLE001 - the donated state may be gone; the last checkpoint stands
+            pass
+        tqdm.write(f"interrupted; rerun the same command to resume from step {mngr.latest_step()}")
+        raise
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
+    summary = {"steps": cfg.train.steps, "first_loss": history[0]["loss"] if history else None,
+               "final_loss": history[-1]["loss"] if history else None,
+               "eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
+               "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir)}
+    if sample_chars:
+        from lineage_jax.sample import generate_text
+        summary["sample"] = generate_text(setup.model, state.params, tokenizer, prompt="def ",
+                                          max_new_tokens=sample_chars, temperature=0.8, seed=cfg.train.seed)
+    return summary
+
+
+def plot_losses(history: list[dict], path: Path, title: str = "") -> None:
+    """Train (and eval) loss against step, as a PNG."""
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="train")
+    ev = [r for r in history if "eval_loss" in r]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,112 @@
+"""Compose a model with parallel/: mesh, shardings, initial state and the compiled steps.
+
+This is where the mesh-agnostic model meets the model-agnostic sharding rules: the model
+supplies logical axis names, parallel/ turns them into shardings, and every step is
+compiled ahead of time (so errors surface before training and compile time is measured).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import parallel
+from lineage_jax.config import Config
+from lineage_jax.models import GPT
+from lineage_jax.optim import make_optimizer, make_schedule
+from lineage_jax.train.state import TrainState
+from lineage_jax.train.step import decay_mask, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Setup:
+    cfg: Config
+    model: GPT
+    tx: optax.GradientTransformation
+    schedule: Callable
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    logical_specs: Any           # params pytree of logical PartitionSpecs
+    state_sharding: TrainState   # NamedSharding per leaf
+    batch_sharding: NamedSharding
+    init_state: Callable         # key -> TrainState (jitted, sharded)
+    train_step: Any = None       # compiled train_step(state, batch)
+    eval_step: Any = None        # compiled eval_step(params, batch)
+    compile_seconds: float = 0.0
+
+    @contextlib.contextmanager
+    def context(self):
+        """Mesh + logical rules: needed while tracing, so activation constraints resolve."""
+        with jax.set_mesh(self.mesh), parallel.axis_rules(self.rules):
+            yield
+
+    def abstract_state(self) -> TrainState:
+        shapes = jax.eval_shape(self.init_state, jax.random.key(0))
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                            self.state_sharding)
+
+    def abstract_batch(self, batch_size: int | None = None) -> dict:
+        b = batch_size or self.cfg.train.batch_size
+        return {"tokens": jax.ShapeDtypeStruct((b, self.cfg.model.context + 1), jnp.int32, sharding=self.batch_sharding)}
+
+    def put_batch(self, tokens) -> dict:
+        return {"tokens": jax.device_put(jnp.asarray(tokens, jnp.int32), self.batch_sharding)}
+
+
+def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
+    """Everything a run needs, checked before anything compiles."""
+    devices = list(jax.devices() if devices is None else devices)
+    mesh_shape = parallel.resolve_mesh_shape(dataclasses.asdict(cfg.mesh), len(devices))
+    mesh = parallel.make_mesh(mesh_shape, devices)
+    rules = parallel.rules_for(mesh_shape)
+    micro = cfg.train.batch_size // cfg.train.grad_accum
+    parallel.check_batch(micro, mesh, rules, what=f"train.batch_size/train.grad_accum ({cfg.train.batch_size}/{cfg.train.grad_accum})")
+
+    model = GPT(cfg.model)
+    dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
+    logical_specs = nn.get_partition_spec(boxed)["params"]
+    abstract_params = nn.unbox(boxed)["params"]
+    parallel.check_divisible(abstract_params, logical_specs, mesh, rules)
+
+    schedule = make_schedule(cfg.optim, cfg.train.steps)
+    tx = make_optimizer(cfg.optim, cfg.train.steps, decay_mask)
+    replicated = NamedSharding(mesh, P())
+    param_sharding = parallel.logical_to_sharding(logical_specs, mesh, rules)
+    opt_sharding = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, abstract_params),
+                                         param_sharding, transform_non_params=lambda _: replicated)
+    state_sharding = TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding)
+    batch_sharding = NamedSharding(mesh, parallel.spec_for(("batch", None), rules))
+
+    def init_state(key):
+        params = nn.unbox(model.init(key, dummy)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    setup = Setup(cfg, model, tx, schedule, mesh, rules, logical_specs, state_sharding, batch_sharding,
+                  jax.jit(init_state, out_shardings=state_sharding))
+    if compile_steps:
+        compile_all(setup)
+    return setup
+
+
+def compile_all(setup: Setup) -> None:
+    """AOT-compile train and eval steps for the configured shapes; record compile time."""
+    cfg = setup.cfg
+    step_fn = make_train_step(setup.model, setup.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
+                              dropout=cfg.model.dropout > 0, schedule=setup.schedule)
+    replicated = NamedSharding(setup.mesh, P())
+    t0 = time.perf_counter()
+    with setup.context():
+        state, batch = setup.abstract_state(), setup.abstract_batch()
+        setup.train_step = jax.jit(step_fn, out_shardings=(setup.state_sharding, replicated),
+                                   donate_argnums=0).lower(state, batch).compile()
+        setup.eval_step = jax.jit(make_eval_step(setup.model), out_shardings=replicated).lower(
+            state.params, batch).compile()
+    setup.compile_seconds = time.perf_counter() - t0
