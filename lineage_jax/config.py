@@ -198,6 +198,11 @@ def _coerce(key: str, value: Any, typ) -> Any:
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}={value!r}: expected a number")
     if typ is str:
         if isinstance(value, (dict, list)):

@@ -60,8 +60,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(r + "\n" for r in rows))
 
 
-def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0) -> dict:
-    """Train (or resume) ``cfg``; return a summary {first_loss, final_loss, eval_loss, steps, ...}."""
+def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at: int | None = None) -> dict:
+    """Train (or resume) ``cfg``; return a summary {first_loss, final_loss, eval_loss, steps, ...}.
+
+    ``stop_at`` ends this invocation after that step, checkpointed, as a killed run would end.
+    """
     run_dir = Path(cfg.run_dir)
     check_resumable(cfg, run_dir)
     tokenizer = get_tokenizer(cfg.data.tokenizer)
@@ -94,7 +97,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0) -> dict:
         tqdm.write(f"resumed from step {start} (data position {position})")
     window, t_window, rows, step = [], time.perf_counter(), [], start
     try:
-        for step in range(start, cfg.train.steps):
+        for step in range(start, min(cfg.train.steps, stop_at or cfg.train.steps)):
             state, metrics = setup.train_step(state, setup.put_batch(train_data.batch(position, B)))
             position += B
             window.append(metrics)
@@ -111,7 +114,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0) -> dict:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row.get('lr', 0):.2e}",
                                 tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 window, t_window = [], time.perf_counter()
-            if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
+            if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or done == stop_at:
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done})
             bar.update(1)
     except KeyboardInterrupt:
@@ -130,7 +133,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0) -> dict:
 
     history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
-    summary = {"steps": cfg.train.steps, "first_loss": history[0]["loss"] if history else None,
+    summary = {"steps": int(jax.device_get(state.step)), "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None,
                "eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
                "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir)}

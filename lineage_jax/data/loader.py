@@ -1,0 +1,138 @@
+"""Token streams and the resumable batch sampler the training loop draws from.
+
+``load_splits`` turns the configured source into two 1-D int32 token streams (documents
+joined by ``eos_id``), cached as ``.npy`` under the data dir. ``Sampler`` cuts a stream into
+non-overlapping ``seq_len + 1`` windows and serves them in a per-epoch shuffled order that
+is a pure function of ``(seed, position)``, so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+from lineage_jax.config import DataConfig
+from lineage_jax.data.sources import load_documents, resolve_data_dir, source_identity
+from lineage_jax.tokenize import Tokenizer
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+# Encoded into the cache key, so tokenizers with equal name and vocab but different merges differ.
+_PROBE = "Hello, world! def f(x):\n    return x ** 2  # déjà vu, 日本語, 🙂\n\tThe quick brown fox."
+
+
+class TokenSplits(NamedTuple):
+    train: np.ndarray   # 1-D int32: train documents, each followed by eos_id
+    eval: np.ndarray    # 1-D int32: eval documents, each followed by eos_id
+
+
+def tokenize_documents(docs: Iterable[str], tokenizer: Tokenizer) -> np.ndarray:
+    """Documents encoded and concatenated, ``tokenizer.eos_id`` after each: 1-D int32."""
+    eos = np.array([tokenizer.eos_id], np.int32)
+    pieces = []
+    for doc in docs:
+        pieces += [np.asarray(tokenizer.encode(doc), np.int32), eos]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+
+def cache_key(data_cfg: DataConfig, tokenizer: Tokenizer) -> dict:
+    """Everything the token streams depend on: source identity, tokenizer, max_docs, eval_fraction."""
+    probe = hashlib.sha256(np.asarray(tokenizer.encode(_PROBE), np.int64).tobytes()).hexdigest()[:16]
+    return {"format": CACHE_FORMAT, "source": source_identity(data_cfg),
+            "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size,
+                          "eos_id": tokenizer.eos_id, "probe": probe},
+            "max_docs": data_cfg.max_docs, "eval_fraction": data_cfg.eval_fraction}
+
+
+def cache_paths(data_cfg: DataConfig, tokenizer: Tokenizer) -> tuple[Path, Path]:
+    """Where the train and eval token arrays of this config are cached (``.npy``)."""
+    key = json.dumps(cache_key(data_cfg, tokenizer), sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    base = resolve_data_dir(data_cfg) / "lineage_jax_tokens" / f"{tokenizer.name}-{digest}"
+    return Path(f"{base}.train.npy"), Path(f"{base}.eval.npy")
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save via a temporary file + rename, so a crash never leaves a truncated cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_splits(data_cfg: DataConfig, tokenizer: Tokenizer) -> TokenSplits:
+    """Train/eval token streams of the configured source; tokenized once, then read from cache."""
+    train_path, eval_path = cache_paths(data_cfg, tokenizer)  # a missing text file fails here
+    if train_path.is_file() and eval_path.is_file():
+        return TokenSplits(np.load(train_path), np.load(eval_path))
+    docs = load_documents(data_cfg)
+    splits = TokenSplits(tokenize_documents(docs.train, tokenizer), tokenize_documents(docs.eval, tokenizer))
+    _save_atomic(train_path, splits.train)
+    _save_atomic(eval_path, splits.eval)
+    log.info("tokenized %d train / %d eval documents into %d / %d tokens (cached at %s)",
+             len(docs.train), len(docs.eval), splits.train.size, splits.eval.size, train_path.parent)
+    return splits
+
+
+class Sampler:
+    """Non-overlapping ``seq_len + 1`` token windows, visited epoch by epoch in shuffled order.
+
+    Window ``w`` is ``tokens[w * seq_len : w * seq_len + seq_len + 1]`` (inputs and targets
+    shifted by one; neighbours share one token). Epoch ``e`` visits every window once, in the
+    order ``np.random.default_rng([seed, e]).permutation(num_windows)``; global index ``i``
+    is position ``i % num_windows`` of epoch ``i // num_windows``.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, max_cached_epochs: int = 4):
+        self.tokens = np.asarray(tokens, np.int32).reshape(-1)
+        self.seq_len, self.seed = int(seq_len), int(seed)
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len={seq_len}: must be at least 1")
+        self.num_windows = (self.tokens.size - 1) // self.seq_len
+        if self.num_windows < 1:
+            raise ValueError(f"too little data: {self.tokens.size} tokens, but one sequence of seq_len={self.seq_len} "
+                             f"needs at least {self.seq_len + 1}; add text or lower model.context")
+        self._offsets = np.arange(self.seq_len + 1)
+        self._orders: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._max_cached = max_cached_epochs
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The window visiting order of ``epoch``: a permutation of ``range(num_windows)`` (cached)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+            self._orders[epoch] = order
+            if len(self._orders) > self._max_cached:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(epoch)
+        return order
+
+    def window_ids(self, position: int, batch_size: int) -> np.ndarray:
+        """Window numbers at global indices ``position .. position + batch_size - 1``."""
+        if position < 0 or batch_size < 1:
+            raise ValueError(f"position={position}, batch_size={batch_size}: need position >= 0 and batch_size >= 1")
+        epochs, slots = np.divmod(np.arange(position, position + batch_size, dtype=np.int64), self.num_windows)
+        ids = np.empty(batch_size, np.int64)
+        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
+            here = epochs == epoch
+            ids[here] = self.epoch_order(epoch)[slots[here]]
+        return ids
+
+    def batch(self, position: int, batch_size: int) -> np.ndarray:
+        """Sequences at global indices ``position ..``: int32 ``[batch_size, seq_len + 1]``."""
+        starts = self.window_ids(position, batch_size) * self.seq_len
+        return self.tokens[starts[:, None] + self._offsets]
