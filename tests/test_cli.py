@@ -1,0 +1,47 @@
+"""CLI smoke tests: train -> sample on the same run_dir; bench --json; python -m entry point."""
+import json
+import subprocess
+import sys
+
+from lineage_jax import cli
+
+TINY = ["model.layers=1", "model.width=32", "model.heads=2", "model.context=32", "model.attn_chunks=2",
+        "train.batch_size=8", "train.steps=6", "train.log_every=3", "train.eval_every=3", "train.eval_batches=1",
+        "optim.warmup_steps=1"]
+
+
+def test_train_then_sample(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--no-progress", "--no-sample", *TINY, f"run_dir={run}"]) == 0
+    out = capsys.readouterr().out
+    assert "done: 6 steps" in out and (run / "metrics.jsonl").is_file()
+    assert cli.main(["sample", "--run-dir", str(run), "--prompt", "def f", "--max-new-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"].startswith("def f") and len(result["text"]) > len("def f")
+    assert cli.main(["sample", "--run-dir", str(run), "--prompt", "x", "--max-new-tokens", "4",
+                     "--strategy", "greedy"]) == 0
+    assert capsys.readouterr().out.startswith("x")
+
+
+def test_sample_without_checkpoint_is_one_line(tmp_path, capsys):
+    assert cli.main(["sample", "--run-dir", str(tmp_path / "nothing"), "--prompt", "a"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint in" in err[0]
+
+
+def test_bench_json(capsys):
+    args = ["bench", "--json", "--steps", "2", "--no-torch", "--no-depth", "model.layers=1", "model.width=32",
+            "model.heads=2", "model.context=32", "model.attn_chunks=2", "train.batch_size=2"]
+    assert cli.main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    for variant in ("unrolled", "scan"):
+        assert r[variant]["tokens_per_s"] > 0 and 0 < r[variant]["mfu"] < 1
+        assert r[variant]["compile_s"] > 0 and r[variant]["cost_analysis_flops"] > 0
+    assert r["flops_per_token"] == 6 * r["matmul_params"] + 12 * 1 * 2 * 16 * 32
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "lineage_jax", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout and "sample" in out.stdout and "bench" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "lineage_jax", "train", "train.stpes=3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown key 'train.stpes'")
