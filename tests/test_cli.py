@@ -37,6 +37,7 @@ def test_bench_json(capsys):
     for variant in ("unrolled", "scan"):
         assert r[variant]["tokens_per_s"] > 0 and 0 < r[variant]["mfu"] < 1
         assert r[variant]["compile_s"] > 0 and r[variant]["cost_analysis_flops"] > 0
+    assert 0.5 < r["unrolled"]["cost_over_formula"] < 2.0 and r["scan"]["cost_over_formula"] is None
     assert r["flops_per_token"] == 6 * r["matmul_params"] + 12 * 1 * 2 * 16 * 32
 
 
