@@ -17,6 +17,8 @@ import yaml
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots")
+FORMS = ("gspmd", "shard_map")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -26,6 +28,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 257          # byte tokenizer: 256 bytes + <|endoftext|>
+    vocab_multiple: int = 1        # pad the embedding table's rows to a multiple (e.g. 8 for tensor parallel)
     context: int = 256             # T: maximum sequence length
     layers: int = 4                # L
     width: int = 256               # D: model width
@@ -81,8 +84,18 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     data: int = -1                 # -1 absorbs the devices left by the other axes
-    fsdp: int = 1
-    tensor: int = 1
+    fsdp: int = 1                  # the axis ZeRO shards state over (batch is split over data × fsdp)
+    tensor: int = 1                # Megatron tensor parallelism
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    zero_stage: int = 0            # over mesh.fsdp: 1 optimizer state, 2 + gradients, 3 + parameters (FSDP)
+    form: str = "gspmd"            # gspmd (jit + sharding rules) | shard_map (explicit collectives)
+    sequence_parallel: bool = False  # Megatron-SP: norm/dropout regions sharded along the sequence
+    precision: str = "fp32"        # fp32 | bf16 (f32 master weights) | fp16 (+ dynamic loss scaling)
+    loss_scale_init: float = 32768.0
+    loss_scale_period: int = 2000  # finite steps before the fp16 loss scale doubles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +105,7 @@ class Config:
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
+    parallel: ParallelConfig = ParallelConfig()
     run_dir: str = "runs/tiny"
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,5 +283,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{bad[0]}={axes[bad[0]]}: mesh axis sizes must be positive, or -1 to absorb the rest")
     if sum(v == -1 for v in axes.values()) > 1:
         raise ConfigError("mesh: at most one axis may be -1 (it absorbs the remaining devices)")
+    p = cfg.parallel
+    if p.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage={p.zero_stage}: allowed 0 (none), 1 (optimizer state), "
+                          f"2 (+ gradients), 3 (+ parameters, FSDP)")
+    if p.form not in FORMS:
+        raise ConfigError(f"parallel.form='{p.form}': allowed {', '.join(FORMS)}")
+    if p.precision not in PRECISIONS:
+        raise ConfigError(f"parallel.precision='{p.precision}': allowed {', '.join(PRECISIONS)}")
+    if p.loss_scale_init <= 0 or p.loss_scale_period < 1:
+        raise ConfigError("parallel.loss_scale_init must be > 0 and parallel.loss_scale_period >= 1")
+    if m.vocab_multiple < 1:
+        raise ConfigError(f"model.vocab_multiple={m.vocab_multiple}: must be a positive integer")
     if not cfg.run_dir:
         raise ConfigError("run_dir: must name a directory for checkpoints and metrics")

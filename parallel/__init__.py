@@ -1,7 +1,8 @@
 """Meshes, sharding rules and introspection. Knows logical axis names only, never models."""
 from parallel.mesh import MESH_AXES, MeshError, make_mesh, resolve_mesh_shape
-from parallel.rules import (DATA_PARALLEL, FSDP, TENSOR, axis_rules, check_batch, check_divisible,
-                            logical_to_sharding, rules_for, spec_for)
+from parallel.rules import (DATA_PARALLEL, FSDP, SEQUENCE, TENSOR, ZERO, Strategy, axis_rules, check_batch,
+                            check_divisible, check_rules, logical_to_sharding, rules_for, spec_for, strategy_for)
 
-__all__ = ["MESH_AXES", "MeshError", "make_mesh", "resolve_mesh_shape", "DATA_PARALLEL", "FSDP", "TENSOR",
-           "axis_rules", "check_batch", "check_divisible", "logical_to_sharding", "rules_for", "spec_for"]
+__all__ = ["MESH_AXES", "MeshError", "make_mesh", "resolve_mesh_shape", "DATA_PARALLEL", "FSDP", "SEQUENCE",
+           "TENSOR", "ZERO", "Strategy", "axis_rules", "check_batch", "check_divisible", "check_rules",
+           "logical_to_sharding", "rules_for", "spec_for", "strategy_for"]

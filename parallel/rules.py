@@ -1,10 +1,30 @@
 """Strategies as data: tables from the models' logical axis names to mesh axes.
 
-Every parameter and activation sharding is derived from one table through
-``logical_to_sharding``; nothing else in the project names a mesh axis for a tensor.
+A strategy is four tables (as in Levanter/Haliax, storage is mapped apart from compute):
+
+=============  ==============================================================
+``compute``    activations, and parameters while a layer uses them
+``params``     parameters at rest (in the train state, in checkpoints)
+``opt_state``  optimizer moments at rest
+``grads``      gradients as the optimizer receives them
+=============  ==============================================================
+
+Logical names used by the models: ``batch``, ``seq`` (the residual stream's time axis),
+``length`` (time inside attention/MLP), ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``,
+``position``, ``layers``. Mesh axes: ``data``, ``fsdp``, ``tensor`` (see mesh.py).
+
+- Data parallel: ``batch`` over (data, fsdp); everything else replicated.
+- ZeRO-1/2/3 over ``fsdp`` (Rajbhandari et al. 2020): ``embed`` → fsdp in the optimizer
+  state (1), also the gradients (2), also the parameters at rest (3). Compute keeps
+  ``embed`` unsharded, so a stage-3 layer's parameters are all-gathered where it runs.
+- Megatron tensor parallel (Shoeybi et al. 2019): ``heads``, ``mlp``, ``vocab`` → tensor.
+- Megatron sequence parallel (Korthikanti et al. 2022): ``seq`` → tensor as well.
+
+Every sharding in the project is derived from these tables through ``spec_for``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
@@ -16,21 +36,49 @@ from parallel.mesh import MeshError
 
 Rules = tuple[tuple[str, Any], ...]
 
-# Batch over every data-like axis; parameters and model dimensions replicated (pure data parallel).
 DATA_PARALLEL: Rules = (("batch", ("data", "fsdp")),)
-# ZeRO-3 / FSDP: parameters stored sharded along their `embed` axis over `fsdp`.
-FSDP: Rules = DATA_PARALLEL + (("embed", "fsdp"),)
-# Megatron tensor parallel: heads, MLP hidden and vocabulary split over `tensor`.
+ZERO: Rules = (("embed", "fsdp"),)
 TENSOR: Rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
+SEQUENCE: Rules = (("seq", "tensor"),)
+# Backwards-compatible name: ZeRO-3 storage on top of data parallel.
+FSDP: Rules = DATA_PARALLEL + ZERO
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    compute: Rules
+    params: Rules
+    opt_state: Rules
+    grads: Rules
+    zero_stage: int = 0
+
+    def tables(self) -> dict[str, Rules]:
+        return {"compute": self.compute, "params": self.params, "opt_state": self.opt_state, "grads": self.grads}
+
+
+def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence_parallel: bool = False) -> Strategy:
+    """Compose the tables for a mesh: DP always; ZeRO over fsdp by stage; TP (+SP) if tensor > 1."""
+    if zero_stage not in (0, 1, 2, 3):
+        raise MeshError(f"zero_stage={zero_stage}: allowed 0, 1, 2, 3")
+    if sequence_parallel and mesh_shape.get("tensor", 1) == 1:
+        raise MeshError("parallel.sequence_parallel=true needs mesh.tensor > 1 (the sequence is split over it)")
+    compute = DATA_PARALLEL
+    if mesh_shape.get("tensor", 1) > 1:
+        compute = compute + TENSOR + (SEQUENCE if sequence_parallel else ())
+    sharded = compute + ZERO
+    s = Strategy(compute=compute,
+                 params=sharded if zero_stage >= 3 else compute,
+                 opt_state=sharded if zero_stage >= 1 else compute,
+                 grads=sharded if zero_stage >= 2 else compute,
+                 zero_stage=zero_stage)
+    for table in s.tables().values():
+        check_rules(table)
+    return s
 
 
 def rules_for(mesh_shape: Mapping[str, int]) -> Rules:
-    """The table for a mesh: data parallel always; FSDP and tensor rules where those axes are > 1."""
-    rules = FSDP if mesh_shape.get("fsdp", 1) > 1 else DATA_PARALLEL
-    if mesh_shape.get("tensor", 1) > 1:
-        rules = rules + TENSOR
-    check_rules(rules)
-    return rules
+    """Compute rules of plain data (× tensor) parallelism for a mesh."""
+    return strategy_for(mesh_shape).compute
 
 
 def check_rules(rules: Rules) -> None:
@@ -42,23 +90,39 @@ def check_rules(rules: Rules) -> None:
         seen.add(name)
 
 
-def spec_for(logical: Sequence[str | None], rules: Rules) -> P:
-    """Logical axis names -> PartitionSpec (unlisted names are replicated)."""
+def _mesh_axes(target) -> tuple[str, ...]:
+    if target is None:
+        return ()
+    return (target,) if isinstance(target, str) else tuple(target)
+
+
+def spec_for(logical: Sequence[str | None], rules: Rules, what: str = "array") -> P:
+    """Logical axis names -> PartitionSpec (unlisted names are replicated).
+
+    Two logical axes of one array mapped onto the same mesh axis is a conflict: an error.
+    """
     table = dict(rules)
-    return P(*(table.get(name) if name is not None else None for name in logical))
+    out, used = [], {}
+    for name in logical:
+        target = table.get(name) if name is not None else None
+        for axis in _mesh_axes(target):
+            if axis in used:
+                raise MeshError(f"{what}: logical axes '{used[axis]}' and '{name}' both map to mesh axis '{axis}'; "
+                                f"change one of their rules")
+            used[axis] = name
+        out.append(target)
+    return P(*out)
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules: Rules):
     """A pytree of logical PartitionSpecs (from ``nn.get_partition_spec``) -> NamedShardings."""
-    return jax.tree.map(lambda s: NamedSharding(mesh, spec_for(tuple(s), rules)), logical_specs,
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: NamedSharding(mesh, spec_for(tuple(s), rules, jax.tree_util.keystr(path))), logical_specs,
+        is_leaf=lambda x: isinstance(x, P))
 
 
 def _axis_size(mesh: Mesh, axes) -> int:
-    if axes is None:
-        return 1
-    axes = (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes)
+    return math.prod(mesh.shape[a] for a in _mesh_axes(axes))
 
 
 def check_divisible(shapes, logical_specs, mesh: Mesh, rules: Rules) -> None:
@@ -67,11 +131,14 @@ def check_divisible(shapes, logical_specs, mesh: Mesh, rules: Rules) -> None:
     flat_shapes = jax.tree_util.tree_leaves_with_path(shapes)
     flat_specs = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, P))
     for (path, leaf), spec in zip(flat_shapes, flat_specs):
+        spec_for(tuple(spec), rules, f"parameter {jax.tree_util.keystr(path)}")
         for dim, name in zip(leaf.shape, tuple(spec)):
             n = _axis_size(mesh, table.get(name)) if name else 1
             if dim % n:
+                hint = "; pad it (model.vocab_multiple)" if name == "vocab" else ""
                 raise MeshError(f"parameter {jax.tree_util.keystr(path)}: logical axis '{name}' has size {dim}, "
-                                f"which mesh axes {table[name]} (size {n}) do not divide; pick mesh sizes dividing {dim}")
+                                f"which mesh axes {table[name]} (size {n}) do not divide{hint}; "
+                                f"pick mesh sizes dividing {dim}")
 
 
 def check_batch(batch_size: int, mesh: Mesh, rules: Rules, what: str = "train.batch_size") -> None:
@@ -81,5 +148,5 @@ def check_batch(batch_size: int, mesh: Mesh, rules: Rules, what: str = "train.ba
 
 
 def axis_rules(rules: Rules):
-    """Context in which the models' logical activation constraints resolve with these rules."""
+    """Context in which the models' logical constraints resolve with these rules."""
     return nn.logical_axis_rules(rules)

@@ -68,7 +68,7 @@ class Block(nn.Module):
         x = x + CausalSelfAttention(c, self.deterministic, name="attn")(
             layer_norm("ln1", c.layernorm_eps, dtype, pdtype)(x))
         x = x + MLP(c, self.deterministic, name="mlp")(layer_norm("ln2", c.layernorm_eps, dtype, pdtype)(x))
-        return constrain(x, ("batch", "length", "embed")), None
+        return constrain(x, ("batch", "seq", "embed")), None
 
 
 REMAT_POLICIES = {
@@ -82,17 +82,19 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
-        """tokens [B, T] int -> logits [B, T, V] in the compute dtype."""
+        """tokens [B, T] int -> logits [B, T, V] in the compute dtype (V = vocab padded to vocab_multiple)."""
         c = self.cfg
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         T = tokens.shape[-1]
         if T > c.context:
             raise ValueError(f"sequence length {T} exceeds model.context={c.context}")
         init = nn.initializers.normal(c.init_std)
-        wte = self.param("wte", nn.with_logical_partitioning(init, ("vocab", "embed")), (c.vocab_size, c.width), pdtype)
+        V = padded_vocab(c)
+        wte = self.param("wte", nn.with_logical_partitioning(init, ("vocab", "embed")), (V, c.width), pdtype)
         wpe = self.param("wpe", nn.with_logical_partitioning(init, ("position", "embed")), (c.context, c.width), pdtype)
+        wte, wpe = constrain(wte, ("vocab", "embed")), constrain(wpe, ("position", "embed"))
         x = (jnp.take(wte, tokens, axis=0) + wpe[:T]).astype(dtype)
-        x = constrain(nn.Dropout(c.dropout, deterministic=deterministic)(x), ("batch", "length", "embed"))
+        x = constrain(nn.Dropout(c.dropout, deterministic=deterministic)(x), ("batch", "seq", "embed"))
 
         block = Block
         if c.remat != "none":
@@ -107,8 +109,15 @@ class GPT(nn.Module):
                 x, _ = block(c, deterministic, name=f"blocks_{i}")(x)
 
         x = layer_norm("ln_f", c.layernorm_eps, dtype, pdtype)(x)
-        logits = linear(x, wte.astype(dtype), True)                                    # tied: x · Eᵀ
-        return constrain(logits, ("batch", "length", "vocab"))
+        logits = constrain(linear(x, wte.astype(dtype), True), ("batch", "length", "vocab"))  # tied: x · Eᵀ
+        if V > c.vocab_size:  # padding rows are never predicted
+            logits = jnp.where(jnp.arange(V) < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
+        return logits
+
+
+def padded_vocab(c: ModelConfig) -> int:
+    """Embedding rows: vocab_size rounded up to vocab_multiple (so tensor parallelism can split them)."""
+    return -(-c.vocab_size // c.vocab_multiple) * c.vocab_multiple
 
 
 def count_params(params) -> int:

@@ -78,6 +78,7 @@ class Dense(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.kernel_axes),
             (*in_shape, *features), self.param_dtype)
+        kernel = constrain(kernel, self.kernel_axes)   # in compute layout (ZeRO-3: gathered here, per layer)
         lead = x.shape[:x.ndim - self.in_axes]
         x = x.astype(self.dtype).reshape(*lead, math.prod(in_shape))
         y = linear(x, kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(features)))
@@ -86,7 +87,7 @@ class Dense(nn.Module):
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[self.in_axes:]),
                 features, self.param_dtype)
-            y = y + bias.astype(self.dtype)
+            y = y + constrain(bias, self.kernel_axes[self.in_axes:]).astype(self.dtype)
         return y
 
 

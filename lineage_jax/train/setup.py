@@ -18,6 +18,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import parallel
+from parallel import precision
 from lineage_jax.config import Config
 from lineage_jax.models import GPT
 from lineage_jax.optim import make_optimizer, make_schedule
@@ -32,9 +33,10 @@ class Setup:
     tx: optax.GradientTransformation
     schedule: Callable
     mesh: jax.sharding.Mesh
-    rules: tuple
+    strategy: parallel.Strategy
     logical_specs: Any           # params pytree of logical PartitionSpecs
-    state_sharding: TrainState   # NamedSharding per leaf
+    state_sharding: TrainState   # NamedSharding per leaf, at rest
+    grad_sharding: Any           # NamedSharding per parameter, as the optimizer receives gradients
     batch_sharding: NamedSharding
     init_state: Callable         # key -> TrainState (jitted, sharded)
     train_step: Any = None       # compiled train_step(state, batch)
@@ -44,8 +46,12 @@ class Setup:
     @contextlib.contextmanager
     def context(self):
         """Mesh + logical rules: needed while tracing, so activation constraints resolve."""
-        with jax.set_mesh(self.mesh), parallel.axis_rules(self.rules):
+        with jax.set_mesh(self.mesh), parallel.axis_rules(self.strategy.compute):
             yield
+
+    @property
+    def rules(self) -> tuple:
+        return self.strategy.compute
 
     def abstract_state(self) -> TrainState:
         shapes = jax.eval_shape(self.init_state, jax.random.key(0))
@@ -65,32 +71,46 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = parallel.resolve_mesh_shape(dataclasses.asdict(cfg.mesh), len(devices))
     mesh = parallel.make_mesh(mesh_shape, devices)
-    rules = parallel.rules_for(mesh_shape)
+    strategy = parallel.strategy_for(mesh_shape, zero_stage=cfg.parallel.zero_stage,
+                                     sequence_parallel=cfg.parallel.sequence_parallel)
     micro = cfg.train.batch_size // cfg.train.grad_accum
-    parallel.check_batch(micro, mesh, rules, what=f"train.batch_size/train.grad_accum ({cfg.train.batch_size}/{cfg.train.grad_accum})")
+    parallel.check_batch(micro, mesh, strategy.compute,
+                         what=f"train.batch_size/train.grad_accum ({cfg.train.batch_size}/{cfg.train.grad_accum})")
+    if cfg.parallel.sequence_parallel and cfg.model.context % mesh_shape["tensor"]:
+        raise parallel.MeshError(f"model.context={cfg.model.context} does not split over mesh.tensor="
+                                 f"{mesh_shape['tensor']} for sequence parallelism; use a multiple")
 
+    policy = precision.policy_for(cfg.parallel.precision)
+    if cfg.parallel.precision != "fp32":  # the policy names the dtypes; the model follows it
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, dtype=jnp.dtype(policy.compute_dtype).name, param_dtype=jnp.dtype(policy.param_dtype).name))
     model = GPT(cfg.model)
     dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
     logical_specs = nn.get_partition_spec(boxed)["params"]
     abstract_params = nn.unbox(boxed)["params"]
-    parallel.check_divisible(abstract_params, logical_specs, mesh, rules)
+    for table in strategy.tables().values():
+        parallel.check_divisible(abstract_params, logical_specs, mesh, table)
 
     schedule = make_schedule(cfg.optim, cfg.train.steps)
     tx = make_optimizer(cfg.optim, cfg.train.steps, decay_mask)
     replicated = NamedSharding(mesh, P())
-    param_sharding = parallel.logical_to_sharding(logical_specs, mesh, rules)
+    shardings = {name: parallel.logical_to_sharding(logical_specs, mesh, table)
+                 for name, table in strategy.tables().items()}
     opt_sharding = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, abstract_params),
-                                         param_sharding, transform_non_params=lambda _: replicated)
-    state_sharding = TrainState(step=replicated, params=param_sharding, opt_state=opt_sharding)
-    batch_sharding = NamedSharding(mesh, parallel.spec_for(("batch", None), rules))
+                                         shardings["opt_state"], transform_non_params=lambda _: replicated)
+    loss_scale = precision.loss_scale_for(cfg.parallel.precision, cfg.parallel.loss_scale_init)
+    state_sharding = TrainState(step=replicated, params=shardings["params"], opt_state=opt_sharding,
+                                loss_scale=jax.tree.map(lambda _: replicated, loss_scale))
+    batch_sharding = NamedSharding(mesh, parallel.spec_for(("batch", None), strategy.compute))
 
     def init_state(key):
         params = nn.unbox(model.init(key, dummy)["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          loss_scale=loss_scale)
 
-    setup = Setup(cfg, model, tx, schedule, mesh, rules, logical_specs, state_sharding, batch_sharding,
-                  jax.jit(init_state, out_shardings=state_sharding))
+    setup = Setup(cfg, model, tx, schedule, mesh, strategy, logical_specs, state_sharding, shardings["grads"],
+                  batch_sharding, jax.jit(init_state, out_shardings=state_sharding))
     if compile_steps:
         compile_all(setup)
     return setup
@@ -100,7 +120,8 @@ def compile_all(setup: Setup) -> None:
     """AOT-compile train and eval steps for the configured shapes; record compile time."""
     cfg = setup.cfg
     step_fn = make_train_step(setup.model, setup.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
-                              dropout=cfg.model.dropout > 0, schedule=setup.schedule)
+                              dropout=cfg.model.dropout > 0, schedule=setup.schedule,
+                              grad_sharding=setup.grad_sharding, loss_scale_period=cfg.parallel.loss_scale_period)
     replicated = NamedSharding(setup.mesh, P())
     t0 = time.perf_counter()
     with setup.context():

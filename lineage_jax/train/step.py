@@ -9,14 +9,19 @@ import jax.numpy as jnp
 import optax
 
 from lineage_jax.train.state import TrainState
+from parallel import precision
 
 Batch = dict[str, jax.Array]   # {"tokens": int32 [B, T+1]}: inputs are tokens[:, :-1], targets tokens[:, 1:]
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token negative log-likelihood, computed in float32: logsumexp(z) − z[target]."""
+    """Mean next-token negative log-likelihood, computed in float32: logsumexp(z) − z[target].
+
+    The target logit is picked with a one-hot product rather than a gather, so logits split
+    over the vocabulary (tensor parallel) are reduced in place, never gathered whole.
+    """
     logits = logits.astype(jnp.float32)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    target_logit = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype), axis=-1)
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logit)
 
 
@@ -35,20 +40,36 @@ def make_loss_fn(model: nn.Module, dropout: bool) -> Callable:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
-                    dropout: bool = False, schedule: Callable | None = None):
+                    dropout: bool = False, schedule: Callable | None = None, grad_sharding=None,
+                    loss_scale_period: int = 2000):
     """Close over the model and optimizer; return the pure ``train_step(state, batch)``.
 
     With ``grad_accum = A`` the batch's B rows are split into A micro-batches of B/A rows
     (row r goes to micro-batch r mod A, which keeps each micro-batch spread over the
     data-parallel devices); their gradients are averaged before one optimizer update.
     Dropout keys are ``fold_in(key(seed), step)``, so a resumed run draws the same masks.
+    ``grad_sharding`` (a pytree of shardings, from the caller's strategy) lays the gradients
+    out before the update: sharded, it turns the data-parallel all-reduce into a
+    reduce-scatter (ZeRO-2).
+
+    Mixed precision (Micikevicius et al. 2018): the model computes in its ``dtype``; the loss
+    is multiplied by ``state.loss_scale`` before differentiation and the gradients divided
+    by it after; with a dynamic scale (fp16) a step whose gradients are not finite leaves
+    parameters and optimizer state untouched and halves the scale.
     """
-    grad_fn = jax.value_and_grad(make_loss_fn(model, dropout))
+    loss_fn = make_loss_fn(model, dropout)
     base_key = jax.random.key(seed)
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_key, state.step)
         tokens = batch["tokens"]
+        ls = state.loss_scale
+
+        def grad_fn(params, toks, key):
+            scaled = lambda p: (precision.scale_loss(loss := loss_fn(p, toks, key), ls), loss)
+            (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+            return loss, precision.unscale(grads, ls)
+
         if grad_accum == 1:
             loss, grads = grad_fn(state.params, tokens, rng)
         else:
@@ -63,12 +84,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed:
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
             (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
             loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+        if grad_sharding is not None:
+            grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        if ls.dynamic:   # static (Python) switch: fp32/bf16 programs carry no overflow checks
+            finite = precision.all_finite(grads)
+            params, opt_state = precision.select_update(finite, (params, opt_state), (state.params, state.opt_state))
+            ls = precision.adjust(ls, finite, period=loss_scale_period)
+            metrics.update(loss_scale=ls.scale, skipped_steps=ls.skipped)
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, loss_scale=ls), metrics
 
     return train_step
 
