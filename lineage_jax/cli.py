@@ -1,4 +1,4 @@
-"""``lineage``: train, sample, bench. The only place that prints or exits.
+"""``lineage``: train, sample, bench, shard-report. The only place that prints or exits.
 
 Arguments and config are parsed and validated before JAX is imported, so ``--devices N``
 can still emulate N CPU devices and a bad key costs no compile.
@@ -79,6 +79,30 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_shard_report(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    _init_devices(args.devices)
+    from pathlib import Path
+
+    from lineage_jax import shard_report as sr
+    from parallel import introspect
+    if args.compare:
+        rows = sr.compare(cfg, Path(args.compare))
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            for r in rows:
+                print(f"{r['name']:<10} " + (f"skipped: {r['skipped']}" if "skipped" in r else
+                      f"params {introspect.fmt_bytes(r['params'])}, opt {introspect.fmt_bytes(r['opt_state'])}, "
+                      f"temp {introspect.fmt_bytes(r['temp'])}, sent {introspect.fmt_bytes(r['comm'])} "
+                      f"(theory {introspect.fmt_bytes(r['comm_theory'])})"))
+            print(f"plot: {args.compare}")
+        return 0
+    rep = sr.shard_report(cfg)
+    print(json.dumps(sr.to_json(rep), indent=1) if args.json else introspect.format_report(rep))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineage", description="lineage_jax: the LLM lineage in pure JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-depth", action="store_true", help="skip the 2-vs-12-layer compile-time check")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("shard-report", help="compile the train step under a strategy; show memory and collectives")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--compare", metavar="PNG", help="report every strategy for this model and plot them to PNG")
+    p.set_defaults(func=cmd_shard_report)
     return parser
 
 

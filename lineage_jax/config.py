@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
+
 import typing
 from pathlib import Path
 from typing import Any

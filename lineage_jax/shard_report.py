@@ -1,0 +1,94 @@
+"""``lineage shard-report``: compile the train step under a strategy, train nothing, and show
+where every byte lives and which bytes cross devices — next to the ZeRO and ring formulas.
+
+Composes a model's setup (lineage_jax.train.setup) with parallel/introspect.py, which knows
+only compiled programs, shardings and logical names.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from lineage_jax.config import Config
+from lineage_jax.train.setup import build
+from parallel import introspect
+
+
+def shard_report(cfg: Config, devices=None) -> dict:
+    """The report's dict (see ``introspect.build_report``) plus the CLI's JSON keys."""
+    setup = build(cfg, devices=devices)
+    abstract = setup.abstract_state()
+    p_bytes = jnp.dtype(setup.cfg.model.param_dtype).itemsize
+    rep = introspect.build_report(
+        setup.train_step, abstract_params=abstract.params, logical_specs=setup.logical_specs,
+        param_shardings=setup.state_sharding.params, opt_state=abstract.opt_state,
+        opt_shardings=setup.state_sharding.opt_state, mesh_shape=dict(setup.mesh.shape),
+        stage=cfg.parallel.zero_stage, param_bytes=p_bytes, grad_bytes=p_bytes, opt_bytes_per_param=2 * p_bytes,
+        title=f"{cfg.model.layers}L×{cfg.model.width} {strategy_name(cfg)} ({cfg.parallel.form})")
+    mem, theory = rep.get("memory", {}), rep.get("memory_theory", {})
+    rep["devices"] = len(setup.mesh.devices.flat)
+    rep["per_device_bytes"] = {"params": rep["params_bytes_per_device"], "opt_state": rep["opt_state_bytes_per_device"],
+                               "temp": mem.get("temp"), "total": mem.get("total")}
+    rep["theory_bytes"] = {k: theory[k] for k in ("params", "opt_state", "grads") if k in theory}
+    if "total" in theory:
+        rep["theory_bytes"]["total"] = theory["total"]
+    rep["compile_seconds"] = setup.compile_seconds
+    return rep
+
+
+def strategy_name(cfg: Config) -> str:
+    m, p = cfg.mesh, cfg.parallel
+    parts = [f"data={m.data}", f"fsdp={m.fsdp}", f"tensor={m.tensor}"]
+    if p.zero_stage:
+        parts.append(f"ZeRO-{p.zero_stage}")
+    if p.sequence_parallel:
+        parts.append("SP")
+    if p.precision != "fp32":
+        parts.append(p.precision)
+    return " ".join(parts)
+
+
+COMPARE = {  # name -> overrides of mesh/parallel, for N devices (tensor 2 where it applies)
+    "DP": {"mesh": {"data": -1, "fsdp": 1, "tensor": 1}, "parallel": {"zero_stage": 0}},
+    "ZeRO-1": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}, "parallel": {"zero_stage": 1}},
+    "ZeRO-2": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}, "parallel": {"zero_stage": 2}},
+    "ZeRO-3": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}, "parallel": {"zero_stage": 3}},
+    "TP2×DP": {"mesh": {"data": -1, "fsdp": 1, "tensor": 2}, "parallel": {"zero_stage": 0}},
+    "TP2×FSDP": {"mesh": {"data": 1, "fsdp": -1, "tensor": 2}, "parallel": {"zero_stage": 3}},
+}
+
+
+def compare(cfg: Config, path: Path, devices=None) -> list[dict]:
+    """One report per strategy in COMPARE for cfg's model; a PNG of memory and traffic per device."""
+    rows = []
+    for name, over in COMPARE.items():
+        c = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, **over["mesh"]),
+                                parallel=dataclasses.replace(cfg.parallel, **over["parallel"]))
+        try:
+            rep = shard_report(c, devices)
+        except ValueError as e:      # e.g. a dimension the tensor axis does not divide
+            rows.append({"name": name, "skipped": str(e)})
+            continue
+        executed = rep.get("collectives_executed", [])
+        rows.append({"name": name, **{k: v or 0 for k, v in rep["per_device_bytes"].items() if k != "total"},
+                     "comm": sum(c.get("sent_bytes", 0) for c in executed),
+                     "comm_theory": rep.get("comm_theory", {}).get("total", 0)})
+    introspect.plot_strategies([r for r in rows if "skipped" not in r], path)
+    return rows
+
+
+def to_json(rep: dict) -> dict:
+    """The stable JSON face of a report."""
+    return {"devices": rep["devices"], "mesh": rep["mesh"], "stage": rep.get("stage"),
+            "per_device_bytes": rep["per_device_bytes"], "theory_bytes": rep["theory_bytes"],
+            "memory": rep.get("memory"), "comm_theory": rep.get("comm_theory"),
+            "collectives": [{k: c[k] for k in ("kind", "count", "bytes", "sent_bytes", "replica_groups") if k in c}
+                            for c in rep.get("collectives_executed", [])],
+            "params": [{"path": r["path"], "logical": list(r["logical"] or ()), "spec": r["spec"],
+                        "shape": list(r["shape"]), "bytes_per_device": r["bytes_per_device"]} for r in rep["params"]],
+            "warnings": rep.get("warnings", []), "compile_seconds": rep["compile_seconds"]}
+
+
