@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lineage_jax.config import ModelConfig
-from lineage_jax.models.layers import Dense, causal_attention, constrain, layer_norm, linear
+from lineage_jax.models.layers import Dense, causal_attention, constrain, hooks, layer_norm, linear, param
 
 
 class CausalSelfAttention(nn.Module):
@@ -29,6 +29,7 @@ class CausalSelfAttention(nn.Module):
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         proj = lambda name: Dense((H, K), ("embed", "heads", "kv"), init_std=c.init_std,
                                   dtype=dtype, param_dtype=pdtype, name=name)
+        x = hooks().dense_in(x, ("embed", "heads", "kv"), 1)   # once for q, k, v (Megatron f / SP gather)
         q, k, v = (constrain(proj(n)(x), ("batch", "length", "heads", "kv")) for n in ("query", "key", "value"))
         drop = None
         if c.dropout > 0 and not self.deterministic:
@@ -48,7 +49,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.cfg
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        h = Dense((c.mlp_ratio * c.width,), ("embed", "mlp"), init_std=c.init_std,
+        h = Dense((c.mlp_ratio * c.width,), ("embed", "mlp"), init_std=c.init_std, hook_input=True,
                   dtype=dtype, param_dtype=pdtype, name="fc")(x)
         h = constrain(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))   # GELU (Hendrycks & Gimpel 2016)
         out = Dense((c.width,), ("mlp", "embed"), init_std=c.init_std / math.sqrt(2 * c.layers),
@@ -90,10 +91,10 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds model.context={c.context}")
         init = nn.initializers.normal(c.init_std)
         V = padded_vocab(c)
-        wte = self.param("wte", nn.with_logical_partitioning(init, ("vocab", "embed")), (V, c.width), pdtype)
-        wpe = self.param("wpe", nn.with_logical_partitioning(init, ("position", "embed")), (c.context, c.width), pdtype)
-        wte, wpe = constrain(wte, ("vocab", "embed")), constrain(wpe, ("position", "embed"))
-        x = (jnp.take(wte, tokens, axis=0) + wpe[:T]).astype(dtype)
+        h = hooks()   # identities unless an explicit (shard_map) form installed its collectives
+        wte = param(self, "wte", init, (V, c.width), pdtype, ("vocab", "embed"))
+        wpe = param(self, "wpe", init, (c.context, c.width), pdtype, ("position", "embed"))
+        x = (h.embed(wte, tokens) + h.positions(wpe, T)).astype(dtype)
         x = constrain(nn.Dropout(c.dropout, deterministic=deterministic)(x), ("batch", "seq", "embed"))
 
         block = Block
@@ -109,9 +110,10 @@ class GPT(nn.Module):
                 x, _ = block(c, deterministic, name=f"blocks_{i}")(x)
 
         x = layer_norm("ln_f", c.layernorm_eps, dtype, pdtype)(x)
+        x = h.dense_in(x, ("embed", "vocab"), 1)
         logits = constrain(linear(x, wte.astype(dtype), True), ("batch", "length", "vocab"))  # tied: x · Eᵀ
         if V > c.vocab_size:  # padding rows are never predicted
-            logits = jnp.where(jnp.arange(V) < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
+            logits = jnp.where(h.index(logits.shape[-1], "vocab") < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
         return logits
 
 

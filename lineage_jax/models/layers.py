@@ -6,6 +6,9 @@ K head dim, F feed-forward width, V vocab.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
 import math
 from typing import Callable, Sequence
@@ -18,9 +21,68 @@ from jax import lax
 Axes = tuple[str | None, ...]
 
 
+def _same(x, *_):
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectiveHooks:
+    """The seams where an explicit (``shard_map``) form puts its collectives; identities by default.
+
+    The models call these at the points a Megatron/ZeRO diagram marks, described only by
+    logical axis names; whoever installs them (``collective_hooks``) decides what each does.
+    Default (GSPMD or one device): every hook is the identity and ``constrain`` is Flax's
+    logical constraint, so the default program is unchanged.
+
+    ``local_shape(shape, axes)``   a parameter's global shape -> its shape on this device at rest
+    ``global_shape(shape, axes)``  an activation's per-device (compute) dims -> global dims
+    ``param(w, axes)``             a parameter at rest -> in compute layout (ZeRO-3: all-gather)
+    ``dense_in(x, kernel_axes, in_axes)``   input of a Dense (column-parallel: Megatron f / SP gather)
+    ``dense_out(y, kernel_axes, in_axes)``  output of a Dense before its bias (row-parallel: g / SP scatter)
+    ``embed(table, tokens)``       token embedding lookup (vocab-parallel)
+    ``positions(table, T)``        the position rows this device adds (SP: its sequence shard)
+    ``index(n, name)``             global indices of this device's n entries of logical axis ``name``
+    ``constrain(x, axes)``         activation sharding constraint
+    """
+    local_shape: Callable = lambda shape, axes: tuple(shape)
+    global_shape: Callable = lambda shape, axes: tuple(shape)
+    param: Callable = _same
+    dense_in: Callable = _same
+    dense_out: Callable = _same
+    embed: Callable = lambda table, tokens: jnp.take(table, tokens, axis=0)
+    positions: Callable = lambda table, T: table[:T]
+    index: Callable = lambda n, name: jnp.arange(n)
+    constrain: Callable = lambda x, axes: nn.with_logical_constraint(x, axes)
+
+
+_HOOKS: contextvars.ContextVar[CollectiveHooks] = contextvars.ContextVar("collective_hooks", default=CollectiveHooks())
+
+
+def hooks() -> CollectiveHooks:
+    """The hooks in force (identities unless inside ``collective_hooks``)."""
+    return _HOOKS.get()
+
+
+@contextlib.contextmanager
+def collective_hooks(**fns):
+    """Install hooks (fields of ``CollectiveHooks``) while tracing a model, e.g. inside a shard_map body."""
+    token = _HOOKS.set(dataclasses.replace(_HOOKS.get(), **fns))
+    try:
+        yield
+    finally:
+        _HOOKS.reset(token)
+
+
 def constrain(x: jax.Array, axes: Axes) -> jax.Array:
     """The models' one hook for activation sharding: logical names only, a no-op without rules."""
-    return nn.with_logical_constraint(x, axes)
+    return hooks().constrain(x, axes)
+
+
+def param(module: nn.Module, name: str, init, shape: Sequence[int], dtype, axes: Axes) -> jax.Array:
+    """``module.param`` with logical names, stored at rest (``local_shape``), used in compute layout."""
+    h = hooks()
+    w = module.param(name, nn.with_logical_partitioning(init, axes), h.local_shape(tuple(shape), axes), dtype)
+    return constrain(h.param(w, axes), axes)
 
 
 # --------------------------------------------------------------------------- backprop, by hand
@@ -67,36 +129,59 @@ class Dense(nn.Module):
     kernel_axes: Axes
     in_axes: int = 1
     use_bias: bool = True
+    hook_input: bool = False     # call hooks().dense_in (the caller may do it once for several Denses)
     init_std: float = 0.02
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        in_shape = x.shape[x.ndim - self.in_axes:]
-        features = tuple(self.features)
-        kernel = self.param(
-            "kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.kernel_axes),
-            (*in_shape, *features), self.param_dtype)
-        kernel = constrain(kernel, self.kernel_axes)   # in compute layout (ZeRO-3: gathered here, per layer)
+        h = hooks()
+        if self.hook_input:
+            x = h.dense_in(x, self.kernel_axes, self.in_axes)
+        in_shape = h.global_shape(x.shape[x.ndim - self.in_axes:], self.kernel_axes[:self.in_axes])
+        features, out_axes = tuple(self.features), self.kernel_axes[self.in_axes:]
+        # in compute layout (ZeRO-3: gathered here, per layer); under shard_map, this device's block
+        kernel = param(self, "kernel", nn.initializers.normal(self.init_std), (*in_shape, *features),
+                       self.param_dtype, self.kernel_axes)
+        k_in, k_out = kernel.shape[:self.in_axes], kernel.shape[self.in_axes:]
         lead = x.shape[:x.ndim - self.in_axes]
-        x = x.astype(self.dtype).reshape(*lead, math.prod(in_shape))
-        y = linear(x, kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(features)))
-        y = y.reshape(*lead, *features)
+        x = x.astype(self.dtype).reshape(*lead, math.prod(k_in))
+        y = linear(x, kernel.astype(self.dtype).reshape(math.prod(k_in), math.prod(k_out)))
+        y = h.dense_out(y.reshape(*lead, *k_out), self.kernel_axes, self.in_axes)
         if self.use_bias:
-            bias = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[self.in_axes:]),
-                features, self.param_dtype)
-            y = y + constrain(bias, self.kernel_axes[self.in_axes:]).astype(self.dtype)
+            bias = param(self, "bias", nn.initializers.zeros, features, self.param_dtype, out_axes)
+            y = y + bias.astype(self.dtype)
         return y
 
 
-def layer_norm(name: str, eps: float, dtype, param_dtype) -> nn.LayerNorm:
+class LayerNorm(nn.Module):
+    """LayerNorm (Ba et al. 2016) over the last axis, statistics in float32.
+
+    Computes exactly what ``flax.linen.LayerNorm`` (fast variance) computes, with the same
+    parameters (``scale``, ``bias``), but reads them through ``param`` so the hooks see them.
+    """
+    epsilon: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        D = x.shape[-1]
+        scale = param(self, "scale", nn.initializers.ones, (D,), self.param_dtype, ("embed",))
+        bias = param(self, "bias", nn.initializers.zeros, (D,), self.param_dtype, ("embed",))
+        xf = x.astype(jnp.promote_types(self.dtype, jnp.float32))
+        mu, mu2 = xf.mean(-1, keepdims=True), lax.square(xf).mean(-1, keepdims=True)
+        var = jnp.maximum(0.0, mu2 - lax.square(mu))
+        y = x - mu
+        mul = lax.rsqrt(var + self.epsilon) * scale
+        y = y * mul + bias
+        return jnp.asarray(y, self.dtype)
+
+
+def layer_norm(name: str, eps: float, dtype, param_dtype) -> LayerNorm:
     """LayerNorm (Ba et al. 2016) with logically named scale and bias; statistics in float32."""
-    return nn.LayerNorm(
-        epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    return LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 # --------------------------------------------------------------------------- attention
