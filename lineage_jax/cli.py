@@ -58,6 +58,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature={args.temperature}: must be >= 0 (0 = greedy)")
+    if not args.prompt:
+        raise ConfigError("--prompt is empty: give at least one character to continue from")
     _init_devices(args.devices)
     from lineage_jax.sample import sample_run
     temperature = 0.0 if args.strategy == "greedy" else args.temperature
@@ -143,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "max_new_tokens", 1) < 1:
-        print(f"error: --max-new-tokens={args.max_new_tokens}: must be at least 1", file=sys.stderr)
-        return 2
+    for flag in ("max_new_tokens", "steps"):
+        if getattr(args, flag, 1) < 1:
+            print(f"error: --{flag.replace('_', '-')}={getattr(args, flag)}: must be at least 1", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except ConfigError as e:

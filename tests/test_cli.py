@@ -23,10 +23,13 @@ def test_train_then_sample(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("x")
 
 
-def test_sample_without_checkpoint_is_one_line(tmp_path, capsys):
-    assert cli.main(["sample", "--run-dir", str(tmp_path / "nothing"), "--prompt", "a"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no checkpoint in" in err[0]
+def test_sample_bad_input_is_one_line(tmp_path, capsys):
+    cases = [(["--prompt", "a"], "no checkpoint in"), (["--temperature", "-1"], "--temperature=-1.0: must be >= 0"),
+             (["--prompt", ""], "--prompt is empty"), (["--max-new-tokens", "0"], "--max-new-tokens=0")]
+    for extra, message in cases:
+        assert cli.main(["sample", "--run-dir", str(tmp_path / "nothing"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
 
 
 def test_bench_json(capsys):

@@ -100,3 +100,36 @@ def test_run_dir_of_another_model_is_refused(tmp_path):
     train(small_cfg(tmp_path, "train.steps=2"), progress=False)
     with pytest.raises(RunDirError, match="model.width"):
         train(small_cfg(tmp_path, "train.steps=4", "model.width=64"), progress=False)
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes_step_by_step(tmp_path):
+    """SIGKILL a real `lineage train` after its first checkpoint; rerun; metrics.jsonl matches an
+    uninterrupted run row by row (losses bitwise)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = SMALL + ["train.steps=80", "train.ckpt_every=10", "train.log_every=5"]
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+
+    def cli(run_dir, **kw):
+        cmd = [sys.executable, "-m", "lineage_jax", "train", "--no-progress", "--no-sample", *args, f"run_dir={run_dir}"]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert cli(straight).wait(timeout=300) == 0
+    proc = cli(killed)
+    deadline = time.time() + 300
+    while ckpt.latest_step(killed) is None or ckpt.latest_step(killed) < 10:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.latest_step(killed) < 80, "the run finished before it could be killed"
+    assert cli(killed).wait(timeout=300) == 0
+    a, b = read_metrics(straight), read_metrics(killed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [(r["loss"], r.get("eval_loss")) for r in a] == [(r["loss"], r.get("eval_loss")) for r in b]
