@@ -84,6 +84,9 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     if cfg.parallel.precision != "fp32":  # the policy names the dtypes; the model follows it
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, dtype=jnp.dtype(policy.compute_dtype).name, param_dtype=jnp.dtype(policy.param_dtype).name))
+    if cfg.parallel.form == "shard_map" and cfg.model.dropout > 0:
+        raise parallel.MeshError("parallel.form=shard_map does not support model.dropout > 0 yet (each device would "
+                                 "draw the same mask for its shard); use parallel.form=gspmd or model.dropout=0")
     model = GPT(cfg.model)
     dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
@@ -122,6 +125,9 @@ def compile_all(setup: Setup) -> None:
     step_fn = make_train_step(setup.model, setup.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
                               dropout=cfg.model.dropout > 0, schedule=setup.schedule,
                               grad_sharding=setup.grad_sharding, loss_scale_period=cfg.parallel.loss_scale_period)
+    if cfg.parallel.form == "shard_map":   # the same step, every collective written out
+        from lineage_jax.train.explicit import make_explicit_train_step
+        step_fn = make_explicit_train_step(setup)
     replicated = NamedSharding(setup.mesh, P())
     t0 = time.perf_counter()
     with setup.context():
