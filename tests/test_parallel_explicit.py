@@ -7,7 +7,6 @@ import math
 import jax
 import numpy as np
 import pytest
-from jax.tree_util import keystr, tree_leaves_with_path
 
 from lineage_jax.config import load_config
 from lineage_jax.train.setup import build

@@ -1,6 +1,5 @@
 """Every GSPMD strategy computes what one device computes: logits, gradients, an optimizer
 step and a 10-step loss trajectory; checkpoints move between meshes bitwise."""
-import dataclasses
 
 import chex
 import jax

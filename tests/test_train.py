@@ -1,6 +1,5 @@
 """Training claims: the loss falls, a resumed run is the uninterrupted run, accumulation and
 data parallelism change nothing but speed."""
-import dataclasses
 import json
 
 import chex
