@@ -21,6 +21,7 @@ import parallel
 from parallel import precision
 from lineage_jax.config import Config
 from lineage_jax.models import GPT
+from lineage_jax.models.layers import collective_hooks
 from lineage_jax.optim import make_optimizer, make_schedule
 from lineage_jax.train.state import TrainState
 from lineage_jax.train.step import decay_mask, make_eval_step, make_train_step
@@ -45,8 +46,14 @@ class Setup:
 
     @contextlib.contextmanager
     def context(self):
-        """Mesh + logical rules: needed while tracing, so activation constraints resolve."""
-        with jax.set_mesh(self.mesh), parallel.axis_rules(self.strategy.compute):
+        """Mesh + logical rules: needed while tracing, so activation constraints resolve.
+
+        Each parameter is read at rest (``params`` table) and then used in compute layout, so
+        under ZeRO-3 the gather happens inside the layer scan, one layer at a time, and the
+        gradient is laid back out sharded there too (its transpose), never accumulated whole.
+        """
+        at_rest = lambda w, axes: nn.with_logical_constraint(w, axes, rules=self.strategy.params)
+        with jax.set_mesh(self.mesh), parallel.axis_rules(self.strategy.compute), collective_hooks(param=at_rest):
             yield
 
     @property
