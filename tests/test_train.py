@@ -132,3 +132,21 @@ def test_killed_cli_run_resumes_step_by_step(tmp_path):
     a, b = read_metrics(straight), read_metrics(killed)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     assert [(r["loss"], r.get("eval_loss")) for r in a] == [(r["loss"], r.get("eval_loss")) for r in b]
+
+
+def test_fp16_overflow_step_is_skipped_and_the_scale_halves(tmp_path):
+    """Micikevicius et al. 2018 §3.2, through the real train step: with a loss scale so large
+    that the scaled gradients overflow, the update is skipped (parameters bitwise unchanged),
+    the scale halves and the skip is counted; once finite, training proceeds."""
+    cfg = small_cfg(tmp_path, "parallel.precision=fp16", "parallel.loss_scale_init=1e38")
+    setup = build(cfg, devices=jax.devices()[:1])
+    state = setup.init_state(jax.random.key(0))
+    before = jax.device_get(state.params)
+    batch = setup.put_batch(np.random.default_rng(0).integers(0, 257, (8, 33)))
+    state, m = setup.train_step(state, batch)
+    assert int(m["skipped_steps"]) == 1 and float(m["loss_scale"]) == pytest.approx(5e37)
+    chex.assert_trees_all_equal(jax.device_get(state.params), before)
+    for _ in range(130):                      # 1e38 / 2^k reaches a finite-gradient scale
+        state, m = setup.train_step(state, batch)
+    assert float(m["loss_scale"]) < 1e6 and int(m["skipped_steps"]) < 131
+    assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), jax.device_get(state.params), before)))
