@@ -1,13 +1,43 @@
-"""Tokenizers behind one interface (``Tokenizer``); ``get_tokenizer`` picks one by config name."""
+"""Tokenizers behind one interface (``Tokenizer``); ``get_tokenizer`` picks one by config name.
+
+``byte`` (the default) needs no training. A trained tokenizer is a path: a directory (or
+file) holding a byte-level BPE ``tokenizer.json`` (``bytelevel.py``; written by ``save``
+or by the ``tokenizers`` library) or a SentencePiece ``.model`` (``spm.py``).
+"""
+import os
+
 from lineage_jax.tokenize.base import Tokenizer, check_text
 from lineage_jax.tokenize.byte import ByteTokenizer
 
 
+def load(path: str) -> Tokenizer:
+    """A trained tokenizer from ``path``: ``tokenizer.json`` (or a directory with one) → byte-level
+    BPE; a ``.model`` file (or a directory with one) → SentencePiece."""
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "tokenizer.json")):
+            path = os.path.join(path, "tokenizer.json")
+        elif any(f.endswith(".model") for f in os.listdir(path)):
+            from lineage_jax.tokenize.spm import SentencePieceTokenizer
+            return SentencePieceTokenizer.from_file(path)
+        else:
+            raise ValueError(f"{path}: no tokenizer.json or SentencePiece .model file in this directory")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such tokenizer file or directory")
+    if path.endswith(".model"):
+        from lineage_jax.tokenize.spm import SentencePieceTokenizer
+        return SentencePieceTokenizer.from_file(path)
+    from lineage_jax.tokenize.bytelevel import load_tokenizer_json
+    return load_tokenizer_json(path)
+
+
 def get_tokenizer(spec: str) -> Tokenizer:
-    """``byte`` is the default. Trained tokenizers (a directory) plug in here."""
+    """``byte`` is the default; a path to a trained tokenizer (see ``load``) loads it."""
     if spec == "byte":
         return ByteTokenizer()
-    raise ValueError(f"data.tokenizer='{spec}': allowed 'byte' (trained BPE tokenizer directories come with the tokenization lineage)")
+    if isinstance(spec, str) and os.path.exists(spec):
+        return load(spec)
+    raise ValueError(f"data.tokenizer='{spec}': allowed 'byte' or a path to a trained tokenizer "
+                     f"(a directory with tokenizer.json or a SentencePiece .model)")
 
 
-__all__ = ["Tokenizer", "ByteTokenizer", "get_tokenizer", "check_text"]
+__all__ = ["Tokenizer", "ByteTokenizer", "get_tokenizer", "load", "check_text"]

@@ -1,0 +1,456 @@
+"""Byte-level BPE: GPT-2's tokenizer (Radford et al. 2019, "Language Models are Unsupervised
+Multitask Learners", Section 2.2), with an incremental trainer and Hugging Face
+``tokenizer.json`` I/O.
+
+BPE (Sennrich et al. 2016; ``sennrich.py``) over *bytes* instead of characters: the base
+vocabulary is the 256 byte values, so any text encodes with no unknown token. Three pieces:
+
+1. **Byte → unicode table.** Merges and vocabularies are stored as strings, so each byte is
+   shown as a printable character: the 188 bytes that are printable Latin-1 (``!``..``~``,
+   ``¡``..``¬``, ``®``..``ÿ``) map to themselves, the other 68 (controls, space, ``\\xad``)
+   map in order to ``chr(256 + n)``, n = 0, 1, … (so the space byte 0x20 is ``Ġ`` = U+0120).
+2. **Pre-tokenisation.** Text is cut into words by GPT-2's regular expression
+   ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``
+   and merges never cross a word boundary (the paper: BPE "merges across character
+   categories" otherwise, e.g. ``dog.`` ``dog!`` ``dog?``). A leading space stays with the
+   word that follows it. Special tokens (``<|endoftext|>``) are cut out *before* this and
+   are never split.
+3. **Merges by rank.** The merges learned first have the lowest rank. Encoding a word:
+   its UTF-8 bytes as table characters, then repeatedly merge every occurrence of the
+   adjacent pair of lowest rank, until no adjacent pair has a rank. Words repeat, so the
+   result is cached per word.
+
+Decoding maps tokens back to bytes and decodes UTF-8 with ``errors="replace"`` (as GPT-2
+does), so any id sequence decodes. Choice for lone surrogates (which ``str`` can hold but
+UTF-8 cannot): like ``ByteTokenizer`` they are encoded with ``errors="surrogatepass"``
+and a byte run that decodes with ``surrogatepass`` is decoded that way, so
+``decode(encode(s)) == s`` for every Python string. GPT-2's ``encoder.py`` raises
+``UnicodeEncodeError`` on them and the ``tokenizers`` library refuses such a string
+(``TypeError``); on every other string the three agree.
+
+**Training** (``train_bpe``): the argmax-pair loop of Algorithm 1, but incremental. We keep
+``count[pair]`` and ``where[pair]`` = the words that contain it; after merging (a, b) only
+the words in ``where[(a, b)]`` are rewritten, subtracting their old pairs' counts and adding
+their new ones, and a lazy max-heap keyed ``(count, pair)`` yields the next best pair (an
+entry whose count has gone stale is re-pushed with its current count). Cost per merge is
+proportional to the words touched, not the corpus. Ties (equal counts) go to the pair of
+smaller token ids ``(id_a, id_b)``, with ids laid out as special tokens, then the 256 byte
+characters in code-point order, then merged tokens in the order created: this is the
+``tokenizers`` library's ``BpeTrainer`` layout and order, so the two learn identical merges.
+A merge whose count is below ``min_frequency`` ends training. Unlike ``tokenizers``, special
+tokens occurring in training text are cut out rather than learned from.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from typing import Iterable, Mapping, Sequence
+
+from lineage_jax.tokenize.base import check_text
+
+ENDOFTEXT = "<|endoftext|>"
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """byte → printable character: printable Latin-1 bytes to themselves, the rest to 256 + n."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+ALPHABET = sorted(BYTE_TO_CHAR.values())              # code-point order, as the tokenizers trainer
+
+
+def _compile(pattern: str):
+    try:
+        import regex                                      # \p{L} / \p{N}; a dependency of transformers
+    except ImportError as e:                              # pragma: no cover
+        raise ImportError("byte-level BPE needs the 'regex' package for \\p{L}: pip install regex") from e
+    return regex.compile(pattern)
+
+
+def split_isolated(compiled, text: str) -> list[str]:
+    """Matches become pieces and so does any unmatched text between them (``Isolated``)."""
+    out, pos = [], 0
+    for m in compiled.finditer(text):
+        if m.start() > pos:
+            out.append(text[pos:m.start()])
+        if m.end() > m.start():
+            out.append(m.group())
+        pos = m.end()
+    if pos < len(text):
+        out.append(text[pos:])
+    return out
+
+
+def to_byte_chars(piece: str) -> str:
+    return "".join(BYTE_TO_CHAR[b] for b in piece.encode("utf-8", errors="surrogatepass"))
+
+
+def _token_bytes(token: str) -> bytes:
+    """A vocabulary token's bytes; a token with a character outside the table is its UTF-8
+    (the ``tokenizers`` ByteLevel decoder's rule)."""
+    try:
+        return bytes(CHAR_TO_BYTE[c] for c in token)
+    except KeyError:
+        return token.encode("utf-8", errors="surrogatepass")
+
+
+def _decode_bytes(b: bytes) -> str:
+    try:
+        return bytes(b).decode("utf-8", errors="surrogatepass")
+    except UnicodeDecodeError:
+        return bytes(b).decode("utf-8", errors="replace")
+
+
+class ByteLevelBPETokenizer:
+    """GPT-2 byte-level BPE behind the ``Tokenizer`` protocol.
+
+    ``vocab``: token string (byte-table characters) → id; ``merges``: pairs in rank order;
+    ``added_tokens``: special strings → id, matched in the text before pre-tokenisation.
+    ``pattern=None`` means no regex split (each segment is one word).
+    """
+    name = "bpe"
+
+    def __init__(self, vocab: Mapping[str, int], merges: Sequence[tuple[str, str]],
+                 added_tokens: Mapping[str, int] | None = None, pattern: str | None = GPT2_PATTERN,
+                 add_prefix_space: bool = False, ignore_merges: bool = False,
+                 specials: Iterable[str] | None = None):
+        self.vocab = dict(vocab)
+        self.merges = [tuple(m) for m in merges]
+        self.ranks = {m: i for i, m in enumerate(self.merges)}
+        self.added_tokens = dict(added_tokens or {})
+        self.specials = set(self.added_tokens if specials is None else specials)
+        self.pattern, self.add_prefix_space, self.ignore_merges = pattern, add_prefix_space, ignore_merges
+        self._re = _compile(pattern) if pattern is not None else None
+        self._added_re = None
+        if self.added_tokens:
+            alts = sorted(self.added_tokens, key=len, reverse=True)        # leftmost, then longest
+            self._added_re = _compile("|".join(_escape(a) for a in alts))
+        self.id_to_token = {i: t for t, i in self.vocab.items()}
+        self.id_to_token.update({i: t for t, i in self.added_tokens.items()})
+        self._id_bytes = {i: _token_bytes(t) for t, i in self.vocab.items() if self.id_to_token[i] == t}
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._fast = None
+
+    # -- the protocol -------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return max(self.id_to_token) + 1 if self.id_to_token else 0
+
+    @property
+    def eos_id(self) -> int:
+        if ENDOFTEXT in self.added_tokens:
+            return self.added_tokens[ENDOFTEXT]
+        for tok, i in self.added_tokens.items():
+            if tok in self.specials:
+                return i
+        raise ValueError("this BPE tokenizer has no special token to use as eos (train or save it with '<|endoftext|>')")
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for segment, added in self._split_added(check_text(text)):
+            if added:
+                ids.append(self.added_tokens[segment])
+                continue
+            for word in self.pre_tokenize(segment):
+                ids.extend(self._encode_word(word))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out, run = [], bytearray()
+        for i in ids:
+            i = int(i)
+            b = self._id_bytes.get(i)
+            if b is not None:
+                run.extend(b)
+                continue
+            tok = self.id_to_token.get(i)
+            if tok is None:
+                raise ValueError(f"token id {i} is outside the BPE tokenizer's vocabulary [0, {self.vocab_size})")
+            out.append(_decode_bytes(run))                  # an added/special token: its text as is
+            run = bytearray()
+            out.append(tok)
+        out.append(_decode_bytes(run))
+        return "".join(out)
+
+    # -- the pieces ---------------------------------------------------------------------
+    def _split_added(self, text: str) -> list[tuple[str, bool]]:
+        if self._added_re is None:
+            return [(text, False)] if text else []
+        out, pos = [], 0
+        for m in self._added_re.finditer(text):
+            if m.start() > pos:
+                out.append((text[pos:m.start()], False))
+            out.append((m.group(), True))
+            pos = m.end()
+        if pos < len(text):
+            out.append((text[pos:], False))
+        return out
+
+    def pre_tokenize(self, segment: str) -> list[str]:
+        """A segment (no special tokens in it) → its words, as byte-table strings."""
+        if self.add_prefix_space and not segment.startswith(" "):
+            segment = " " + segment
+        pieces = split_isolated(self._re, segment) if self._re is not None else [segment]
+        return [to_byte_chars(p) for p in pieces]
+
+    def bpe(self, word: str) -> list[str]:
+        """One word (byte-table string) → its tokens: merge the lowest-rank pair, repeat."""
+        if self.ignore_merges and word in self.vocab:
+            return [word]
+        symbols = list(word)
+        ranks = self.ranks
+        while len(symbols) > 1:
+            best, best_rank = None, None
+            for pair in zip(symbols, symbols[1:]):
+                r = ranks.get(pair)
+                if r is not None and (best_rank is None or r < best_rank):
+                    best, best_rank = pair, r
+            if best is None:
+                break
+            a, b = best
+            merged, i, n = [], 0, len(symbols)
+            while i < n:                                    # every occurrence, left to right
+                if i + 1 < n and symbols[i] == a and symbols[i + 1] == b:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        return symbols
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
+        ids = self._cache.get(word)
+        if ids is None:
+            # a byte missing from the vocabulary is dropped, as tokenizers' BPE without unk does
+            ids = tuple(self.vocab[t] for t in self.bpe(word) if t in self.vocab)
+            if len(self._cache) < 1_000_000:
+                self._cache[word] = ids
+        return ids
+
+    # -- fast path through the tokenizers library ----------------------------------------
+    def fast(self):
+        """The same tokenizer as a ``tokenizers.Tokenizer`` (Rust), built from ``to_json``."""
+        if self._fast is None:
+            try:
+                import tokenizers
+            except ImportError as e:
+                raise ImportError("the fast path needs the 'tokenizers' package: pip install -e '.[ref]'") from e
+            self._fast = tokenizers.Tokenizer.from_str(self.to_json())
+        return self._fast
+
+    def encode_batch(self, texts: Sequence[str], fast: bool = False) -> list[list[int]]:
+        texts = [check_text(t) for t in texts]
+        if fast:
+            return [e.ids for e in self.fast().encode_batch(texts, add_special_tokens=False)]
+        return [self.encode(t) for t in texts]
+
+    # -- tokenizer.json -----------------------------------------------------------------
+    def to_json(self) -> str:
+        if self.pattern == GPT2_PATTERN:
+            pre = {"type": "ByteLevel", "add_prefix_space": self.add_prefix_space, "trim_offsets": True, "use_regex": True}
+        else:
+            byte_level = {"type": "ByteLevel", "add_prefix_space": self.add_prefix_space, "trim_offsets": True, "use_regex": False}
+            pre = byte_level if self.pattern is None else {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": self.pattern}, "behavior": "Isolated", "invert": False},
+                byte_level]}
+        doc = {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                              "normalized": False, "special": t in self.specials}
+                             for t, i in sorted(self.added_tokens.items(), key=lambda kv: kv[1])],
+            "normalizer": None, "pre_tokenizer": pre, "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": self.ignore_merges,
+                      # added tokens sit in the model's vocab too (tokenizers renumbers them otherwise)
+                      "vocab": dict(sorted({**self.added_tokens, **self.vocab}.items(), key=lambda kv: kv[1])),
+                      "merges": [list(m) for m in self.merges]},
+        }
+        return json.dumps(doc, ensure_ascii=False, indent=2)
+
+    def save(self, path: str) -> str:
+        """Write ``tokenizer.json`` (a directory gets ``path/tokenizer.json``); returns the file."""
+        if os.path.isdir(path) or not path.endswith(".json"):
+            os.makedirs(path, exist_ok=True)
+            path = os.path.join(path, "tokenizer.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+        return path
+
+
+def _escape(s: str) -> str:
+    import regex
+    return regex.escape(s)
+
+
+def load_tokenizer_json(path: str) -> ByteLevelBPETokenizer:
+    """Read a byte-level BPE ``tokenizer.json`` (written by ``tokenizers`` or by ``save``)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    where = f"{path}:"
+    model = doc.get("model") or {}
+    if model.get("type", "BPE") != "BPE" or "merges" not in model:
+        raise ValueError(f"{where} model.type={model.get('type')!r}: only byte-level BPE tokenizer.json files load here")
+    for key in ("continuing_subword_prefix", "end_of_word_suffix", "dropout"):
+        if model.get(key):
+            raise ValueError(f"{where} model.{key}={model[key]!r} is not supported (byte-level BPE has none)")
+    if model.get("byte_fallback"):
+        raise ValueError(f"{where} model.byte_fallback=true is a SentencePiece-style BPE, not byte-level")
+    if doc.get("normalizer") is not None:
+        raise ValueError(f"{where} normalizer={doc['normalizer'].get('type')!r} is not supported (byte-level BPE needs none)")
+    post = doc.get("post_processor")
+    if post is not None and post.get("type") != "ByteLevel":
+        raise ValueError(f"{where} post_processor={post.get('type')!r} is not supported (it would add tokens)")
+    pattern, add_prefix_space = _read_pre_tokenizer(doc.get("pre_tokenizer"), where)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    added, specials = {}, set()
+    for t in doc.get("added_tokens") or []:
+        if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
+            raise ValueError(f"{where} added token {t['content']!r}: lstrip/rstrip/single_word are not supported")
+        added[t["content"]] = int(t["id"])
+        if t.get("special"):
+            specials.add(t["content"])
+    vocab = {t: i for t, i in model["vocab"].items() if t not in added or added[t] != i}
+    return ByteLevelBPETokenizer(vocab, merges, added, pattern=pattern, add_prefix_space=add_prefix_space,
+                                 ignore_merges=bool(model.get("ignore_merges")), specials=specials)
+
+
+def _read_pre_tokenizer(pre, where) -> tuple[str | None, bool]:
+    if pre is None:
+        raise ValueError(f"{where} pre_tokenizer is missing: not a byte-level BPE (expected ByteLevel)")
+    if pre.get("type") == "ByteLevel":
+        return (GPT2_PATTERN if pre.get("use_regex", True) else None), bool(pre.get("add_prefix_space"))
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if (steps and len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel"
+            and not steps[1].get("use_regex", True) and steps[0].get("behavior") == "Isolated"
+            and not steps[0].get("invert") and "Regex" in steps[0].get("pattern", {})):
+        return steps[0]["pattern"]["Regex"], bool(steps[1].get("add_prefix_space"))
+    raise ValueError(f"{where} pre_tokenizer={pre.get('type')!r}: allowed ByteLevel, or Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]")
+
+
+# -- training ---------------------------------------------------------------------------
+def count_words(texts: Iterable[str], special_tokens: Sequence[str] = (ENDOFTEXT,),
+                pattern: str | None = GPT2_PATTERN) -> dict[str, int]:
+    """Pre-tokenised word (byte-table string) → count, special tokens cut out."""
+    splitter = ByteLevelBPETokenizer({}, [], {s: i for i, s in enumerate(special_tokens)}, pattern=pattern)
+    counts: dict[str, int] = {}
+    for text in texts:
+        for segment, added in splitter._split_added(check_text(text)):
+            if not added:
+                for w in splitter.pre_tokenize(segment):
+                    counts[w] = counts.get(w, 0) + 1
+    return counts
+
+
+def _merge_ids(word: list[int], a: int, b: int, new: int) -> list[int]:
+    out, i, n = [], 0, len(word)
+    while i < n:
+        if i + 1 < n and word[i] == a and word[i + 1] == b:
+            out.append(new)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def learn_bytelevel_merges(word_counts: Mapping[str, int], vocab_size: int, special_tokens: Sequence[str] = (ENDOFTEXT,),
+                           min_frequency: int = 2) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The incremental trainer: (vocab, merges) from word counts (see the module docstring)."""
+    tokens: list[str] = [*special_tokens, *ALPHABET]
+    ids = {t: i for i, t in enumerate(tokens)}
+    words = [[ids[c] for c in w] for w in word_counts]
+    freqs = list(word_counts.values())
+    count: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for wi, w in enumerate(words):
+        for p in zip(w, w[1:]):
+            count[p] = count.get(p, 0) + freqs[wi]
+            where.setdefault(p, set()).add(wi)
+    heap = [(-c, p) for p, c in count.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    while len(ids) < vocab_size and heap:
+        neg, pair = heapq.heappop(heap)
+        current = count.get(pair, 0)
+        if -neg != current:                                 # stale: re-push with its true count
+            if current > 0:
+                heapq.heappush(heap, (-current, pair))
+            continue
+        if current < 1 or current < min_frequency:
+            break
+        a, b = pair
+        text = tokens[a] + tokens[b]
+        new = ids.get(text)
+        if new is None:
+            new = ids[text] = len(tokens)
+            tokens.append(text)
+        merges.append((tokens[a], tokens[b]))
+        touched: set[tuple[int, int]] = set()
+        for wi in sorted(where.pop(pair, ())):
+            old = words[wi]
+            if len(old) < 2:
+                continue
+            merged = _merge_ids(old, a, b, new)
+            if len(merged) == len(old):
+                continue                                    # stale index entry: pair no longer here
+            f = freqs[wi]
+            for p in zip(old, old[1:]):
+                count[p] -= f
+            for p in zip(merged, merged[1:]):
+                count[p] = count.get(p, 0) + f
+                where.setdefault(p, set()).add(wi)
+                touched.add(p)
+            words[wi] = merged
+        count.pop(pair, None)
+        for p in touched:                                   # counts that may have grown
+            if count.get(p, 0) > 0:
+                heapq.heappush(heap, (-count[p], p))
+    return ids, merges
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = (ENDOFTEXT,),
+              min_frequency: int = 2, fast: bool = False) -> ByteLevelBPETokenizer:
+    """Train a GPT-2-style byte-level BPE. ``vocab_size`` counts specials + 256 bytes + merges.
+
+    ``fast=True`` trains with the ``tokenizers`` library's ``BpeTrainer`` instead (same
+    layout, same tie-breaking, so the same merges on a corpus free of special tokens)."""
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    special_tokens = list(special_tokens)
+    if fast:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator((check_text(t) for t in texts), trainer)
+        doc = json.loads(tok.to_str())
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in doc["model"]["merges"]]
+        vocab = {t: i for t, i in doc["model"]["vocab"].items() if t not in special_tokens}
+    else:
+        ids, merges = learn_bytelevel_merges(count_words(texts, special_tokens), vocab_size, special_tokens, min_frequency)
+        vocab = {t: i for t, i in ids.items() if t not in special_tokens}
+    added = {t: i for i, t in enumerate(special_tokens)}
+    return ByteLevelBPETokenizer(vocab, merges, added)
+
+
+__all__ = ["GPT2_PATTERN", "ENDOFTEXT", "bytes_to_unicode", "ByteLevelBPETokenizer", "train_bpe",
+           "learn_bytelevel_merges", "count_words", "load_tokenizer_json", "split_isolated"]
