@@ -11,9 +11,9 @@ vocabulary is the 256 byte values, so any text encodes with no unknown token. Th
    map in order to ``chr(256 + n)``, n = 0, 1, … (so the space byte 0x20 is ``Ġ`` = U+0120).
 2. **Pre-tokenisation.** Text is cut into words by GPT-2's regular expression
    ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``
-   and merges never cross a word boundary (the paper: BPE "merges across character
-   categories" otherwise, e.g. ``dog.`` ``dog!`` ``dog?``). A leading space stays with the
-   word that follows it. Special tokens (``<|endoftext|>``) are cut out *before* this and
+   and merges never cross a word boundary: the paper prevents BPE "from merging across
+   character categories", having seen vocabulary spent on ``dog.`` ``dog!`` ``dog?``; a
+   leading space stays with the word that follows it (its one exception). Special tokens (``<|endoftext|>``) are cut out *before* this and
    are never split.
 3. **Merges by rank.** The merges learned first have the lowest rank. Encoding a word:
    its UTF-8 bytes as table characters, then repeatedly merge every occurrence of the
@@ -26,7 +26,10 @@ UTF-8 cannot): like ``ByteTokenizer`` they are encoded with ``errors="surrogatep
 and a byte run that decodes with ``surrogatepass`` is decoded that way, so
 ``decode(encode(s)) == s`` for every Python string. GPT-2's ``encoder.py`` raises
 ``UnicodeEncodeError`` on them and the ``tokenizers`` library refuses such a string
-(``TypeError``); on every other string the three agree.
+(``TypeError``); on every other string the three agree. One known difference from
+``tokenizers``: Unicode *version*. ``\\p{L}``/``\\p{N}`` come from the ``regex`` package's
+tables, which are newer than the Rust library's, so a few code points unassigned in the
+older tables (e.g. U+3D000) are letters to us and not to it, which changes the word split.
 
 **Training** (``train_bpe``): the argmax-pair loop of Algorithm 1, but incremental. We keep
 ``count[pair]`` and ``where[pair]`` = the words that contain it; after merging (a, b) only
@@ -42,12 +45,14 @@ tokens occurring in training text are cut out rather than learned from.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import os
 from typing import Iterable, Mapping, Sequence
 
 from lineage_jax.tokenize.base import check_text
+from lineage_jax.tokenize.byte import _decode_bytes     # valid UTF-8 (surrogates kept), else errors="replace"
 
 ENDOFTEXT = "<|endoftext|>"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -106,21 +111,14 @@ def _token_bytes(token: str) -> bytes:
         return token.encode("utf-8", errors="surrogatepass")
 
 
-def _decode_bytes(b: bytes) -> str:
-    try:
-        return bytes(b).decode("utf-8", errors="surrogatepass")
-    except UnicodeDecodeError:
-        return bytes(b).decode("utf-8", errors="replace")
-
-
 class ByteLevelBPETokenizer:
     """GPT-2 byte-level BPE behind the ``Tokenizer`` protocol.
 
     ``vocab``: token string (byte-table characters) → id; ``merges``: pairs in rank order;
     ``added_tokens``: special strings → id, matched in the text before pre-tokenisation.
-    ``pattern=None`` means no regex split (each segment is one word).
+    ``pattern=None`` means no regex split (each segment is one word). ``name`` is
+    ``bpe-`` + a digest of everything that decides the ids (data caches key on it).
     """
-    name = "bpe"
 
     def __init__(self, vocab: Mapping[str, int], merges: Sequence[tuple[str, str]],
                  added_tokens: Mapping[str, int] | None = None, pattern: str | None = GPT2_PATTERN,
@@ -142,6 +140,9 @@ class ByteLevelBPETokenizer:
         self._id_bytes = {i: _token_bytes(t) for t, i in self.vocab.items() if self.id_to_token[i] == t}
         self._cache: dict[str, tuple[int, ...]] = {}
         self._fast = None
+        what = json.dumps([sorted(self.vocab.items()), self.merges, sorted(self.added_tokens.items()),
+                           pattern, add_prefix_space, ignore_merges], ensure_ascii=False)
+        self.name = "bpe-" + hashlib.sha256(what.encode("utf-8", errors="surrogatepass")).hexdigest()[:12]
 
     # -- the protocol -------------------------------------------------------------------
     @property
@@ -252,6 +253,8 @@ class ByteLevelBPETokenizer:
         return self._fast
 
     def encode_batch(self, texts: Sequence[str], fast: bool = False) -> list[list[int]]:
+        """``fast=True`` encodes in Rust (multi-threaded), the same ids as ``encode`` on every
+        string ``tokenizers`` accepts (it refuses lone surrogates)."""
         texts = [check_text(t) for t in texts]
         if fast:
             return [e.ids for e in self.fast().encode_batch(texts, add_special_tokens=False)]

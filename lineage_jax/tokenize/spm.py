@@ -15,6 +15,7 @@ UTF-8 and are refused with a ``ValueError``. ``eos_id`` is the model's ``</s>``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from typing import Iterable, Sequence
@@ -36,7 +37,7 @@ class SentencePieceTokenizer:
     def __init__(self, model_proto: bytes):
         self.model_proto = bytes(model_proto)
         self.sp = _spm().SentencePieceProcessor(model_proto=self.model_proto)
-        self.name = "spm"
+        self.name = "spm-" + hashlib.sha256(self.model_proto).hexdigest()[:12]     # data caches key on it
 
     @classmethod
     def from_file(cls, path: str) -> "SentencePieceTokenizer":
