@@ -70,7 +70,7 @@ def _gather(x, idx):
 
 
 def beam_step(state: BeamState, logprobs: jax.Array, cur_len, *, prompt_len: int, max_len: int,
-              eos_id: int | None, length_penalty: float, early_stopping: bool | str) -> BeamState:
+              eos_id: int | None, length_penalty, early_stopping: bool | str) -> BeamState:
     """One step: ``logprobs`` [B, W, V] for the next token of each running beam of length ``cur_len``."""
     B, W, V = logprobs.shape
     K = 2 * W
@@ -103,19 +103,16 @@ def beam_step(state: BeamState, logprobs: jax.Array, cur_len, *, prompt_len: int
     fin_len, fin_flag = _gather(m_len, best), _gather(m_flag, best)
 
     # Can a running beam still beat the worst finished one?
-    new_len = cur_len + 1
-    if early_stopping == "never" and length_penalty > 0.0:
-        hyp_len = max_len - prompt_len
-    else:
-        hyp_len = new_len - prompt_len
+    hyp_len = cur_len + 1 - prompt_len
+    if early_stopping == "never":
+        hyp_len = jnp.where(length_penalty > 0.0, max_len - prompt_len, hyp_len)
     best_running = alive_score[:, :1] / jnp.asarray(hyp_len, jnp.float32) ** length_penalty
     worst_fin = jnp.where(fin_flag, fin_score.min(-1, keepdims=True), NEG)
     improvable = state.improvable & (best_running > worst_fin).any(-1)
     return BeamState(alive_seq, alive_score, fin_seq, fin_score, fin_len, fin_flag, improvable, done.all())
 
 
-_beam_step_jit = jax.jit(beam_step, static_argnames=("prompt_len", "max_len", "eos_id", "length_penalty",
-                                                     "early_stopping"))
+_beam_step_jit = jax.jit(beam_step, static_argnames=("prompt_len", "max_len", "eos_id", "early_stopping"))
 
 
 def _finished(state: BeamState, early_stopping) -> bool:
@@ -144,7 +141,7 @@ def beam_search(step_fn: Callable, prompt, *, num_beams: int, max_new_tokens: in
     W, L = num_beams, P + max_new_tokens
     if pad_id is None:
         pad_id = eos_id if eos_id is not None else -1
-    kw = dict(prompt_len=P, max_len=L, eos_id=eos_id, length_penalty=float(length_penalty),
+    kw = dict(prompt_len=P, max_len=L, eos_id=eos_id, length_penalty=jnp.float32(length_penalty),
               early_stopping=early_stopping)
     state = beam_init(jnp.asarray(prompt), W, L, pad_id)
     for cur_len in range(P, L):
