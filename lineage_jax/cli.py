@@ -57,20 +57,62 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_sample(args) -> int:
-    if args.temperature < 0:
+def _check_sample_args(args) -> list[str]:
+    """Validate ``lineage sample`` flags before JAX loads; returns the prompts."""
+    sampling = [f for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p))
+                if v is not None]
+    if args.strategy != "sample" and sampling:
+        raise ConfigError(f"{', '.join(sampling)}: only with --strategy sample (not {args.strategy})")
+    if args.temperature is not None and args.temperature < 0:
         raise ConfigError(f"--temperature={args.temperature}: must be >= 0 (0 = greedy)")
-    if not args.prompt:
+    if args.top_k is not None and args.top_k < 0:
+        raise ConfigError(f"--top-k={args.top_k}: must be >= 0 (0 = off)")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
+    if args.num_beams < 1:
+        raise ConfigError(f"--num-beams={args.num_beams}: must be at least 1")
+    if args.num_beams > 1 and args.strategy != "beam":
+        raise ConfigError(f"--num-beams={args.num_beams}: only with --strategy beam")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size}: must be at least 1")
+    if args.prompts_file is not None:
+        if args.prompt is not None:
+            raise ConfigError("--prompt and --prompts-file: give one of them")
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            raise ConfigError(f"--prompts-file={args.prompts_file}: {e.strerror}") from None
+        if not prompts:
+            raise ConfigError(f"--prompts-file={args.prompts_file}: no prompts (one per line)")
+        return prompts
+    prompt = "\n" if args.prompt is None else args.prompt
+    if not prompt:
         raise ConfigError("--prompt is empty: give at least one character to continue from")
+    return [prompt]
+
+
+def cmd_sample(args) -> int:
+    prompts = _check_sample_args(args)
     _init_devices(args.devices)
-    from lineage_jax.sample import sample_run
-    temperature = 0.0 if args.strategy == "greedy" else args.temperature
-    stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
-    if stream:
-        print(args.prompt, end="", flush=True)
-    text = sample_run(args.run_dir, args.prompt, args.max_new_tokens, temperature=temperature, seed=args.seed,
-                      stream=stream)
-    print(json.dumps({"prompt": args.prompt, "text": text}) if args.json else "")
+    from lineage_jax import sample as smp
+    temperature = 0.8 if args.temperature is None else args.temperature
+    top_k, top_p = args.top_k or 0, 1.0 if args.top_p is None else args.top_p
+    if len(prompts) == 1 and not args.json and args.strategy != "beam":   # stream one prompt's text
+        print(prompts[0], end="", flush=True)
+        smp.sample_run(args.run_dir, prompts[0], args.max_new_tokens, seed=args.seed, top_k=top_k, top_p=top_p,
+                       temperature=0.0 if args.strategy == "greedy" else temperature,
+                       stream=lambda piece: print(piece, end="", flush=True))
+        print()
+        return 0
+    cfg, model, params = smp.load_run(args.run_dir)
+    from lineage_jax.tokenize import get_tokenizer
+    results = smp.sample_prompts(model, params, get_tokenizer(cfg.data.tokenizer), prompts, args.max_new_tokens,
+                                 strategy=args.strategy, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 num_beams=args.num_beams, seed=args.seed, batch_size=args.batch_size,
+                                 progress=len(prompts) > 1 and not args.no_progress)
+    for r in results:
+        print(json.dumps(r) if args.json else r["text"] + "\n")
     return 0
 
 
@@ -119,13 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from the latest checkpoint of a run")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--prompt", default="\n")
+    p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    p.add_argument("--prompts-file", default=None, metavar="F", help="one prompt per line, decoded in batches")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--strategy", choices=("greedy", "sample"), default="sample")
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="sample")
+    p.add_argument("--temperature", type=float, default=None, help="sample only (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only: keep the k most probable tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="sample only: nucleus mass in (0, 1] (1 = off)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam only: beam width")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (KV-cached)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over --prompts-file")
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming text")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="tokens/s, FLOPs, MFU and compile times of the train step")

@@ -2,7 +2,10 @@
 learned positions and input/output embeddings tied (Press & Wolf 2017).
 
 Used purely: ``params = GPT(cfg).init(key, tokens)["params"]`` and
-``logits = GPT(cfg).apply({"params": params}, tokens)``. Every parameter carries logical
+``logits = GPT(cfg).apply({"params": params}, tokens)``. For decoding with a KV cache (Pope et al.
+2022 describe the inference cost it saves), pass the cache pytree and per-token positions
+explicitly: ``logits, cache = GPT(cfg).apply({"params": params}, tokens, cache=cache,
+positions=pos)`` (``lineage_jax/decode/kv_cache.py``); without ``cache`` the program is unchanged. Every parameter carries logical
 axis names (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``position``, and ``layers``
 for the scanned stack); the model knows nothing of meshes.
 """
@@ -15,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from lineage_jax.config import ModelConfig
-from lineage_jax.models.layers import Dense, causal_attention, constrain, hooks, layer_norm, linear, param
+from lineage_jax.models.layers import (Dense, cached_attention, causal_attention, constrain, hooks, layer_norm, linear,
+                                       param)
 
 
 class CausalSelfAttention(nn.Module):
@@ -23,7 +27,8 @@ class CausalSelfAttention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
+    def __call__(self, x: jax.Array, kv=None, positions=None):  # [B, T, D]
+        """x -> y; with ``kv = (k_cache, v_cache)`` [B, C, H, K] and ``positions`` [B, T]: (y, new kv)."""
         c = self.cfg
         H, K = c.heads, c.width // c.heads
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -34,11 +39,18 @@ class CausalSelfAttention(nn.Module):
         drop = None
         if c.dropout > 0 and not self.deterministic:
             drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)
-        y = causal_attention(q, k, v, chunks=c.attn_chunks, dropout=drop)           # [B, T, H, K]
+        if kv is None:
+            y = causal_attention(q, k, v, chunks=c.attn_chunks, dropout=drop)       # [B, T, H, K]
+        else:  # write this call's keys/values at their positions, attend to every slot <= the query's
+            b = jnp.arange(x.shape[0])[:, None]
+            kv = (kv[0].at[b, positions].set(k.astype(kv[0].dtype), mode="drop"),
+                  kv[1].at[b, positions].set(v.astype(kv[1].dtype), mode="drop"))
+            y = cached_attention(q, kv[0].astype(k.dtype), kv[1].astype(v.dtype), positions)
         # Residual projections scaled by 1/√(2L) at init (GPT-2 §2.3).
         out = Dense((c.width,), ("heads", "kv", "embed"), in_axes=2, init_std=c.init_std / math.sqrt(2 * c.layers),
                     dtype=dtype, param_dtype=pdtype, name="out")(y)
-        return nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+        out = nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+        return out if kv is None else (out, kv)
 
 
 class MLP(nn.Module):
@@ -63,13 +75,19 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, _=None):
+    def __call__(self, x: jax.Array, kv=None, positions=None):
+        """(x, None) -> (x, None); with this layer's cache ``kv = (k, v)``: (x, new kv)."""
         c = self.cfg
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        x = x + CausalSelfAttention(c, self.deterministic, name="attn")(
-            layer_norm("ln1", c.layernorm_eps, dtype, pdtype)(x))
+        attn = CausalSelfAttention(c, self.deterministic, name="attn")
+        a = layer_norm("ln1", c.layernorm_eps, dtype, pdtype)(x)
+        if kv is None:
+            x = x + attn(a)
+        else:
+            y, kv = attn(a, kv, positions)
+            x = x + y
         x = x + MLP(c, self.deterministic, name="mlp")(layer_norm("ln2", c.layernorm_eps, dtype, pdtype)(x))
-        return constrain(x, ("batch", "seq", "embed")), None
+        return constrain(x, ("batch", "seq", "embed")), kv
 
 
 REMAT_POLICIES = {
@@ -82,9 +100,16 @@ class GPT(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
-        """tokens [B, T] int -> logits [B, T, V] in the compute dtype (V = vocab padded to vocab_multiple)."""
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, cache=None, positions=None):
+        """tokens [B, T] int -> logits [B, T, V] in the compute dtype (V = vocab padded to vocab_multiple).
+
+        With ``cache`` (a ``KVCache``: k, v [L, B, C, H, K]) and ``positions`` [B, T] (each token's
+        index in its sequence, < context): returns ``(logits, cache)`` with this call's keys and values
+        written at those positions; a token attends to every cache slot at or before its position.
+        """
         c = self.cfg
+        if cache is not None:
+            return self._cached(tokens, cache, positions)
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         T = tokens.shape[-1]
         if T > c.context:
@@ -115,6 +140,36 @@ class GPT(nn.Module):
         if V > c.vocab_size:  # padding rows are never predicted
             logits = jnp.where(h.index(logits.shape[-1], "vocab") < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
         return logits
+
+
+    def _cached(self, tokens, cache, positions):
+        """The KV-cache path (inference only: deterministic, no remat, default hooks)."""
+        c = self.cfg
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        if positions is None:
+            raise ValueError("positions [B, T] are required with a cache")
+        positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), tokens.shape)
+        init = nn.initializers.normal(c.init_std)
+        V = padded_vocab(c)
+        wte = param(self, "wte", init, (V, c.width), pdtype, ("vocab", "embed"))
+        wpe = param(self, "wpe", init, (c.context, c.width), pdtype, ("position", "embed"))
+        x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, jnp.clip(positions, 0, c.context - 1), axis=0)).astype(dtype)
+        if c.scan_layers:
+            stack = nn.scan(Block, length=c.layers, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(0, nn.broadcast), metadata_params={nn.PARTITION_NAME: "layers"})
+            x, (k, v) = stack(c, True, name="blocks")(x, (cache.k, cache.v), positions)
+        else:
+            ks, vs = [], []
+            for i in range(c.layers):
+                x, (ki, vi) = Block(c, True, name=f"blocks_{i}")(x, (cache.k[i], cache.v[i]), positions)
+                ks.append(ki)
+                vs.append(vi)
+            k, v = jnp.stack(ks), jnp.stack(vs)
+        x = layer_norm("ln_f", c.layernorm_eps, dtype, pdtype)(x)
+        logits = linear(x, wte.astype(dtype), True)
+        if V > c.vocab_size:
+            logits = jnp.where(jnp.arange(V) < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
+        return logits, cache._replace(k=k, v=v)
 
 
 def padded_vocab(c: ModelConfig) -> int:

@@ -212,3 +212,17 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, chunks: int = 
         outs.append(jnp.einsum("bhqs,bhsk->bhqk", p, vh[:, :, :hi]))
     out = outs[0] if chunks == 1 else jnp.concatenate(outs, axis=2)
     return out.transpose(0, 2, 1, 3)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array) -> jax.Array:
+    """Attention of T new queries over a KV cache: q [B, T, H, K], k/v [B, C, H, K], positions [B, T].
+
+    Query t of row b sees cache slots s <= positions[b, t] (the causal mask by position, so rows of
+    different lengths share one shape); softmax in float32, as ``causal_attention``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = jnp.einsum("bqhk,bshk->bhqs", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
+    visible = positions[:, None, :, None] >= jnp.arange(k.shape[1])[None, None, None, :]
+    s = jnp.where(visible, s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqs,bshk->bqhk", p, v)
