@@ -53,6 +53,7 @@ from typing import Iterable, Mapping, Sequence
 
 from lineage_jax.tokenize.base import check_text
 from lineage_jax.tokenize.byte import _decode_bytes     # valid UTF-8 (surrogates kept), else errors="replace"
+from lineage_jax.tokenize.sennrich import merge_word
 
 ENDOFTEXT = "<|endoftext|>"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -220,16 +221,7 @@ class ByteLevelBPETokenizer:
                     best, best_rank = pair, r
             if best is None:
                 break
-            a, b = best
-            merged, i, n = [], 0, len(symbols)
-            while i < n:                                    # every occurrence, left to right
-                if i + 1 < n and symbols[i] == a and symbols[i + 1] == b:
-                    merged.append(a + b)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
+            symbols = list(merge_word(symbols, best))      # every occurrence, left to right
         return symbols
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
