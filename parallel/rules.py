@@ -40,8 +40,6 @@ DATA_PARALLEL: Rules = (("batch", ("data", "fsdp")),)
 ZERO: Rules = (("embed", "fsdp"),)
 TENSOR: Rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
 SEQUENCE: Rules = (("seq", "tensor"),)
-# Backwards-compatible name: ZeRO-3 storage on top of data parallel.
-FSDP: Rules = DATA_PARALLEL + ZERO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +72,6 @@ def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence
     for table in s.tables().values():
         check_rules(table)
     return s
-
-
-def rules_for(mesh_shape: Mapping[str, int]) -> Rules:
-    """Compute rules of plain data (× tensor) parallelism for a mesh."""
-    return strategy_for(mesh_shape).compute
 
 
 def check_rules(rules: Rules) -> None:

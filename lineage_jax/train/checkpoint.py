@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -37,17 +36,8 @@ def latest_step(run_dir: str | Path) -> int | None:
         return mngr.latest_step()
 
 
-def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """State restored into the shapes/shardings of ``abstract_state`` (a pytree of ShapeDtypeStruct)."""
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                      meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
-
-
-def abstract_like(tree: Any) -> Any:
-    """Shapes, dtypes and shardings of a pytree of arrays (what ``restore`` needs)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)

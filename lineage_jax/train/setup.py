@@ -56,10 +56,6 @@ class Setup:
         with jax.set_mesh(self.mesh), parallel.axis_rules(self.strategy.compute), collective_hooks(param=at_rest):
             yield
 
-    @property
-    def rules(self) -> tuple:
-        return self.strategy.compute
-
     def abstract_state(self) -> TrainState:
         shapes = jax.eval_shape(self.init_state, jax.random.key(0))
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
