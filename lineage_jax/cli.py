@@ -1,4 +1,4 @@
-"""``lineage``: train, sample, bench, shard-report. The only place that prints or exits.
+"""``lineage``: train, sample, bench, shard-report, convert (+ the modules in ``lineage_jax.commands``). The only place that prints or exits.
 
 Arguments and config are parsed and validated before JAX is imported, so ``--devices N``
 can still emulate N CPU devices and a bad key costs no compile.
@@ -31,9 +31,10 @@ def _init_devices(n: int | None) -> None:
 
 def _user_errors():
     from lineage_jax.train.checkpoint import CheckpointError
+    from lineage_jax.interop import InteropError
     from lineage_jax.train.loop import RunDirError
     from parallel import MeshError
-    return ConfigError, MeshError, RunDirError, CheckpointError, FileNotFoundError
+    return ConfigError, MeshError, RunDirError, CheckpointError, InteropError, FileNotFoundError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -117,11 +118,32 @@ def cmd_sample(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    cfg = load_config(args.config, args.overrides)
+    from lineage_jax.commands import BENCH_TARGETS
+    if args.target is not None and "=" in args.target:   # argparse took the first override for a target
+        args.overrides, args.target = [args.target, *args.overrides], None
+    target = args.target or "train"
+    if target not in BENCH_TARGETS:
+        raise ConfigError(f"lineage bench {target}: unknown target; allowed: {', '.join(BENCH_TARGETS)}")
+    if target == "train":
+        cfg = load_config(args.config, args.overrides)
+        _init_devices(args.devices)
+        from lineage_jax.bench import report, run_bench
+        result = run_bench(cfg, steps=args.steps, torch_peer=not args.no_torch, depth_check=not args.no_depth)
+        print(json.dumps(result, indent=1) if args.json else report(result))
+        return 0
+    import importlib
     _init_devices(args.devices)
-    from lineage_jax.bench import report, run_bench
-    result = run_bench(cfg, steps=args.steps, torch_peer=not args.no_torch, depth_check=not args.no_depth)
-    print(json.dumps(result, indent=1) if args.json else report(result))
+    mod = importlib.import_module(BENCH_TARGETS[target])
+    result = mod.run(args)
+    print(json.dumps(result, indent=1) if args.json else mod.report(result))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    _init_devices(args.devices)
+    from lineage_jax.interop import convert_to_run_dir
+    run_dir = convert_to_run_dir(args.from_hf, args.run_dir, tokenizer=args.tokenizer)
+    print(f"converted {args.from_hf} -> {run_dir}; try: lineage sample --run-dir {run_dir}")
     return 0
 
 
@@ -176,13 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming text")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("bench", help="tokens/s, FLOPs, MFU and compile times of the train step")
+    p = sub.add_parser("bench", help="benchmarks: train (default: tokens/s, FLOPs, MFU, compile times of the "
+                                      "train step) or another target")
+    p.add_argument("target", nargs="?", default=None,
+                   help="what to measure: train (default), or another target listed in lineage_jax/commands")
     _add_config_args(p)
     p.set_defaults(config="bench")
     p.add_argument("--steps", type=int, default=20, help="timed steps per round (median reported)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager peer")
     p.add_argument("--no-depth", action="store_true", help="skip the 2-vs-12-layer compile-time check")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", default=None, metavar="PATH", help="where a target writes its plot (PNG)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, e.g. in tests)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("shard-report", help="compile the train step under a strategy; show memory and collectives")
@@ -190,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--compare", metavar="PNG", help="report every strategy for this model and plot them to PNG")
     p.set_defaults(func=cmd_shard_report)
+
+    p = sub.add_parser("convert", help="a Hugging Face checkpoint directory -> a lineage run directory")
+    p.add_argument("--from-hf", required=True, metavar="DIR", help="config.json + model.safetensors")
+    p.add_argument("--run-dir", required=True, metavar="OUT", help="new run directory (must hold no checkpoint)")
+    p.add_argument("--tokenizer", default=None,
+                   help="data.tokenizer for the run (default: DIR's tokenizer.json, else byte)")
+    p.add_argument("--devices", type=int, default=None)
+    p.set_defaults(func=cmd_convert)
+
+    import importlib
+
+    from lineage_jax.commands import COMMANDS
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -19,6 +19,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots")
 FORMS = ("gspmd", "shard_map")
 PRECISIONS = ("fp32", "bf16", "fp16")
+ARCHS = ("gpt2", "llama")
+MOE_ROUTERS = ("shazeer", "gshard", "switch")
+MOE_BACKENDS = ("capacity", "dropless")
 
 
 class ConfigError(ValueError):
@@ -41,7 +44,20 @@ class ModelConfig:
     remat: str = "none"            # none | full | dots (save matmul outputs only)
     attn_chunks: int = 4           # causal attention in query chunks that skip masked key blocks
     init_std: float = 0.02
-    layernorm_eps: float = 1e-5
+    layernorm_eps: float = 1e-5    # LayerNorm eps (gpt2) or RMSNorm eps (llama)
+    # architecture family: gpt2 (learned positions, LayerNorm, GELU, tied) | llama (RoPE, RMSNorm, SwiGLU, GQA)
+    arch: str = "gpt2"
+    kv_heads: int = 0              # grouped-query attention: key/value heads (0 = heads, i.e. MHA; 1 = MQA)
+    mlp_dim: int = 0               # F when not mlp_ratio * width (0 = mlp_ratio * width)
+    rope_theta: float = 10000.0    # llama: RoPE base
+    tied: bool = True              # output head tied to the token embedding
+    # mixture of experts (gpt2): every moe_every-th block's MLP is an MoE layer (0 = dense)
+    moe_every: int = 0
+    experts: int = 8               # E
+    moe_k: int = 2                 # experts per token (shazeer; gshard is 2, switch is 1)
+    moe_router: str = "gshard"     # shazeer | gshard | switch
+    moe_backend: str = "capacity"  # capacity | dropless
+    capacity_factor: float = 1.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +134,11 @@ def _plain(x):
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+def ffn_dim(m: ModelConfig) -> int:
+    """F, the feed-forward width: ``mlp_dim`` when set, else ``mlp_ratio * width``."""
+    return m.mlp_dim or m.mlp_ratio * m.width
 
 
 # ----------------------------------------------------------------------------- loading
@@ -293,6 +314,31 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"parallel.precision='{p.precision}': allowed {', '.join(PRECISIONS)}")
     if p.loss_scale_init <= 0 or p.loss_scale_period < 1:
         raise ConfigError("parallel.loss_scale_init must be > 0 and parallel.loss_scale_period >= 1")
+    if m.arch not in ARCHS:
+        raise ConfigError(f"model.arch='{m.arch}': allowed {', '.join(ARCHS)}")
+    kv = m.kv_heads or m.heads
+    if m.kv_heads < 0 or m.heads % kv:
+        raise ConfigError(f"model.kv_heads={m.kv_heads} must divide model.heads={m.heads} (0 = heads); "
+                          f"allowed: 0, {_divisors(m.heads)}")
+    if m.mlp_dim < 0:
+        raise ConfigError(f"model.mlp_dim={m.mlp_dim}: must be >= 0 (0 = mlp_ratio * width)")
+    if m.rope_theta <= 0:
+        raise ConfigError(f"model.rope_theta={m.rope_theta}: must be positive")
+    if m.moe_every:
+        if m.moe_every < 0 or m.layers % m.moe_every:
+            raise ConfigError(f"model.moe_every={m.moe_every} must divide model.layers={m.layers} (0 = dense); "
+                              f"allowed: 0, {_divisors(m.layers)}")
+        if m.arch != "gpt2":
+            raise ConfigError(f"model.moe_every={m.moe_every}: MoE blocks are built for model.arch=gpt2 only")
+        if m.moe_router not in MOE_ROUTERS:
+            raise ConfigError(f"model.moe_router='{m.moe_router}': allowed {', '.join(MOE_ROUTERS)}")
+        if m.moe_backend not in MOE_BACKENDS:
+            raise ConfigError(f"model.moe_backend='{m.moe_backend}': allowed {', '.join(MOE_BACKENDS)}")
+        if m.experts < 2 or not 1 <= m.moe_k <= m.experts:
+            raise ConfigError(f"model.experts={m.experts}, model.moe_k={m.moe_k}: need experts >= 2 and "
+                              f"1 <= moe_k <= experts")
+        if m.capacity_factor <= 0:
+            raise ConfigError(f"model.capacity_factor={m.capacity_factor}: must be positive")
     if m.vocab_multiple < 1:
         raise ConfigError(f"model.vocab_multiple={m.vocab_multiple}: must be a positive integer")
     if not cfg.run_dir:

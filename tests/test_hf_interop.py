@@ -104,11 +104,11 @@ def test_errors_are_one_line(tmp_path):
     assert "no such directory" in one_line_error(lambda: hf.load(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     assert "config.json" in one_line_error(lambda: hf.load(tmp_path / "empty"))
-    llama = tmp_path / "llama"
-    llama.mkdir()
-    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    msg = one_line_error(lambda: hf.load(llama))
-    assert "'llama'" in msg and "supported: gpt2" in msg
+    xlnet = tmp_path / "xlnet"
+    xlnet.mkdir()
+    (xlnet / "config.json").write_text(json.dumps({"model_type": "xlnet"}))
+    msg = one_line_error(lambda: hf.load(xlnet))
+    assert "'xlnet'" in msg and "supported: gpt2" in msg
     gpt = tmp_path / "gpt"
     gpt.mkdir()
     cfg = {"model_type": "gpt2", "vocab_size": 11, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2}

@@ -37,7 +37,7 @@ class KVCache(NamedTuple):
 def init_cache(cfg, batch: int, dtype=None) -> KVCache:
     """An empty cache for ``batch`` rows of a model config (``dtype``: the compute dtype by default)."""
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (cfg.layers, batch, cfg.context, cfg.heads, cfg.width // cfg.heads)
+    shape = (cfg.layers, batch, cfg.context, cfg.kv_heads or cfg.heads, cfg.width // cfg.heads)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
 

@@ -21,6 +21,7 @@ tied to ``wte`` on both sides, as in GPT-2.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ import numpy as np
 from lineage_jax.config import Config, ConfigError, DataConfig, MeshConfig, ModelConfig, validate
 
 SUPPORTED = "gpt2 (GPT2LMHeadModel / GPT2Model)"
+# Other families live in their own modules, each exposing
+#   load(path: Path, hf: dict, **overrides) -> (model, params)
+#   save(model, params, path: Path) -> None
+#   handles(model) -> bool               (is this one of this family's models?)
+# and reading tensors through ``read_tensors`` below. model_type -> module:
+FAMILIES = {"llama": "lineage_jax.interop.hf_llama", "mistral": "lineage_jax.interop.hf_llama",
+            "mixtral": "lineage_jax.interop.hf_llama", "bert": "lineage_jax.interop.hf_bert",
+            "t5": "lineage_jax.interop.hf_t5"}
 _BUFFERS = (".attn.bias", ".attn.masked_bias")    # causal-mask buffers some older checkpoints carry
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")     # what our MLP computes (tanh approximation)
 
@@ -53,9 +62,14 @@ def _read_config(path: Path) -> dict:
     except json.JSONDecodeError as e:
         raise InteropError(f"{cfg_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
     kind = hf.get("model_type")
-    if kind != "gpt2":
-        raise InteropError(f"{path}: model_type '{kind}' is not supported; supported: {SUPPORTED}")
+    if kind != "gpt2" and kind not in FAMILIES:
+        raise InteropError(f"{path}: model_type '{kind}' is not supported; supported: gpt2, "
+                           f"{', '.join(FAMILIES)}")
     return hf
+
+
+def _family(name: str):
+    return importlib.import_module(FAMILIES[name])
 
 
 def _model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
@@ -82,7 +96,7 @@ def _model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
     return mc
 
 
-def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import safe_open
 
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
@@ -131,8 +145,10 @@ def load(path: str | Path, **overrides: Any):
 
     path = Path(path)
     hf = _read_config(path)
+    if hf["model_type"] != "gpt2":
+        return _family(hf["model_type"]).load(path, hf, **overrides)
     mc = _model_config(hf, path, overrides)
-    raw = _read_tensors(path)
+    raw = read_tensors(path)
     prefix = "transformer." if any(k.startswith("transformer.") for k in raw) else ""
     tensors = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in raw.items()}
     head = tensors.pop("lm_head.weight", None)
@@ -211,6 +227,13 @@ def save(model, params, path: str | Path) -> None:
     import jax
     from safetensors.numpy import save_file
 
+    from lineage_jax.models.gpt import GPT
+    if not isinstance(model, GPT):
+        for name in dict.fromkeys(FAMILIES.values()):
+            family = importlib.import_module(name)
+            if family.handles(model):
+                return family.save(model, params, Path(path))
+        raise InteropError(f"save: no Hugging Face writer for {type(model).__name__}")
     mc: ModelConfig = model.cfg
     H, K = mc.heads, mc.width // mc.heads
     host = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)

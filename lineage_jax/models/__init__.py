@@ -1,4 +1,18 @@
 """Models: Flax linen modules used purely, parameters annotated with logical axis names."""
+from lineage_jax.config import ModelConfig
 from lineage_jax.models.gpt import GPT, count_params
 
-__all__ = ["GPT", "count_params"]
+
+def build(cfg: ModelConfig):
+    """The decoder named by ``cfg.arch``: ``GPT`` (gpt2, optionally with MoE blocks) or ``Llama``.
+
+    Both take ``(tokens, deterministic=True, cache=None, positions=None)`` and return logits
+    [B, T, V] (``(logits, cache)`` with a cache), so training, sampling and parallel/ treat them alike.
+    """
+    if cfg.arch == "llama":
+        from lineage_jax.models.llama import Llama
+        return Llama(cfg)
+    return GPT(cfg)
+
+
+__all__ = ["GPT", "build", "count_params"]

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lineage_jax.config import ModelConfig
+from lineage_jax.config import ModelConfig, ffn_dim
 from lineage_jax.models.layers import (Dense, cached_attention, causal_attention, constrain, hooks, layer_norm, linear,
                                        param)
 
@@ -61,7 +61,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.cfg
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        h = Dense((c.mlp_ratio * c.width,), ("embed", "mlp"), init_std=c.init_std, hook_input=True,
+        h = Dense((ffn_dim(c),), ("embed", "mlp"), init_std=c.init_std, hook_input=True,
                   dtype=dtype, param_dtype=pdtype, name="fc")(x)
         h = constrain(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))   # GELU (Hendrycks & Gimpel 2016)
         out = Dense((c.width,), ("mlp", "embed"), init_std=c.init_std / math.sqrt(2 * c.layers),

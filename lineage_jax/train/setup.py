@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import parallel
 from parallel import precision
 from lineage_jax.config import Config
+from lineage_jax import models
 from lineage_jax.models import GPT
 from lineage_jax.models.layers import collective_hooks
 from lineage_jax.optim import make_optimizer, make_schedule
@@ -30,7 +31,7 @@ from lineage_jax.train.step import decay_mask, make_eval_step, make_train_step
 @dataclasses.dataclass
 class Setup:
     cfg: Config
-    model: GPT
+    model: GPT  # or Llama: lineage_jax.models.build(cfg.model)
     tx: optax.GradientTransformation
     schedule: Callable
     mesh: jax.sharding.Mesh
@@ -90,7 +91,7 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     if cfg.parallel.form == "shard_map" and cfg.model.dropout > 0:
         raise parallel.MeshError("parallel.form=shard_map does not support model.dropout > 0 yet (each device would "
                                  "draw the same mask for its shard); use parallel.form=gspmd or model.dropout=0")
-    model = GPT(cfg.model)
+    model = models.build(cfg.model)
     dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
     logical_specs = nn.get_partition_spec(boxed)["params"]

@@ -1,0 +1,17 @@
+"""Subcommands of ``lineage`` that live beside the code they drive.
+
+Each module listed in ``COMMANDS`` exposes ``register(subparsers)``, adding its parser(s) with
+``set_defaults(func=handler)``; a handler takes the parsed arguments and returns an exit code.
+Modules must not import JAX at import time (``--devices`` must act before JAX starts); raise
+``lineage_jax.config.ConfigError`` for a user's mistake (one line, exit 2).
+
+``lineage bench TARGET``: each module in ``BENCH_TARGETS`` exposes ``run(args) -> dict`` (args:
+the parsed ``bench`` arguments: config, overrides, steps, json, out, quick) and
+``report(result) -> str``. ``train`` is the train-step benchmark in ``lineage_jax.bench``.
+"""
+COMMANDS: tuple[str, ...] = (
+)
+
+BENCH_TARGETS: dict[str, str] = {
+    "train": "lineage_jax.bench",
+}
