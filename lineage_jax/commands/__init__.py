@@ -14,4 +14,5 @@ COMMANDS: tuple[str, ...] = (
 
 BENCH_TARGETS: dict[str, str] = {
     "train": "lineage_jax.bench",
+    "attention": "lineage_jax.bench.attention",
 }
