@@ -1,0 +1,207 @@
+"""A Llama-style decoder (Touvron et al. 2023): the GPT-2 block with four innovations swapped in.
+
+    RMSNorm instead of LayerNorm        Zhang & Sennrich 2019, eq. 4: x / RMS(x) · g, no mean, no bias
+    SwiGLU instead of the GELU MLP      Shazeer 2020, eq. 6: (Swish(x W) ⊙ x V) W₂
+    RoPE instead of learned positions   Su et al. 2021, eq. 34 (rotate-half layout, as Hugging Face Llama)
+    grouped-query attention             Ainslie et al. 2023: ``kv_heads`` key/value heads, each shared
+                                        by heads / kv_heads query heads
+
+No biases anywhere; the output head is tied to the token embedding when ``cfg.tied`` (else a
+separate ``lm_head`` [D, V]). Mistral is this model (sliding windows aside); Mixtral replaces
+each block's MLP by a sparse mixture of SwiGLU experts (``lineage_jax/models/mixtral.py``,
+``cfg.moe_every = 1``).
+
+Same interface as ``GPT``: ``Llama(cfg).apply({"params": p}, tokens)`` -> logits [B, T, V]; with a
+``KVCache`` (k, v [L, B, C, kv_heads, K]) and ``positions`` [B, T]: ``(logits, cache)``. Parameters
+(every axis logically named; ``layers`` leads the scanned stack ``blocks``):
+
+    wte                          [V, D]       vocab, embed
+    blocks/attn_norm/scale       [D]          embed
+    blocks/attn/query/kernel     [D, H, K]    embed, heads, kv
+    blocks/attn/{key,value}/kernel [D, Hkv, K] embed, heads, kv
+    blocks/attn/out/kernel       [H, K, D]    heads, kv, embed
+    blocks/mlp_norm/scale        [D]          embed
+    blocks/mlp/{gate,up}/kernel  [D, F]       embed, mlp
+    blocks/mlp/down/kernel       [F, D]       mlp, embed
+    norm/scale                   [D]          embed
+    lm_head                      [D, V]       embed, vocab   (untied only)
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lineage_jax.attention.mha import attention as grouped_attention
+from lineage_jax.attention.positions import rope_rotate_half
+from lineage_jax.config import ModelConfig, ffn_dim
+from lineage_jax.models.gpt import REMAT_POLICIES, padded_vocab
+from lineage_jax.models.layers import Dense, causal_attention, constrain, hooks, linear, param
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · g over the last axis (Zhang & Sennrich 2019, eq. 4), in float32.
+
+    LayerNorm without re-centring and without a bias: the paper finds the re-scaling alone
+    carries LayerNorm's benefit at lower cost. Parameter ``scale`` [D] ("embed",), initialised to 1.
+    """
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype, ("embed",))
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.epsilon)
+        return (y * scale.astype(y.dtype)).astype(self.dtype)
+
+
+def rms_norm(name: str, c: ModelConfig) -> RMSNorm:
+    return RMSNorm(c.layernorm_eps, jnp.dtype(c.dtype), jnp.dtype(c.param_dtype), name=name)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with RoPE on q and k and ``kv_heads`` key/value heads (GQA)."""
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kv=None, positions=None):  # [B, T, D]
+        c = self.cfg
+        H, Hkv, K = c.heads, c.kv_heads or c.heads, c.width // c.heads
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        proj = lambda n, name: Dense((n, K), ("embed", "heads", "kv"), use_bias=False, init_std=c.init_std,
+                                     dtype=dtype, param_dtype=pdtype, name=name)
+        x = hooks().dense_in(x, ("embed", "heads", "kv"), 1)   # once for q, k, v (Megatron f / SP gather)
+        q = constrain(proj(H, "query")(x), ("batch", "length", "heads", "kv"))
+        k = constrain(proj(Hkv, "key")(x), ("batch", "length", "heads", "kv"))
+        v = constrain(proj(Hkv, "value")(x), ("batch", "length", "heads", "kv"))
+        pos = jnp.arange(q.shape[1]) if positions is None else positions   # [T] or [B, T]: global positions
+        q, k = rope_rotate_half(q, pos, c.rope_theta), rope_rotate_half(k, pos, c.rope_theta)
+        if kv is None:
+            # GQA by repetition: query head h reads key/value head h // G (HF's repeat_kv); G from the
+            # local shapes, so a tensor-parallel shard of heads repeats its own kv heads.
+            G = q.shape[2] // k.shape[2]
+            drop = None
+            if c.dropout > 0 and not self.deterministic:
+                drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)
+            y = causal_attention(q, jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2),
+                                 chunks=c.attn_chunks, dropout=drop)                    # [B, T, H, K]
+        else:  # decode: write at the positions; grouped einsum over the cache, never copied G times
+            b = jnp.arange(x.shape[0])[:, None]
+            kv = (kv[0].at[b, positions].set(k.astype(kv[0].dtype), mode="drop"),
+                  kv[1].at[b, positions].set(v.astype(kv[1].dtype), mode="drop"))
+            visible = positions[:, None, :, None] >= jnp.arange(kv[0].shape[1])[None, None, None, :]
+            y = grouped_attention(q, kv[0].astype(k.dtype), kv[1].astype(v.dtype), mask=visible).astype(dtype)
+        out = Dense((c.width,), ("heads", "kv", "embed"), in_axes=2, use_bias=False,
+                    init_std=c.init_std / math.sqrt(2 * c.layers), dtype=dtype, param_dtype=pdtype, name="out")(y)
+        out = nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+        return out if kv is None else (out, kv)
+
+
+class SwiGLU(nn.Module):
+    """FFN_SwiGLU(x) = (Swish₁(x W_gate) ⊙ x W_up) W_down (Shazeer 2020, eq. 6; Swish₁ = SiLU)."""
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.cfg
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        dense = lambda f, axes, name, std=c.init_std: Dense((f,), axes, use_bias=False, init_std=std, dtype=dtype,
+                                                            param_dtype=pdtype, name=name)
+        x = hooks().dense_in(x, ("embed", "mlp"), 1)           # once for gate and up
+        h = jax.nn.silu(dense(ffn_dim(c), ("embed", "mlp"), "gate")(x)) * dense(ffn_dim(c), ("embed", "mlp"), "up")(x)
+        h = constrain(h, ("batch", "length", "mlp"))
+        out = dense(c.width, ("mlp", "embed"), "down", c.init_std / math.sqrt(2 * c.layers))(h)
+        return nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+
+
+class LlamaBlock(nn.Module):
+    """x + Attn(RMSNorm(x)), then x + FFN(RMSNorm(x)); FFN is SwiGLU, or Mixtral's MoE when ``moe_every``."""
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kv=None, positions=None):
+        c = self.cfg
+        attn = Attention(c, self.deterministic, name="attn")
+        a = rms_norm("attn_norm", c)(x)
+        if kv is None:
+            x = x + attn(a, None, positions)
+        else:
+            y, kv = attn(a, kv, positions)
+            x = x + y
+        a = rms_norm("mlp_norm", c)(x)
+        if c.moe_every:
+            from lineage_jax.models.mixtral import SparseMoE
+            x = x + SparseMoE(c, self.deterministic, name="moe")(a)
+        else:
+            x = x + SwiGLU(c, self.deterministic, name="mlp")(a)
+        return constrain(x, ("batch", "seq", "embed")), kv
+
+
+class Llama(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, cache=None, positions=None):
+        """tokens [B, T] int -> logits [B, T, V] in the compute dtype (V = vocab padded to vocab_multiple).
+
+        ``positions`` [B, T] (or [T]): each token's index in its sequence, rotating q and k (default
+        0 … T-1). With ``cache`` (a ``KVCache``, k/v [L, B, C, kv_heads, K]) ``positions`` is required
+        and ``(logits, cache)`` is returned, this call's keys and values written at those positions.
+        """
+        c = self.cfg
+        if c.moe_every not in (0, 1):
+            raise ValueError(f"model.moe_every={c.moe_every}: a Llama/Mixtral stack is all MoE (1) or all dense (0)")
+        if c.heads % (c.kv_heads or c.heads):
+            raise ValueError(f"model.kv_heads={c.kv_heads} must divide model.heads={c.heads}")
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        T = tokens.shape[-1]
+        if cache is None and T > c.context:
+            raise ValueError(f"sequence length {T} exceeds model.context={c.context}")
+        if cache is not None:
+            if positions is None:
+                raise ValueError("positions [B, T] are required with a cache")
+            positions, deterministic = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), tokens.shape), True
+        elif positions is not None:
+            positions = jnp.asarray(positions, jnp.int32)
+        init = nn.initializers.normal(c.init_std)
+        V = padded_vocab(c)
+        h = hooks()
+        wte = param(self, "wte", init, (V, c.width), pdtype, ("vocab", "embed"))
+        x = constrain(h.embed(wte, tokens).astype(dtype), ("batch", "seq", "embed"))
+
+        block = LlamaBlock
+        if c.remat != "none" and cache is None:
+            block = nn.remat(LlamaBlock, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+        kv = None if cache is None else (cache.k, cache.v)
+        if c.scan_layers:
+            stack = nn.scan(block, length=c.layers, variable_axes={"params": 0, "intermediates": 0},
+                            split_rngs={"params": True, "dropout": True, "router": True},
+                            in_axes=(0, nn.broadcast), metadata_params={nn.PARTITION_NAME: "layers"})
+            x, kv = stack(c, deterministic, name="blocks")(x, kv, positions)
+        else:
+            new = []
+            for i in range(c.layers):
+                x, kv_i = block(c, deterministic, name=f"blocks_{i}")(
+                    x, None if kv is None else (kv[0][i], kv[1][i]), positions)
+                new.append(kv_i)
+            if kv is not None:
+                kv = (jnp.stack([a for a, _ in new]), jnp.stack([b for _, b in new]))
+
+        x = rms_norm("norm", c)(x)
+        x = h.dense_in(x, ("embed", "vocab"), 1)
+        if c.tied:
+            logits = linear(x, wte.astype(dtype), True)                                # x · Eᵀ
+        else:
+            head = param(self, "lm_head", init, (c.width, V), pdtype, ("embed", "vocab"))
+            logits = linear(x, head.astype(dtype))
+        logits = constrain(logits, ("batch", "length", "vocab"))
+        if V > c.vocab_size:  # padding rows are never predicted
+            logits = jnp.where(h.index(logits.shape[-1], "vocab") < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
+        return logits if cache is None else (logits, cache._replace(k=kv[0], v=kv[1]))
