@@ -10,9 +10,12 @@ the parsed ``bench`` arguments: config, overrides, steps, json, out, quick) and
 ``report(result) -> str``. ``train`` is the train-step benchmark in ``lineage_jax.bench``.
 """
 COMMANDS: tuple[str, ...] = (
+    "lineage_jax.commands.data",
+    "lineage_jax.commands.tokenizer",
 )
 
 BENCH_TARGETS: dict[str, str] = {
     "train": "lineage_jax.bench",
     "attention": "lineage_jax.bench.attention",
+    "tokenizer": "lineage_jax.bench.tokenizer",
 }

@@ -15,7 +15,8 @@ packed token rows (``lineage_jax/data/prepared.py``) that training reads.
 - language: the shipped n-gram naive Bayes (``langid``), keeping ``languages``;
 - split: ``eval_fraction`` of the documents (stable hash of index and text) → ``validation``;
 - tokenize: ``byte`` (default) or a trained tokenizer path. The fast path: byte-level BPE
-  through the ``tokenizers`` library (Rust, batched), bytes through ``str.encode`` — the
+  through the ``tokenizers`` library (Rust, batched, ``encode_batch_fast`` where the library
+  has it: no character offsets), bytes through ``str.encode`` — the
   same ids as the teaching ``encode`` (``tests/test_prepare.py``);
 - pack: rows of ``seq_len`` tokens, ``eos`` after each document, segment ids and positions
   (``packing.pack``, first fit).
@@ -135,8 +136,10 @@ def encode_documents(docs: Sequence[str], tokenizer, fast: bool = True) -> tuple
         else:
             plain = [i for i, d in enumerate(docs) if not _SURROGATE.search(d)]
             out: list = [None] * len(docs)
-            for i, ids in zip(plain, tokenizer.encode_batch([docs[i] for i in plain], fast=True)):
-                out[i] = np.asarray(ids, np.int32)
+            rust = tokenizer.fast()                             # encode_batch_fast: no offsets computed
+            batch = getattr(rust, "encode_batch_fast", rust.encode_batch)
+            for i, enc in zip(plain, batch([docs[i] for i in plain], add_special_tokens=False)):
+                out[i] = np.asarray(enc.ids, np.int32)
             for i, d in enumerate(docs):
                 if out[i] is None:
                     out[i] = np.asarray(tokenizer.encode(d), np.int32)

@@ -1,0 +1,114 @@
+"""``lineage data prepare``: raw documents → a packed, deduplicated, filtered TFDS dataset.
+
+Runs ``lineage_jax.data.pipeline.prepare.prepare`` (its docstring lists the stages) and prints
+a per-stage table, or with ``--json`` one object (``input_docs``, ``output_docs``,
+``removed`` {``exact_dup``, ``near_dup``, ``quality``, ``language``}, ``tokens``, …).
+Every quality threshold is a ``--quality KEY=VALUE`` (a field of ``QualityConfig``).
+No JAX here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from lineage_jax.config import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="data pipeline: prepare a packed TFDS dataset from raw documents")
+    sub = p.add_subparsers(dest="data_command", required=True)
+    q = sub.add_parser("prepare", help="dedup, filter, identify language, tokenize and pack documents into a "
+                                       "TFDS dataset (array_record)")
+    q.add_argument("--inputs", nargs="+", required=True, metavar="PATH",
+                   help="text files (one document each), .jsonl files (one document per line), directories, globs")
+    q.add_argument("--out", required=True, metavar="DIR", help="where the dataset and report.json are written")
+    q.add_argument("--json", action="store_true", help="print one JSON object (the report)")
+    q.add_argument("--tokenizer", default="byte", help="'byte' (default) or a trained tokenizer directory/file")
+    q.add_argument("--seq-len", type=int, default=128, help="tokens per packed row = the model's context (128)")
+    q.add_argument("--languages", default="en", help="comma-separated languages to keep (en,de,fr,es,it,nl,pt,other)")
+    q.add_argument("--near-dup-threshold", type=float, default=0.8, help="MinHash/LSH Jaccard threshold (0.8)")
+    q.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (128)")
+    q.add_argument("--shingle-ngram", type=int, default=5, help="word n-gram shingles for near dedup (5)")
+    q.add_argument("--eval-fraction", type=float, default=0.05, help="documents held out as 'validation' (0.05)")
+    q.add_argument("--quality", action="append", default=[], metavar="KEY=VALUE",
+                   help="a quality threshold, e.g. min_words=20 or max_top_ngram_char_frac=2:0.2,3:0.18 (repeatable)")
+    q.add_argument("--english-stop-words", action="store_true",
+                   help="apply Gopher's English stop-word rule to every document (default: per identified language)")
+    q.add_argument("--text-key", default="text", help="the JSONL field holding a document (text)")
+    q.add_argument("--no-fast", action="store_true", help="tokenize with the teaching implementation, not tokenizers")
+    q.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_prepare)
+
+
+def _coerce(key: str, raw: str, default):
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(w.strip() for w in raw.split(",") if w.strip())
+        if isinstance(default, dict):
+            return {int(k): float(v) for k, v in (item.split(":") for item in raw.split(",") if item)}
+    except ValueError:
+        pass
+    kind = {bool: "true/false", int: "an int", float: "a number", tuple: "comma-separated words",
+            dict: "N:FRACTION,… (e.g. 2:0.2,3:0.18)"}[type(default) if type(default) in (bool, int, float, tuple, dict)
+                                                      else str]
+    raise ConfigError(f"--quality {key}={raw}: expected {kind}")
+
+
+def quality_config(items: list[str]):
+    """``QualityConfig`` with ``KEY=VALUE`` overrides; ConfigError naming a bad key or value."""
+    from lineage_jax.data.pipeline.quality import QualityConfig
+    base = QualityConfig()
+    names = [f.name for f in dataclasses.fields(QualityConfig)]
+    changes = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--quality {item}: expected KEY=VALUE, e.g. min_words=20")
+        if key not in names:
+            raise ConfigError(f"--quality {key}: unknown threshold; allowed: {', '.join(names)}")
+        changes[key] = _coerce(key, raw, getattr(base, key))
+    return dataclasses.replace(base, **changes)
+
+
+def config_from_args(args):
+    from lineage_jax.data.pipeline.prepare import PrepareConfig
+    return PrepareConfig(seq_len=args.seq_len, tokenizer=args.tokenizer,
+                         languages=tuple(s.strip() for s in args.languages.split(",") if s.strip()),
+                         near_dup_threshold=args.near_dup_threshold, num_perm=args.num_perm,
+                         shingle_ngram=args.shingle_ngram, quality=quality_config(args.quality),
+                         stop_words_by_language=not args.english_stop_words, eval_fraction=args.eval_fraction,
+                         fast=not args.no_fast, text_key=args.text_key, overwrite=args.overwrite).validate()
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'stage':<10} {'docs in':>8} {'removed':>8} {'docs out':>9}"]
+    for s in r["stages"]:
+        if "removed" in s:
+            lines.append(f"{s['stage']:<10} {s['docs_in']:>8} {s['removed']:>8} {s['docs_out']:>9}")
+    lines.append(f"{'tokenize':<10} {r['output_docs']:>8} docs -> {r['tokens']:,} tokens "
+                 f"({r['tokenizer']['tokenizer']}, {r['tokenizer']['encode_path']})")
+    if r["quality_reasons"]:
+        lines.append("quality reasons: " + ", ".join(f"{k} {v}" for k, v in r["quality_reasons"].items()))
+    lines.append("languages (after quality): " + ", ".join(f"{k} {v}" for k, v in r["languages"].items()))
+    for name, s in r["splits"].items():
+        lines.append(f"{name}: {s['docs']} docs, {s['rows']} rows of {r['seq_len']} tokens, "
+                     f"{s['tokens']:,} tokens + {s['padding']:,} padding")
+    lines.append(f"dataset: {r['dataset_dir']} (report.json and documents.jsonl in {r['out_dir']})")
+    return "\n".join(lines)
+
+
+def cmd_prepare(args) -> int:
+    cfg = config_from_args(args)
+    from lineage_jax.data.pipeline.prepare import prepare
+    report = prepare(args.inputs, args.out, cfg, progress=not args.no_progress)
+    print(json.dumps(report, indent=1, ensure_ascii=False) if args.json else format_report(report))
+    return 0
