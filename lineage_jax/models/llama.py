@@ -181,7 +181,7 @@ class Llama(nn.Module):
             block = nn.remat(LlamaBlock, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
         kv = None if cache is None else (cache.k, cache.v)
         if c.scan_layers:
-            stack = nn.scan(block, length=c.layers, variable_axes={"params": 0, "intermediates": 0},
+            stack = nn.scan(block, length=c.layers, variable_axes={"params": 0, "moe": 0},
                             split_rngs={"params": True, "dropout": True, "router": True},
                             in_axes=(0, nn.broadcast), metadata_params={nn.PARTITION_NAME: "layers"})
             x, kv = stack(c, deterministic, name="blocks")(x, kv, positions)

@@ -63,7 +63,11 @@ def mixtral_route(logits: jax.Array, k: int, *, capacity: int | None = None,
 
 
 class SparseMoE(nn.Module):
-    """x [B, T, D] -> [B, T, D]: Mixtral's MoE of SwiGLU experts; sows ``router_logits`` and ``aux_loss``."""
+    """x [B, T, D] -> [B, T, D]: Mixtral's MoE of SwiGLU experts.
+
+    Sows into the ``moe`` collection ``aux_loss`` (the balance loss, already scaled by
+    ``ROUTER_AUX_COEF``, to add to a training loss), ``load`` [E] and ``dropped_fraction``.
+    """
     cfg: ModelConfig
     deterministic: bool = True
 
@@ -76,8 +80,8 @@ class SparseMoE(nn.Module):
         logits, _ = Router(E, init_std=c.init_std, param_dtype=pdtype, name="router")(xt)
         cap = routers.capacity(xt.shape[0], E, c.capacity_factor) if c.moe_backend == "capacity" else None
         r = mixtral_route(logits, c.moe_k, capacity=cap)
-        self.sow("intermediates", "router_logits", logits)
-        self.sow("intermediates", "aux_loss", sum(r.aux.values()))
+        for name, value in (("aux_loss", sum(r.aux.values())), ("load", r.load), ("dropped_fraction", r.dropped_fraction)):
+            self.sow("moe", name, value)    # the ``moe`` collection, as the GPT's MoE blocks sow it
         init = nn.initializers.normal(c.init_std)
         w_gate = param(self, "w_gate", init, (E, D, F), pdtype, ("expert", "embed", "mlp"))
         w_up = param(self, "w_up", init, (E, D, F), pdtype, ("expert", "embed", "mlp"))
