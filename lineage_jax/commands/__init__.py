@@ -10,6 +10,7 @@ the parsed ``bench`` arguments: config, overrides, steps, json, out, quick) and
 ``report(result) -> str``. ``train`` is the train-step benchmark in ``lineage_jax.bench``.
 """
 COMMANDS: tuple[str, ...] = (
+    "lineage_jax.commands.lesson",
     "lineage_jax.commands.data",
     "lineage_jax.commands.tokenizer",
 )
