@@ -1,7 +1,9 @@
 """``prepare``: on a corpus with planted exact duplicates, near-duplicates, junk and other
 languages, each is removed for the right reason and counted; the dataset reads back with
 ``tfds.data_source`` and its packed rows give back exactly the kept documents; the fast
-tokenizer path writes the same rows as the teaching one."""
+tokenizer path writes the same rows as the teaching one; the loader serves the rows (with
+segment ids) and the training loop trains on them."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,10 +11,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lineage_jax.config import ConfigError
-from lineage_jax.data import prepared
+from lineage_jax.config import ConfigError, DataConfig
+from lineage_jax.data import loader, prepared
 from lineage_jax.data.pipeline import prepare as prep
+from lineage_jax.data.pipeline.packing import packed_targets
 from lineage_jax.tokenize import ByteTokenizer
+from lineage_jax.tokenize import load as load_tokenizer
 from lineage_jax.tokenize.bytelevel import train_bpe
 
 TEXT = Path(__file__).resolve().parents[1] / "scripts" / "langid_text"
@@ -167,3 +171,49 @@ def test_thresholds_are_config_and_bad_input_is_one_line(corpus, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(ConfigError, match="line 1 has no string field 'text'"):
         prep.prepare([str(tmp_path / "bad.jsonl")], str(tmp_path / "b"))
+
+
+# ----------------------------------------------------------------------------- training reads it
+
+@dataclasses.dataclass(frozen=True)
+class DataWithPrepared(DataConfig):
+    """``DataConfig`` plus the ``prepared_dir`` field proposed for lineage_jax/config.py."""
+    prepared_dir: str = ""
+
+
+def test_loader_serves_the_prepared_rows_with_segments(prepared_byte):
+    out, _ = prepared_byte
+    packed = loader.load_prepared(out)
+    L = packed.meta["seq_len"]
+    streams = loader.load_splits(DataWithPrepared(prepared_dir=str(out)), ByteTokenizer())
+    np.testing.assert_array_equal(streams.train, loader.prepared_token_splits(out).train)
+    plain = loader.Sampler(streams.train, L, seed=3)
+    packed_sampler = loader.PackedSampler(packed.train, seed=3, eos_id=packed.meta["eos_id"])
+    n = packed.train["tokens"].shape[0]
+    assert plain.num_windows == packed_sampler.num_windows == n
+    got = packed_sampler.batch_with_segments(0, 2 * n)                    # two epochs
+    np.testing.assert_array_equal(got["tokens"], plain.batch(0, 2 * n))   # the existing API, unchanged
+    w = plain.window_ids(0, 2 * n)
+    np.testing.assert_array_equal(got["tokens"][:, :-1], packed.train["tokens"][w])   # a window is a row
+    _, weights = packed_targets({k: packed.train[k][w] for k in ("tokens", "segment_ids")})
+    np.testing.assert_array_equal(got["weights"], weights)
+    np.testing.assert_array_equal(got["segment_ids"], packed.train["segment_ids"][w])
+    np.testing.assert_array_equal(got["positions"], packed.train["positions"][w])
+
+
+def test_training_reads_a_prepared_dataset(corpus, tmp_path):
+    from lineage_jax.config import load_config
+    from lineage_jax.train.loop import train
+    root, _ = corpus
+    prep.prepare([str(root)], str(tmp_path / "data"), prep.PrepareConfig(seq_len=32, eval_fraction=0.2))
+    cfg = load_config("tiny", ["model.layers=1", "model.width=32", "model.heads=2", "model.context=32",
+                               "model.attn_chunks=1", "train.batch_size=8", "train.steps=3", "train.eval_every=3",
+                               "train.eval_batches=1", "train.log_every=1", "optim.warmup_steps=1",
+                               f"run_dir={tmp_path / 'run'}"])
+    cfg = dataclasses.replace(cfg, data=DataWithPrepared(prepared_dir=str(tmp_path / "data"), tokenizer="byte"))
+    summary = train(cfg, progress=False)
+    assert summary["steps"] == 3 and np.isfinite(summary["final_loss"]) and summary["eval_loss"] is not None
+    bad = dataclasses.replace(cfg.data, tokenizer=str(tmp_path / "tok"))
+    train_bpe(["some text to learn from"] * 3, 300).save(str(tmp_path / "tok"))
+    with pytest.raises(ConfigError, match="data.prepared_dir: tokenized with byte .* set data.tokenizer=byte"):
+        loader.load_splits(bad, load_tokenizer(str(tmp_path / "tok")))

@@ -4,6 +4,13 @@
 joined by ``eos_id``), cached as ``.npy`` under the data dir. ``Sampler`` cuts a stream into
 non-overlapping ``seq_len + 1`` windows and serves them in a per-epoch shuffled order that
 is a pure function of ``(seed, position)``, so a resumed run continues exactly.
+
+A dataset written by ``lineage data prepare`` (``data/prepared.py``: rows of ``seq_len``
+packed tokens with segment ids) is read by ``load_prepared``. Its rows, laid end to end with
+one ``eos`` after the last, are a stream whose ``Sampler`` windows at ``seq_len`` are exactly
+the rows (plus the next row's first token as the last target), so training reads it through
+the same API. ``PackedSampler.batch_with_segments`` adds the segment ids, positions and loss
+weights of each window, for training code that masks attention across packed documents.
 """
 from __future__ import annotations
 
@@ -74,7 +81,11 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def load_splits(data_cfg: DataConfig, tokenizer: Tokenizer) -> TokenSplits:
-    """Train/eval token streams of the configured source; tokenized once, then read from cache."""
+    """Train/eval token streams of the configured source; tokenized once, then read from cache.
+
+    With ``data.prepared_dir`` set: the prepared dataset's rows as streams (``prepared_token_splits``)."""
+    if getattr(data_cfg, "prepared_dir", ""):
+        return prepared_token_splits(data_cfg.prepared_dir, tokenizer)
     train_path, eval_path = cache_paths(data_cfg, tokenizer)  # a missing text file fails here
     if train_path.is_file() and eval_path.is_file():
         return TokenSplits(np.load(train_path), np.load(eval_path))
@@ -136,3 +147,69 @@ class Sampler:
         """Sequences at global indices ``position ..``: int32 ``[batch_size, seq_len + 1]``."""
         starts = self.window_ids(position, batch_size) * self.seq_len
         return self.tokens[starts[:, None] + self._offsets]
+
+
+# ----------------------------------------------------------------------------- prepared datasets
+
+class PackedSplits(NamedTuple):
+    train: dict          # tokens, segment_ids, positions, document: int32 [rows, seq_len]
+    eval: dict           # the 'validation' split, same features
+    meta: dict           # seq_len, tokenizer, tokenizer_name, vocab_size, eos_id
+
+
+def load_prepared(prepared_dir: str | Path) -> PackedSplits:
+    """The packed rows of a dataset written by ``lineage data prepare --out prepared_dir``."""
+    from lineage_jax.data.prepared import read_prepared
+    splits, meta = read_prepared(prepared_dir)
+    empty = {k: np.zeros((0, int(meta["seq_len"])), np.int32) for k in ("tokens", "segment_ids", "positions", "document")}
+    return PackedSplits(splits.get("train", empty), splits.get("validation", empty), meta)
+
+
+def check_prepared_tokenizer(meta: dict, tokenizer: Tokenizer, where: str = "data.prepared_dir") -> None:
+    """ConfigError (one line) unless ``tokenizer`` is the one the dataset was tokenized with."""
+    from lineage_jax.config import ConfigError
+    mine = (tokenizer.name, int(tokenizer.vocab_size), int(tokenizer.eos_id))
+    theirs = (meta.get("tokenizer_name"), int(meta.get("vocab_size", -1)), int(meta.get("eos_id", -1)))
+    if mine != theirs:
+        raise ConfigError(f"{where}: tokenized with {theirs[0]} (vocab {theirs[1]}, eos {theirs[2]}) but "
+                          f"data.tokenizer gives {mine[0]} (vocab {mine[1]}, eos {mine[2]}); "
+                          f"set data.tokenizer={meta.get('tokenizer')}")
+
+
+def packed_stream(rows: np.ndarray, last: int) -> np.ndarray:
+    """Rows [N, L] end to end plus ``last``: 1-D int32 of N·L + 1, so ``Sampler(stream, L)``'s
+    window w is row w followed by the next row's first token (``last`` after the final row)."""
+    rows = np.asarray(rows, np.int32)
+    return np.concatenate([rows.reshape(-1), np.array([last], np.int32)])
+
+
+def prepared_token_splits(prepared_dir: str | Path, tokenizer: Tokenizer | None = None) -> TokenSplits:
+    """``TokenSplits`` of a prepared dataset (for ``Sampler`` with ``seq_len`` = the rows' length)."""
+    packed = load_prepared(prepared_dir)
+    if tokenizer is not None:
+        check_prepared_tokenizer(packed.meta, tokenizer)
+    eos = int(packed.meta["eos_id"])
+    return TokenSplits(packed_stream(packed.train["tokens"], eos), packed_stream(packed.eval["tokens"], eos))
+
+
+class PackedSampler(Sampler):
+    """``Sampler`` over packed rows: ``batch`` is ``Sampler(packed_stream(rows), L)``'s, window w
+    being row w; ``batch_with_segments`` adds what packed training needs (see its docstring)."""
+
+    def __init__(self, rows: dict, seed: int, eos_id: int, max_cached_epochs: int = 4):
+        tokens = np.asarray(rows["tokens"], np.int32)
+        super().__init__(packed_stream(tokens, eos_id), tokens.shape[1], seed, max_cached_epochs)
+        self.segment_ids = np.asarray(rows["segment_ids"], np.int32)
+        self.positions = np.asarray(rows["positions"], np.int32)
+
+    def batch_with_segments(self, position: int, batch_size: int) -> dict[str, np.ndarray]:
+        """{``tokens`` int32 [B, L + 1] (= ``batch``: inputs ``[:, :-1]``, targets ``[:, 1:]``),
+        ``segment_ids`` and ``positions`` int32 [B, L] of the inputs (0 = padding; attend within a
+        segment only), ``weights`` float32 [B, L]: 1 where the target is the same segment's next
+        token (``packing.packed_targets``), 0 at a document's last token, padding and row ends}."""
+        w = self.window_ids(position, batch_size)
+        seg = self.segment_ids[w]
+        weights = np.zeros(seg.shape, np.float32)
+        weights[:, :-1] = (seg[:, :-1] != 0) & (seg[:, 1:] == seg[:, :-1])
+        return {"tokens": self.batch(position, batch_size), "segment_ids": seg, "positions": self.positions[w],
+                "weights": weights}

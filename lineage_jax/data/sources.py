@@ -1,5 +1,7 @@
 """Where documents come from: the user's text files, a registered TFDS dataset, or the
-embedded ``stdlib_docs`` corpus, picked by ``DataConfig`` in that order of precedence.
+embedded ``stdlib_docs`` corpus, picked by ``DataConfig`` in that order of precedence. A
+``data.prepared_dir`` (``lineage data prepare``) comes before them all, and holds tokens:
+``loader.load_prepared`` reads it.
 
 Each source gives two lists of documents (``str``), train and eval; ``source_identity``
 describes (without reading any documents) what they depend on, so the loader can key its
@@ -42,7 +44,10 @@ def resolve_data_dir(data_cfg: DataConfig) -> Path:
 
 
 def source_kind(data_cfg: DataConfig) -> str:
-    """Which source the config selects: ``text_files``, ``tfds`` or ``stdlib_docs``."""
+    """Which source the config selects: ``prepared`` (``data.prepared_dir``, a dataset written by
+    ``lineage data prepare``: tokens, not documents), ``text_files``, ``tfds`` or ``stdlib_docs``."""
+    if getattr(data_cfg, "prepared_dir", ""):
+        return "prepared"
     if data_cfg.text_files:
         return "text_files"
     return "tfds" if data_cfg.tfds_name else "stdlib_docs"
@@ -51,6 +56,9 @@ def source_kind(data_cfg: DataConfig) -> str:
 def load_documents(data_cfg: DataConfig) -> DocSplits:
     """Train and eval documents of the source ``data_cfg`` selects, ``max_docs`` applied."""
     kind = source_kind(data_cfg)
+    if kind == "prepared":
+        raise ValueError(f"data.prepared_dir={data_cfg.prepared_dir} holds packed tokens, not documents; "
+                         "read it with lineage_jax.data.loader.load_prepared")
     if kind == "text_files":
         return text_file_documents(data_cfg)
     if kind == "tfds":
@@ -65,6 +73,9 @@ def source_identity(data_cfg: DataConfig) -> dict[str, Any]:
     also raises FileNotFoundError for a missing file before any work is done.
     """
     kind = source_kind(data_cfg)
+    if kind == "prepared":
+        info = Path(data_cfg.prepared_dir).expanduser().resolve() / "prepared_tokens" / "1.0.0" / "dataset_info.json"
+        return {"kind": kind, "dir": str(info.parents[2]), "mtime": info.stat().st_mtime_ns if info.is_file() else None}
     if kind == "text_files":
         stats = [(p, p.stat()) for p in expand_text_files(data_cfg.text_files)]
         return {"kind": kind, "files": [[str(p), st.st_size, st.st_mtime_ns] for p, st in stats]}
