@@ -100,7 +100,8 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     data: int = -1                 # -1 absorbs the devices left by the other axes
-    fsdp: int = 1                  # the axis ZeRO shards state over (batch is split over data × fsdp)
+    fsdp: int = 1                  # the axis ZeRO shards state over (batch is split over data × fsdp × expert)
+    expert: int = 1                # GShard expert parallelism: each MoE layer's experts split over it
     tensor: int = 1                # Megatron tensor parallelism
 
 
@@ -298,7 +299,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: must be in (0, 1)")
     if cfg.data.max_docs < 0:
         raise ConfigError(f"data.max_docs={cfg.data.max_docs}: must be >= 0 (0 = all)")
-    axes = {"mesh.data": cfg.mesh.data, "mesh.fsdp": cfg.mesh.fsdp, "mesh.tensor": cfg.mesh.tensor}
+    axes = {"mesh.data": cfg.mesh.data, "mesh.fsdp": cfg.mesh.fsdp, "mesh.expert": cfg.mesh.expert,
+            "mesh.tensor": cfg.mesh.tensor}
     bad = [k for k, v in axes.items() if v == 0 or v < -1]
     if bad:
         raise ConfigError(f"{bad[0]}={axes[bad[0]]}: mesh axis sizes must be positive, or -1 to absorb the rest")
@@ -339,6 +341,19 @@ def validate(cfg: Config) -> None:
                               f"1 <= moe_k <= experts")
         if m.capacity_factor <= 0:
             raise ConfigError(f"model.capacity_factor={m.capacity_factor}: must be positive")
+    if cfg.mesh.expert > 1 or cfg.mesh.expert == -1:
+        if not m.moe_every:
+            raise ConfigError(f"mesh.expert={cfg.mesh.expert}: expert parallelism needs MoE layers "
+                              f"(model.moe_every > 0)")
+        if m.moe_backend != "capacity":
+            raise ConfigError(f"mesh.expert={cfg.mesh.expert}: expert parallelism needs model.moe_backend=capacity "
+                              f"(fixed-size buffers for the all-to-all), not {m.moe_backend}")
+        if cfg.mesh.expert > 1 and m.experts % cfg.mesh.expert:
+            raise ConfigError(f"mesh.expert={cfg.mesh.expert} does not divide model.experts={m.experts}; "
+                              f"allowed: {_divisors(m.experts)}")
+    if m.moe_every and p.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel=true with MoE layers is not supported (each sequence is "
+                          "one routing group); set model.moe_every=0 or parallel.sequence_parallel=false")
     if m.vocab_multiple < 1:
         raise ConfigError(f"model.vocab_multiple={m.vocab_multiple}: must be a positive integer")
     if not cfg.run_dir:

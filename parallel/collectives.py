@@ -17,7 +17,12 @@ operator                          forward                  backward             
 ``dp_mean_grads``                 all-reduce (gradient)    —                         data parallel
 ``vocab_parallel_embed``          g: all-reduce [B,T,D]    none                      Megatron §3
 ``vocab_parallel_cross_entropy``  3 all-reduces [B,T]      none                      Megatron §3
+``expert_dispatch``               all-to-all (to experts)  all-to-all (back)         GShard §2.3
+``expert_return``                 all-to-all (back)        all-to-all (to experts)   GShard §2.3
 ================================  =======================  ========================  =============
+
+All-to-all over n devices, per device, for a buffer of V bytes held by that device: it keeps
+1/n and sends V·(n−1)/n (and receives as much).
 
 ``check_vma`` (jax 0.10). With ``shard_map(check_vma=True)`` JAX types each value as varying
 or invariant across each mesh axis and transposes by type: ``psum`` to a free cast, and the
@@ -184,6 +189,27 @@ def dp_mean_grads(grads, axes: Axis, flat: bool = True):
 
 
 # --- Vocab-parallel embedding and cross-entropy (Megatron §3) ---------------------------------
+
+# --- GShard expert parallelism (Lepikhin et al. 2021, §2.3) ---------------------------------
+
+def expert_dispatch(buf, axis: Axis):
+    """Send each expert's rows to the device holding that expert (GShard's first AllToAll).
+
+    ``buf`` [G, E, C, D]: this device's G token groups, already laid out per expert (E experts,
+    C capacity slots). Expert e lives on device e // (E/n) of ``axis``. The all-to-all splits E
+    into n chunks, sends chunk j to device j and stacks what arrives along the group axis:
+    [n·G, E/n, C, D], every group of the axis for this device's experts. Its transpose (the
+    backward pass) is the reverse all-to-all, ``expert_return``'s forward. Sends G·E·C·D·(n−1)/n.
+    """
+    return lax.all_to_all(buf, axis, split_axis=1, concat_axis=0, tiled=True)
+
+
+def expert_return(buf, axis: Axis):
+    """The inverse of ``expert_dispatch``: [n·G, E/n, C, D] expert outputs -> [G, E, C, D] back
+    on the device that owns the tokens (GShard's second AllToAll). Sends as many bytes as the
+    dispatch."""
+    return lax.all_to_all(buf, axis, split_axis=0, concat_axis=1, tiled=True)
+
 
 def _vocab_range(n_local: int, axis: Axis):
     """This device's ids [start, stop): shard i of the vocabulary holds ids i·V_n … (i+1)·V_n − 1."""

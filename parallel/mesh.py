@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-MESH_AXES = ("data", "fsdp", "tensor")  # the order of axes in every mesh (outermost first)
+MESH_AXES = ("data", "fsdp", "expert", "tensor")  # the order of axes in every mesh (outermost first)
 
 
 class MeshError(ValueError):

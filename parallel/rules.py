@@ -11,9 +11,15 @@ A strategy is four tables (as in Levanter/Haliax, storage is mapped apart from c
 
 Logical names used by the models: ``batch``, ``seq`` (the residual stream's time axis),
 ``length`` (time inside attention/MLP), ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``,
-``position``, ``layers``. Mesh axes: ``data``, ``fsdp``, ``tensor`` (see mesh.py).
+``position``, ``layers``, and for mixtures of experts ``expert`` (the experts of a layer)
+and ``expert_group`` (token groups once dispatched to their experts). Mesh axes: ``data``,
+``fsdp``, ``expert``, ``tensor`` (see mesh.py).
 
-- Data parallel: ``batch`` over (data, fsdp); everything else replicated.
+- Data parallel: ``batch`` over (data, fsdp, expert); everything else replicated.
+- GShard expert parallel (Lepikhin et al. 2021): ``expert`` → expert. Tokens are split over
+  the expert axis like any batch axis; dispatched buffers [groups, experts, capacity, embed]
+  are resharded from groups to experts (``expert_group`` → (data, fsdp)): one all-to-all
+  there and one back.
 - ZeRO-1/2/3 over ``fsdp`` (Rajbhandari et al. 2020): ``embed`` → fsdp in the optimizer
   state (1), also the gradients (2), also the parameters at rest (3). Compute keeps
   ``embed`` unsharded, so a stage-3 layer's parameters are all-gathered where it runs.
@@ -36,7 +42,8 @@ from parallel.mesh import MeshError
 
 Rules = tuple[tuple[str, Any], ...]
 
-DATA_PARALLEL: Rules = (("batch", ("data", "fsdp")),)
+DATA_PARALLEL: Rules = (("batch", ("data", "fsdp", "expert")), ("expert_group", ("data", "fsdp")))
+EXPERT: Rules = (("expert", "expert"),)
 ZERO: Rules = (("embed", "fsdp"),)
 TENSOR: Rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
 SEQUENCE: Rules = (("seq", "tensor"),)
@@ -55,12 +62,14 @@ class Strategy:
 
 
 def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence_parallel: bool = False) -> Strategy:
-    """Compose the tables for a mesh: DP always; ZeRO over fsdp by stage; TP (+SP) if tensor > 1."""
+    """Compose the tables for a mesh: DP always; ZeRO over fsdp by stage; EP if expert > 1; TP (+SP) if tensor > 1."""
     if zero_stage not in (0, 1, 2, 3):
         raise MeshError(f"zero_stage={zero_stage}: allowed 0, 1, 2, 3")
     if sequence_parallel and mesh_shape.get("tensor", 1) == 1:
         raise MeshError("parallel.sequence_parallel=true needs mesh.tensor > 1 (the sequence is split over it)")
     compute = DATA_PARALLEL
+    if mesh_shape.get("expert", 1) > 1:
+        compute = compute + EXPERT
     if mesh_shape.get("tensor", 1) > 1:
         compute = compute + TENSOR + (SEQUENCE if sequence_parallel else ())
     sharded = compute + ZERO

@@ -198,4 +198,4 @@ def test_every_parameter_has_logical_axes(router):
     p = v["params"]
     assert p["w_in"].names == ("expert", "embed", "mlp")
     assert p["w_out"].names == ("expert", "mlp", "embed")
-    assert p["router"]["kernel"].names == ("embed", "expert")
+    assert p["router"]["kernel"].names == ("embed", "route")

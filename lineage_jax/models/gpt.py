@@ -69,10 +69,37 @@ class MLP(nn.Module):
         return nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
 
 
-class Block(nn.Module):
-    """x + Attn(LN(x)), then x + MLP(LN(x)): the pre-LN residual block (Xiong et al. 2020)."""
+class MoEMLP(nn.Module):
+    """The feed-forward of an MoE block (Shazeer 2017 / GShard / Switch, ``lineage_jax/moe``).
+
+    Each sequence is one routing group (capacity per sequence), so the function does not
+    depend on how the batch is split over devices. The routing statistics are sown into the
+    ``moe`` collection: ``aux_loss`` (to add to the training loss), ``load`` [E], and
+    ``dropped_fraction``.
+    """
     cfg: ModelConfig
     deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        from lineage_jax.moe import MoEFeedForward
+        c = self.cfg
+        y, m = MoEFeedForward(c.experts, ffn_dim(c), router=c.moe_router, backend=c.moe_backend, k=c.moe_k,
+                              capacity_factor=c.capacity_factor, activation=lambda h: jax.nn.gelu(h, approximate=True),
+                              init_std=c.init_std, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
+                              grouped=True, name="moe")(x, self.deterministic)
+        for name in ("aux_loss", "load", "dropped_fraction"):
+            self.sow("moe", name, m[name])
+        return nn.Dropout(c.dropout, deterministic=self.deterministic)(y)
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x)): the pre-LN residual block (Xiong et al. 2020).
+
+    ``moe``: the MLP is a mixture of experts (``MoEMLP``)."""
+    cfg: ModelConfig
+    deterministic: bool = True
+    moe: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, kv=None, positions=None):
@@ -86,8 +113,28 @@ class Block(nn.Module):
         else:
             y, kv = attn(a, kv, positions)
             x = x + y
-        x = x + MLP(c, self.deterministic, name="mlp")(layer_norm("ln2", c.layernorm_eps, dtype, pdtype)(x))
+        mlp = MoEMLP(c, self.deterministic, name="mlp") if self.moe else MLP(c, self.deterministic, name="mlp")
+        x = x + mlp(layer_norm("ln2", c.layernorm_eps, dtype, pdtype)(x))
         return constrain(x, ("batch", "seq", "embed")), kv
+
+
+class MoEGroup(nn.Module):
+    """``moe_every`` consecutive blocks, the last with an MoE feed-forward: the unit scanned when
+    MoE alternates with dense layers (``model.moe_every = 2``: dense, MoE, dense, MoE, ...)."""
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kv=None, positions=None):
+        n = self.cfg.moe_every
+        new = []
+        for i in range(n):
+            blk = Block(self.cfg, self.deterministic, moe=i == n - 1, name=f"block_{i}")
+            x, kv_i = blk(x) if kv is None else blk(x, (kv[0][i], kv[1][i]), positions)
+            new.append(kv_i)
+        if kv is None:
+            return x, None
+        return x, (jnp.stack([k for k, _ in new]), jnp.stack([v for _, v in new]))
 
 
 REMAT_POLICIES = {
@@ -122,17 +169,17 @@ class GPT(nn.Module):
         x = (h.embed(wte, tokens) + h.positions(wpe, T)).astype(dtype)
         x = constrain(nn.Dropout(c.dropout, deterministic=deterministic)(x), ("batch", "seq", "embed"))
 
-        block = Block
-        if c.remat != "none":
-            block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-        if c.scan_layers:
-            stack = nn.scan(block, length=c.layers, variable_axes={"params": 0},
+        remat = (lambda m: nn.remat(m, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+                 if c.remat != "none" else m)
+        if c.scan_layers:   # with MoE, the scanned unit is a group of moe_every blocks
+            unit, n_units = (MoEGroup, c.layers // c.moe_every) if c.moe_every else (Block, c.layers)
+            stack = nn.scan(remat(unit), length=n_units, variable_axes={"params": 0, "moe": 0},
                             split_rngs={"params": True, "dropout": True},
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(c, deterministic, name="blocks")(x, None)
         else:
             for i in range(c.layers):
-                x, _ = block(c, deterministic, name=f"blocks_{i}")(x)
+                x, _ = remat(Block)(c, deterministic, is_moe(c, i), name=f"blocks_{i}")(x)
 
         x = layer_norm("ln_f", c.layernorm_eps, dtype, pdtype)(x)
         x = h.dense_in(x, ("embed", "vocab"), 1)
@@ -155,13 +202,17 @@ class GPT(nn.Module):
         wpe = param(self, "wpe", init, (c.context, c.width), pdtype, ("position", "embed"))
         x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, jnp.clip(positions, 0, c.context - 1), axis=0)).astype(dtype)
         if c.scan_layers:
-            stack = nn.scan(Block, length=c.layers, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(0, nn.broadcast), metadata_params={nn.PARTITION_NAME: "layers"})
-            x, (k, v) = stack(c, True, name="blocks")(x, (cache.k, cache.v), positions)
+            unit, n = (MoEGroup, c.moe_every) if c.moe_every else (Block, 1)
+            per_unit = lambda a: a.reshape(c.layers // n, n, *a.shape[1:]) if c.moe_every else a
+            stack = nn.scan(unit, length=c.layers // n, variable_axes={"params": 0, "moe": 0},
+                            split_rngs={"params": True}, in_axes=(0, nn.broadcast),
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, (k, v) = stack(c, True, name="blocks")(x, (per_unit(cache.k), per_unit(cache.v)), positions)
+            k, v = k.reshape(cache.k.shape), v.reshape(cache.v.shape)
         else:
             ks, vs = [], []
             for i in range(c.layers):
-                x, (ki, vi) = Block(c, True, name=f"blocks_{i}")(x, (cache.k[i], cache.v[i]), positions)
+                x, (ki, vi) = Block(c, True, is_moe(c, i), name=f"blocks_{i}")(x, (cache.k[i], cache.v[i]), positions)
                 ks.append(ki)
                 vs.append(vi)
             k, v = jnp.stack(ks), jnp.stack(vs)
@@ -170,6 +221,11 @@ class GPT(nn.Module):
         if V > c.vocab_size:
             logits = jnp.where(jnp.arange(V) < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
         return logits, cache._replace(k=k, v=v)
+
+
+def is_moe(c: ModelConfig, i: int) -> bool:
+    """Is block ``i`` an MoE block? With ``moe_every = n``: blocks n-1, 2n-1, ... (0-based)."""
+    return bool(c.moe_every) and (i + 1) % c.moe_every == 0
 
 
 def padded_vocab(c: ModelConfig) -> int:

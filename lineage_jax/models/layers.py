@@ -43,6 +43,8 @@ class CollectiveHooks:
     ``positions(table, T)``        the position rows this device adds (SP: its sequence shard)
     ``index(n, name)``             global indices of this device's n entries of logical axis ``name``
     ``constrain(x, axes)``         activation sharding constraint
+    ``expert_in(buf)``             MoE buffers [G, E, C, D] from their tokens' devices to their experts'
+    ``expert_out(buf)``            ... and back (expert parallel: the two all-to-alls of GShard)
     """
     local_shape: Callable = lambda shape, axes: tuple(shape)
     global_shape: Callable = lambda shape, axes: tuple(shape)
@@ -53,6 +55,8 @@ class CollectiveHooks:
     positions: Callable = lambda table, T: table[:T]
     index: Callable = lambda n, name: jnp.arange(n)
     constrain: Callable = lambda x, axes: nn.with_logical_constraint(x, axes)
+    expert_in: Callable = lambda buf: nn.with_logical_constraint(buf, ("expert_group", "expert", None, "embed"))
+    expert_out: Callable = lambda buf: nn.with_logical_constraint(buf, ("batch", None, None, "embed"))
 
 
 _HOOKS: contextvars.ContextVar[CollectiveHooks] = contextvars.ContextVar("collective_hooks", default=CollectiveHooks())

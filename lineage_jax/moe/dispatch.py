@@ -75,6 +75,32 @@ def capacity_ffn(x, r: Routing, w_in, w_out, act: Callable, impl: str = "gather"
     return jnp.einsum("nk,nkd->nd", w, y_pad[rows])
 
 
+def grouped_capacity_ffn(x, r: Routing, w_in, w_out, act: Callable, *, to_experts=lambda b: b,
+                         from_experts=lambda b: b) -> jax.Array:
+    """Backend (a) for G independently routed groups: x [G, S, D], ``r`` with a leading G axis.
+
+    Each group fills its own buffers (gather, as ``capacity_ffn``), giving [G, E, C, D];
+    ``to_experts`` / ``from_experts`` wrap the expert FFN: identities on one device, the two
+    all-to-alls of expert parallelism in the explicit form (GSPMD reshards at the same points).
+    """
+    G, S, D = x.shape
+    E, C = r.load.shape[-1], r.capacity      # all experts (w_in may hold only this device's E/n)
+    rows = jnp.where(r.keep, r.expert_index * C + r.position, E * C)       # [G, S, k]; dropped -> spare row
+    k = rows.shape[-1]
+    tokens = jnp.repeat(jnp.arange(S, dtype=jnp.int32), k)
+
+    def fill(xg, rows_g):
+        token_of_row = jnp.full((E * C + 1,), S, jnp.int32).at[rows_g.reshape(-1)].set(tokens)[:E * C]
+        return jnp.concatenate([xg, jnp.zeros((1, D), xg.dtype)])[token_of_row].reshape(E, C, D)
+
+    buf = to_experts(jax.vmap(fill)(x, rows))                              # [G', E', C, D]
+    h = act(jnp.einsum("gecd,edf->gecf", buf, w_in))
+    y = from_experts(jnp.einsum("gecf,efd->gecd", h, w_out)).reshape(G, E * C, D)
+    y_pad = jnp.concatenate([y, jnp.zeros((G, 1, D), y.dtype)], axis=1)
+    picked = jax.vmap(lambda yg, rg: yg[rg])(y_pad, rows)                  # [G, S, k, D]
+    return jnp.einsum("gsk,gskd->gsd", r.combine_weight.astype(x.dtype), picked)
+
+
 def dropless_ffn(x, r: Routing, w_in, w_out, act: Callable) -> jax.Array:
     """Backend (b): sort assignments by expert, grouped matmul with ``jax.lax.ragged_dot``."""
     N, D = x.shape

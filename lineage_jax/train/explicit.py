@@ -16,6 +16,8 @@ row-parallel output (``dense_out``)    ``megatron_g``; with SP ``sp_scatter`` (s
 token embedding (``embed``)            ``vocab_parallel_embed``; with SP a masked local lookup
                                        + ``sp_scatter`` (so each device keeps its sequence)
 positions / vocab ids (``index``)      this device's slice (``axis_index``); no bytes
+MoE buffers (``expert_in/out``)        ``expert_dispatch`` / ``expert_return``: all-to-all over
+                                       the expert axis, to the experts' devices and back
 loss (here, not in the model)          ``vocab_parallel_cross_entropy`` on vocab-sharded logits
 =====================================  ======================================================
 
@@ -24,6 +26,9 @@ so every collective of the step is written here or in parallel/collectives.py. A
 backward pass the gradients are reduced explicitly, per leaf, from the rule tables:
 
 * leaves gathered by ``zero3_gather`` arrive reduce-scattered (summed) over fsdp: divide;
+* expert weights, sharded over the expert axis (a batch axis too), arrive summed over it
+  (each device's experts served every device's tokens; the all-to-all's transpose brought
+  their cotangents home): divide;
 * ZeRO-2 leaves are reduce-scattered over fsdp here (``lax.psum_scatter``);
 * the rest is averaged over the remaining data axes with ``dp_mean_grads`` (one flat
   bucket, so DP moves the parameter bytes once);
@@ -59,10 +64,10 @@ from jax.sharding import PartitionSpec as P
 from lineage_jax.models.layers import collective_hooks
 from lineage_jax.optim import make_optimizer
 from lineage_jax.train.state import TrainState
-from lineage_jax.train.step import cross_entropy, decay_mask
+from lineage_jax.train.step import cross_entropy, decay_mask, forward
 from parallel import precision
-from parallel.collectives import (dp_mean_grads, megatron_f, megatron_g, sp_gather, sp_scatter,
-                                  vocab_parallel_cross_entropy, vocab_parallel_embed, zero3_gather)
+from parallel.collectives import (dp_mean_grads, expert_dispatch, expert_return, megatron_f, megatron_g, sp_gather,
+                                  sp_scatter, vocab_parallel_cross_entropy, vocab_parallel_embed, zero3_gather)
 
 
 def _axes(target) -> tuple[str, ...]:
@@ -88,6 +93,7 @@ class Layout:
         self.batch = self.on("compute", "batch")
         self.tp = self.on("compute", "heads")
         self.sp = bool(self.on("compute", "seq"))
+        self.ep = self.on("compute", "expert")
 
     def on(self, table: str, name) -> tuple[str, ...]:
         if name is None:
@@ -173,9 +179,12 @@ class Layout:
             ax = self.on("compute", name)
             return jnp.arange(n) + (lax.axis_index(_one(ax)) * n if ax else 0)
 
+        ep = _one(self.ep) if self.ep else None
+        expert_in = (lambda b: expert_dispatch(b, ep)) if ep else (lambda b: b)
+        expert_out = (lambda b: expert_return(b, ep)) if ep else (lambda b: b)
         return dict(local_shape=local_shape, global_shape=global_shape, param=param, dense_in=dense_in,
                     dense_out=dense_out, embed=embed, positions=positions, index=index,
-                    constrain=lambda x, axes: x)
+                    constrain=lambda x, axes: x, expert_in=expert_in, expert_out=expert_out)
 
 
 def _leaf_names(setup) -> list[tuple]:
@@ -191,6 +200,7 @@ def reduce_grads(L: Layout, grads, names):
     groups: dict[tuple, list[int]] = {}
     for i, (g, nm) in enumerate(zip(leaves, names)):
         summed = [a for _, ex in L.extra(nm, "compute", "params") for a in ex]   # zero3_gather's reduce-scatter
+        summed += [a for n in nm for a in L.on("compute", n) if a in L.batch]     # expert weights (all-to-all)
         if L.stage < 3:
             for d, ex in L.extra(nm, "compute", "grads"):                       # ZeRO-2: reduce-scatter now
                 g = lax.psum_scatter(g, _one(ex), scatter_dimension=d, tiled=True)
@@ -241,25 +251,29 @@ def make_explicit_train_step(setup):
     tp = _one(L.tp) if L.tp else None
 
     def local_loss(params, toks, key):
-        logits = model.apply({"params": params}, toks[:, :-1], deterministic=not dropout,
-                             rngs={"dropout": key} if dropout else None)
+        logits, moe = forward(model, params, toks[:, :-1], deterministic=not dropout,
+                              rngs={"dropout": key} if dropout else None)
         targets = toks[:, 1:]
         if L.on("compute", "vocab"):      # logits stay vocab-sharded: [B_n, T, V_n]
-            return jnp.mean(vocab_parallel_cross_entropy(logits.astype(jnp.float32), targets, tp))
-        return cross_entropy(logits, targets)
+            ce = jnp.mean(vocab_parallel_cross_entropy(logits.astype(jnp.float32), targets, tp))
+        else:
+            ce = cross_entropy(logits, targets)
+        return ce + moe.get("moe_aux_loss", 0.0), (ce, moe)
 
     def body(state: TrainState, batch):
         rng = jax.random.fold_in(base_key, state.step)
         tokens, ls = batch["tokens"], state.loss_scale
 
         def grad_fn(params, toks, key):
-            scaled = lambda p: (precision.scale_loss(loss := local_loss(p, toks, key), ls), loss)
-            (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-            return loss, precision.unscale(grads, ls)
+            def scaled(p):
+                obj, aux = local_loss(p, toks, key)
+                return precision.scale_loss(obj, ls), aux
+            (_, (loss, moe)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+            return (loss, moe), precision.unscale(grads, ls)
 
         with collective_hooks(**hook_fns):
             if grad_accum == 1:
-                loss, grads = grad_fn(state.params, tokens, rng)
+                (loss, moe), grads = grad_fn(state.params, tokens, rng)
             else:
                 B, T1 = tokens.shape
                 micro = tokens.reshape(B // grad_accum, grad_accum, T1).swapaxes(0, 1)
@@ -269,13 +283,13 @@ def make_explicit_train_step(setup):
                     out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
                     return jax.tree.map(jnp.add, carry, out), None
 
-                zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-                (loss, grads), _ = lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
-                loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+                zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, micro[0], rng))
+                ((loss, moe), grads), _ = lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
+                loss, moe, grads = jax.tree.map(lambda x: x / grad_accum, (loss, moe, grads))
 
         grads = reduce_grads(L, grads, names)                     # laid out by the grads table
         if L.batch:
-            loss = lax.pmean(loss, _one(L.batch))
+            loss, moe = lax.pmean((loss, moe), _one(L.batch))
         norm = global_norm(L, grads, names)
         if clip > 0:   # optax.clip_by_global_norm's formula, with the global norm
             trigger = norm < clip
@@ -292,7 +306,7 @@ def make_explicit_train_step(setup):
         p_new = optax.apply_updates(p_loc, updates)
         params = unflat(p_new, [L.gather_to(p, nm, "opt_state", "params") for p, nm in zip(leaves(p_new), names)])
 
-        metrics = {"loss": loss, "grad_norm": norm}
+        metrics = {"loss": loss, "grad_norm": norm, **moe}
         if ls.dynamic:
             bad = jnp.logical_not(precision.all_finite(grads)).astype(jnp.int32)
             finite = (lax.psum(bad, _one(L.all)) if L.all else bad) == 0

@@ -53,6 +53,12 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
+def _mean(values):
+    """Mean over logged steps: a float, or a list for vector metrics (per-expert load)."""
+    m = np.mean(np.asarray(values, np.float64), axis=0)
+    return float(m) if m.ndim == 0 else [float(x) for x in m]
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
     if path.is_file():
@@ -105,7 +111,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
             if done % cfg.train.log_every == 0 or done == cfg.train.steps or done == 1:
                 window = jax.device_get(window)
                 dt = time.perf_counter() - t_window
-                row = {"step": done, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
+                row = {"step": done, **{k: _mean([m[k] for m in window]) for k in window[0]},
                        "tokens_per_s": len(window) * B * T / dt}
                 if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
                     row["eval_loss"] = _eval_loss(setup, state.params, eval_data, cfg.train.eval_batches)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,11 +32,44 @@ def decay_mask(params):
         lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
+def moe_metrics(sown) -> dict[str, jax.Array]:
+    """The ``moe`` collection sown by MoE blocks -> training metrics ({} for a dense model).
+
+    ``moe_aux_loss``: the auxiliary losses summed over MoE layers (what the loss adds);
+    ``moe_load`` [E]: share of routed assignments per expert, averaged over MoE layers;
+    ``moe_dropped``: fraction of assignments dropped for capacity, averaged over MoE layers.
+    """
+    flat = flax.traverse_util.flatten_dict(sown.get("moe", {}))
+    pick = lambda name: [leaf for key, vals in flat.items() if key[-1] == name for leaf in vals]
+    aux, load, dropped = pick("aux_loss"), pick("load"), pick("dropped_fraction")
+    if not aux:
+        return {}
+    E = load[0].shape[-1]
+    load = jnp.concatenate([jnp.reshape(x, (-1, E)) for x in load])            # [MoE layers, E]
+    load = load / jnp.maximum(jnp.sum(load, axis=-1, keepdims=True), 1.0)
+    return {"moe_aux_loss": sum(jnp.sum(a) for a in aux).astype(jnp.float32),
+            "moe_load": jnp.mean(load, axis=0),
+            "moe_dropped": jnp.mean(jnp.concatenate([jnp.reshape(d, (-1,)) for d in dropped]))}
+
+
+def forward(model: nn.Module, params, inputs, *, deterministic: bool = True, rngs=None):
+    """logits and the MoE metrics (``moe_metrics``; {} for a dense model) of one apply."""
+    logits, sown = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs,
+                               mutable=["moe"])
+    return logits, moe_metrics(sown)
+
+
 def make_loss_fn(model: nn.Module, dropout: bool) -> Callable:
+    """loss_fn(params, tokens, rng) -> (objective, (cross-entropy, MoE metrics)).
+
+    The objective is the next-token cross-entropy plus, for an MoE model, its auxiliary
+    (load-balancing, z-) losses; ``loss`` in the metrics is the cross-entropy alone, so it
+    compares with dense models and with the eval loss."""
     def loss_fn(params, tokens, rng):
-        logits = model.apply({"params": params}, tokens[:, :-1], deterministic=not dropout,
-                             rngs={"dropout": rng} if dropout else None)
-        return cross_entropy(logits, tokens[:, 1:])
+        logits, moe = forward(model, params, tokens[:, :-1], deterministic=not dropout,
+                              rngs={"dropout": rng} if dropout else None)
+        ce = cross_entropy(logits, tokens[:, 1:])
+        return ce + moe.get("moe_aux_loss", 0.0), (ce, moe)
     return loss_fn
 
 
@@ -66,29 +100,31 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed:
         ls = state.loss_scale
 
         def grad_fn(params, toks, key):
-            scaled = lambda p: (precision.scale_loss(loss := loss_fn(p, toks, key), ls), loss)
-            (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-            return loss, precision.unscale(grads, ls)
+            def scaled(p):
+                obj, aux = loss_fn(p, toks, key)
+                return precision.scale_loss(obj, ls), aux
+            (_, (loss, moe)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+            return (loss, moe), precision.unscale(grads, ls)
 
         if grad_accum == 1:
-            loss, grads = grad_fn(state.params, tokens, rng)
+            (loss, moe), grads = grad_fn(state.params, tokens, rng)
         else:
             B, T1 = tokens.shape
             micro = tokens.reshape(B // grad_accum, grad_accum, T1).swapaxes(0, 1)   # [A, B/A, T+1]
 
             def accumulate(carry, xs):
                 i, mb = xs
-                loss, grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+                out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, out), None
 
-            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-            (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
-            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, micro[0], rng))
+            ((loss, moe), grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
+            loss, moe, grads = jax.tree.map(lambda x: x / grad_accum, (loss, moe, grads))
         if grad_sharding is not None:
             grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **moe}
         if ls.dynamic:   # static (Python) switch: fp32/bf16 programs carry no overflow checks
             finite = precision.all_finite(grads)
             params, opt_state = precision.select_update(finite, (params, opt_state), (state.params, state.opt_state))
@@ -105,6 +141,6 @@ def make_eval_step(model: nn.Module):
     loss_fn = make_loss_fn(model, dropout=False)
 
     def eval_step(params, batch: Batch) -> jax.Array:
-        return loss_fn(params, batch["tokens"], None)
+        return loss_fn(params, batch["tokens"], None)[1][0]
 
     return eval_step
