@@ -5,7 +5,7 @@ A fixed number of decode *slots* run one token per step together. Between steps 
 retires sequences that finished (end-of-sequence or their token budget), frees their blocks,
 and admits waiting requests into the free slots, so a long request never holds a batch back and
 freed blocks are reused at once. Each admitted request is prefilled alone (its prompt padded to
-a power-of-two bucket), and its ``n`` samples share the prompt's blocks copy-on-write
+a power-of-two bucket of at least 16), and its ``n`` samples share the prompt's blocks copy-on-write
 (``decode/paged.py``).
 
 Admission reserves each sequence's worst case (its prompt plus its token budget, in blocks), so
@@ -179,7 +179,7 @@ class ContinuousBatcher:
                 continue
             first = SeqBlocks(self.alloc, self.bs)
             first.grow_to(P)
-            T = min(1 << (P - 1).bit_length(), self.nb * self.bs)    # power-of-two bucket
+            T = min(max(16, 1 << (P - 1).bit_length()), self.nb * self.bs)    # power-of-two bucket >= 16
             prompt = np.zeros((1, T), np.int32)
             prompt[0, :P] = req.prompt
             sids = np.zeros((self.S,), np.int32)
