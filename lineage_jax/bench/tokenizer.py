@@ -84,9 +84,10 @@ def measure(max_bytes: int, vocab: int, rounds: int) -> dict:
     hf_s, hf = _best(lambda: _tokenizers_trainer(docs, vocab), rounds)
     hf_merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
                  for m in json.loads(hf.to_str())["model"]["merges"]]
-    r["train"] = {"teaching_s": teach_s, "fast_s": fast_s, "tokenizers_s": hf_s,
-                  "teaching_over_tokenizers": teach_s / hf_s, "fast_over_tokenizers": fast_s / hf_s,
-                  "same_merges": teach.merges == fast.merges == hf_merges, "merges": len(teach.merges)}
+    r["train"] = {"same_merges": teach.merges == fast.merges == hf_merges, "merges": len(teach.merges)}
+    for name, s in (("teaching", teach_s), ("fast", fast_s), ("tokenizers", hf_s)):
+        r["train"][f"{name}_s"] = s
+        r["train"][f"{name}_over_tokenizers"] = s / hf_s
 
     spec = teach.to_json()
     hf_tok = tokenizers.Tokenizer.from_str(spec)

@@ -83,8 +83,12 @@ def train_tokenizer(args) -> dict:
                        name=tok.name, usable_as=f"data.tokenizer={args.out}")
     elif args.kind == "sentencepiece":
         from lineage_jax.tokenize.spm import train_sentencepiece
-        tok = train_sentencepiece(list(_progress(docs, progress, "reading")), args.vocab_size,
-                                  model_type=args.model_type, special_tokens=specials)
+        try:
+            tok = train_sentencepiece(list(_progress(docs, progress, "reading")), args.vocab_size,
+                                      model_type=args.model_type, special_tokens=specials)
+        except RuntimeError as e:                       # the trainer's own check, e.g. vocabulary too small
+            raise ConfigError(f"--kind sentencepiece --vocab-size={args.vocab_size}: "
+                              f"{str(e).rsplit('] ', 1)[-1].strip()}") from None
         path = tok.save(args.out)
         summary.update(vocab_size=tok.vocab_size, model_type=args.model_type, file=path, name=tok.name,
                        usable_as=f"data.tokenizer={args.out}")
