@@ -15,7 +15,7 @@ import argparse
 import json
 
 from lineage_jax.config import ConfigError
-from lineage_jax.lessons import TRANSLATE_TASKS
+from lineage_jax.lessons import TRANSLATE_STEPS, TRANSLATE_TASKS
 
 DEFAULT_OUT = "runs/lesson-translate"
 
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     t = lessons.add_parser("translate", help="train the encoder-decoder Transformer on synthetic translation",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--task", default="numbers", help=f"one of: {', '.join(TRANSLATE_TASKS)}")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: the lesson's, 1000)")
+    t.add_argument("--steps", type=int, default=TRANSLATE_STEPS, help="training steps")
     t.add_argument("--seed", type=int, default=0, help="fixes the split, the initialisation and the data order")
     t.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="where translate.png and summary.json go")
     t.add_argument("--d-model", type=int, default=None, help="model width (d_ff = 4 x d_model; default 64)")

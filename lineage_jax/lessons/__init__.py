@@ -7,3 +7,4 @@
 Importing this package does not import JAX (the CLI validates flags first).
 """
 TRANSLATE_TASKS: tuple[str, ...] = ("numbers", "dates")
+TRANSLATE_STEPS = 1000   # default training steps of `lineage lesson translate`

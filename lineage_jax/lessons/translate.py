@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from lineage_jax.config import ConfigError
-from lineage_jax.lessons import TRANSLATE_TASKS
+from lineage_jax.lessons import TRANSLATE_STEPS, TRANSLATE_TASKS
 from lineage_jax.models.transformer import Transformer, TransformerConfig, greedy_decode
 
 # --------------------------------------------------------------------------- the tasks
@@ -189,7 +189,7 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, epsilo
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new, {"loss": loss, "nll": nll, "grad_norm": optax.global_norm(grads)}
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step)
 
 
 def translate(model: Transformer, params, vocab: Vocab, sources: list[str], S: int, T: int,
@@ -216,7 +216,7 @@ def exact_match(model, params, vocab, pairs, S, T, batch: int = 200) -> tuple[fl
 @dataclasses.dataclass(frozen=True)
 class LessonConfig:
     task: str = "numbers"
-    steps: int = 1000
+    steps: int = TRANSLATE_STEPS
     seed: int = 0
     batch: int = 64
     d_model: int = 64
