@@ -103,6 +103,12 @@ def format_report(r: dict) -> str:
         lines.append(f"{name}: {s['docs']} docs, {s['rows']} rows of {r['seq_len']} tokens, "
                      f"{s['tokens']:,} tokens + {s['padding']:,} padding")
     lines.append(f"dataset: {r['dataset_dir']} (report.json and documents.jsonl in {r['out_dir']})")
+    from lineage_jax.config import DataConfig
+    if "prepared_dir" in {f.name for f in dataclasses.fields(DataConfig)}:
+        tok = r["tokenizer"]
+        lines.append(f"train on it: lineage train data.prepared_dir={r['out_dir']} data.tokenizer={tok['tokenizer']} "
+                     f"model.context={r['seq_len']}" + (f" model.vocab_size={tok['vocab_size']}"
+                                                         if tok["tokenizer"] != "byte" else ""))
     return "\n".join(lines)
 
 

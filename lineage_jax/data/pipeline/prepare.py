@@ -30,6 +30,7 @@ with the kept documents' sources in ``out_dir/documents.jsonl``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 import shutil
@@ -128,22 +129,17 @@ def encode_documents(docs: Sequence[str], tokenizer, fast: bool = True) -> tuple
     if fast and isinstance(tokenizer, ByteTokenizer):
         return [np.frombuffer(d.encode("utf-8", errors="surrogatepass"), np.uint8).astype(np.int32)
                 for d in docs], "bytes"
-    if fast and isinstance(tokenizer, ByteLevelBPETokenizer):
-        try:
-            import tokenizers  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            plain = [i for i, d in enumerate(docs) if not _SURROGATE.search(d)]
-            out: list = [None] * len(docs)
-            rust = tokenizer.fast()                             # encode_batch_fast: no offsets computed
-            batch = getattr(rust, "encode_batch_fast", rust.encode_batch)
-            for i, enc in zip(plain, batch([docs[i] for i in plain], add_special_tokens=False)):
-                out[i] = np.asarray(enc.ids, np.int32)
-            for i, d in enumerate(docs):
-                if out[i] is None:
-                    out[i] = np.asarray(tokenizer.encode(d), np.int32)
-            return out, "tokenizers"
+    if fast and isinstance(tokenizer, ByteLevelBPETokenizer) and importlib.util.find_spec("tokenizers"):
+        plain = [i for i, d in enumerate(docs) if not _SURROGATE.search(d)]
+        out: list = [None] * len(docs)
+        rust = tokenizer.fast()                             # encode_batch_fast: no offsets computed
+        batch = getattr(rust, "encode_batch_fast", rust.encode_batch)
+        for i, enc in zip(plain, batch([docs[i] for i in plain], add_special_tokens=False)):
+            out[i] = np.asarray(enc.ids, np.int32)
+        for i, d in enumerate(docs):
+            if out[i] is None:
+                out[i] = np.asarray(tokenizer.encode(d), np.int32)
+        return out, "tokenizers"
     return [np.asarray(tokenizer.encode(d), np.int32) for d in docs], "teaching"
 
 
