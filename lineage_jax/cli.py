@@ -76,6 +76,33 @@ def _check_sample_args(args) -> list[str]:
         raise ConfigError(f"--num-beams={args.num_beams}: only with --strategy beam")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size}: must be at least 1")
+    if args.block_size < 1:
+        raise ConfigError(f"--block-size={args.block_size}: must be at least 1")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples={args.num_samples}: must be at least 1")
+    if args.num_samples > 1 and args.strategy != "sample":
+        raise ConfigError(f"--num-samples={args.num_samples}: only with --strategy sample (not {args.strategy})")
+    if args.gamma is not None and args.draft_run_dir is None:
+        raise ConfigError(f"--gamma={args.gamma}: only with --draft-run-dir (speculative decoding)")
+    if args.draft_run_dir is not None:
+        if args.gamma is not None and args.gamma < 1:
+            raise ConfigError(f"--gamma={args.gamma}: must be at least 1 (draft tokens proposed per target call)")
+        if args.strategy == "beam":
+            raise ConfigError("--draft-run-dir: speculative decoding is for --strategy greedy or sample, not beam")
+        if args.num_samples > 1:
+            raise ConfigError("--draft-run-dir with --num-samples: give one of them")
+        draft_yaml = os.path.join(args.draft_run_dir, "config.yaml")
+        if not os.path.isdir(args.draft_run_dir):
+            raise ConfigError(f"--draft-run-dir={args.draft_run_dir}: no such directory")
+        if not os.path.isfile(draft_yaml):
+            raise ConfigError(f"--draft-run-dir={args.draft_run_dir}: no config.yaml there (not a run directory)")
+        target_yaml = os.path.join(args.run_dir, "config.yaml")
+        if os.path.isfile(target_yaml):   # a missing target run is reported by load_run
+            d, t = load_config(draft_yaml, []), load_config(target_yaml, [])
+            if (d.model.vocab_size, d.data.tokenizer) != (t.model.vocab_size, t.data.tokenizer):
+                raise ConfigError(f"--draft-run-dir={args.draft_run_dir}: vocabulary {d.model.vocab_size} "
+                                  f"({d.data.tokenizer}) differs from the target's {t.model.vocab_size} "
+                                  f"({t.data.tokenizer}); the draft must share the target's tokenizer")
     if args.prompts_file is not None:
         if args.prompt is not None:
             raise ConfigError("--prompt and --prompts-file: give one of them")
@@ -99,6 +126,27 @@ def cmd_sample(args) -> int:
     from lineage_jax import sample as smp
     temperature = 0.8 if args.temperature is None else args.temperature
     top_k, top_p = args.top_k or 0, 1.0 if args.top_p is None else args.top_p
+    if args.draft_run_dir is not None:                                  # speculative decoding
+        cfg, model, params = smp.load_run(args.run_dir)
+        _, d_model, d_params = smp.load_run(args.draft_run_dir)
+        from lineage_jax.tokenize import get_tokenizer
+        results = smp.speculative_prompts((model, params), (d_model, d_params), get_tokenizer(cfg.data.tokenizer),
+                                          prompts, args.max_new_tokens, 4 if args.gamma is None else args.gamma,
+                                          strategy=args.strategy, temperature=temperature, top_k=top_k, top_p=top_p,
+                                          seed=args.seed, progress=len(prompts) > 1 and not args.no_progress)
+        for r in results:
+            print(json.dumps(r) if args.json else r["text"] + "\n")
+        return 0
+    if (args.prompts_file is not None or args.num_samples > 1) and args.strategy != "beam":   # paged engine
+        cfg, model, params = smp.load_run(args.run_dir)
+        from lineage_jax.tokenize import get_tokenizer
+        results = smp.serve_prompts(model, params, get_tokenizer(cfg.data.tokenizer), prompts, args.max_new_tokens,
+                                    strategy=args.strategy, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    seed=args.seed, slots=args.batch_size, block_size=args.block_size,
+                                    num_samples=args.num_samples, progress=not args.no_progress)
+        for r in results:
+            print(json.dumps(r) if args.json else r["text"] + "\n")
+        return 0
     if len(prompts) == 1 and not args.json and args.strategy != "beam":   # stream one prompt's text
         print(prompts[0], end="", flush=True)
         smp.sample_run(args.run_dir, prompts[0], args.max_new_tokens, seed=args.seed, top_k=top_k, top_p=top_p,
@@ -184,14 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate text from the latest checkpoint of a run")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
-    p.add_argument("--prompts-file", default=None, metavar="F", help="one prompt per line, decoded in batches")
+    p.add_argument("--prompts-file", default=None, metavar="F",
+                   help="one prompt per line, served by continuous batching over a paged KV cache (beam: one by one)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="sample")
     p.add_argument("--temperature", type=float, default=None, help="sample only (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample only: keep the k most probable tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=None, help="sample only: nucleus mass in (0, 1] (1 = off)")
     p.add_argument("--num-beams", type=int, default=1, help="beam only: beam width")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (KV-cached)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (decode slots of the paged engine)")
+    p.add_argument("--block-size", type=int, default=16, help="paged KV cache: token slots per block")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="sample only: samples per prompt, sharing the prompt's KV blocks (copy-on-write)")
+    p.add_argument("--draft-run-dir", default=None, metavar="D",
+                   help="speculative decoding with this run as the draft (same tokenizer as --run-dir)")
+    p.add_argument("--gamma", type=int, default=None, metavar="N",
+                   help="with --draft-run-dir: draft tokens proposed per target call (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar over --prompts-file")

@@ -25,7 +25,7 @@ from lineage_jax.tokenize import Tokenizer, get_tokenizer
 from lineage_jax.train import checkpoint as ckpt
 
 __all__ = ["generate", "generate_cached", "generate_recompute", "generate_text", "generate_beam", "load_run",
-           "sample_run", "sample_prompts"]
+           "sample_run", "sample_prompts", "serve_prompts", "CachedLM", "speculative_sample", "speculative_prompts"]
 
 _STATIC = ("model", "temperature", "top_k", "top_p")
 
@@ -227,3 +227,140 @@ def sample_run(run_dir: str | Path, prompt: str, max_new_tokens: int, *, tempera
     cfg, model, params = load_run(run_dir)
     return generate_text(model, params, get_tokenizer(cfg.data.tokenizer), prompt, max_new_tokens,
                          temperature=temperature, seed=seed, stream=stream, top_k=top_k, top_p=top_p)
+
+
+# --------------------------------------------------------------------------- many prompts: paged continuous batching
+
+def serve_prompts(model: GPT, params, tokenizer: Tokenizer, prompts: Sequence[str], max_new_tokens: int, *,
+                  strategy: str = "sample", temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+                  seed: int = 0, slots: int = 8, block_size: int = 16, num_samples: int = 1,
+                  progress: bool = False) -> list[dict]:
+    """Many prompts through the continuous-batching paged engine (``decode/batching.py``).
+
+    One ``{"prompt", "text", "tokens", "new_tokens"}`` per prompt (and ``"sample"`` per sample when
+    ``num_samples`` > 1, the samples sharing their prompt's KV blocks), in prompt order. Sequence
+    ``sid`` (prompt i, sample j -> sid = i * num_samples + j) draws as ``generate_cached`` with
+    ``key=fold_in(key(seed), sid)`` would for it alone. Prompts are cut to their last C - 1 tokens.
+    """
+    from tqdm import tqdm
+
+    from lineage_jax.decode.batching import ContinuousBatcher
+    if strategy not in ("greedy", "sample"):
+        raise ValueError(f"strategy={strategy!r}: the paged engine serves greedy or sample")
+    kw = _check(0.0 if strategy == "greedy" else temperature, top_k, top_p)
+    C = model.cfg.context
+    ids = [tokenizer.encode(p)[-(C - 1):] or [tokenizer.eos_id] for p in prompts]
+    slots = max(slots, num_samples)
+    eng = ContinuousBatcher(model, params, slots=slots, block_size=block_size, key=jax.random.key(seed),
+                            eos_id=tokenizer.eos_id, **kw)
+    owner = {}
+    for i, x in enumerate(ids):
+        for j, sid in enumerate(eng.add(x, max_new_tokens, n=num_samples)):
+            owner[sid] = (i, j)
+    bar = tqdm(total=len(owner), disable=not progress, unit="seq")
+    out = eng.run(on_finish=lambda sid, toks: bar.update(1))
+    bar.close()
+    results = []
+    for sid in sorted(out):
+        i, j = owner[sid]
+        toks = out[sid]
+        r = {"prompt": prompts[i], "text": tokenizer.decode(toks), "tokens": toks, "new_tokens": len(toks) - len(ids[i])}
+        if num_samples > 1:
+            r["sample"] = j
+        results.append(r)
+    return results
+
+
+# --------------------------------------------------------------------------- speculative decoding with KV caches
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _chunk_probs(model, params, cache, chunk, start, *, temperature, top_k, top_p):
+    """Feed chunk [1, W] at positions start.. -> (next-token probabilities [W, V] after each, cache)."""
+    from lineage_jax.decode.filters import top_k_filter, top_p_filter
+    pos = start + jnp.arange(chunk.shape[1], dtype=jnp.int32)[None]
+    logits, cache = model.apply({"params": params}, chunk, cache=cache, positions=pos)
+    logits = logits[0].astype(jnp.float32)
+    if temperature > 0:
+        logits = logits / temperature
+        if top_k > 0:
+            logits = top_k_filter(logits, top_k)
+        if top_p < 1.0:
+            logits = top_p_filter(logits, top_p)
+    return jax.nn.softmax(logits, axis=-1), cache
+
+
+class CachedLM:
+    """A model as a ``tokens -> next-token probabilities`` function for ``speculative_generate``, with a KV cache.
+
+    Keys and values of the longest prefix shared with the previous call stay in the cache; only
+    the rest is fed (padded to a power of two, so a handful of compiles serve any length). Slots
+    past the valid prefix may hold stale keys from rejected drafts: a query never sees a slot
+    beyond its own position, and every slot at or below it is rewritten first.
+    Probabilities are after temperature / top-k / top-p (temperature 0: the plain softmax, whose
+    argmax is the greedy token).
+    """
+
+    def __init__(self, model: GPT, params, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+        self.model, self.params, self.kw = model, params, _check(temperature, top_k, top_p)
+        self.cache, self.seen = init_cache(model.cfg, 1), []
+        self.calls = 0
+
+    def probs(self, tokens, rows: int) -> np.ndarray:
+        """Distributions [rows, V] of the token after each of the last ``rows`` prefixes of ``tokens``."""
+        tokens = [int(t) for t in tokens]
+        t, C = len(tokens), self.model.cfg.context
+        if not rows <= t <= C:
+            raise ValueError(f"{t} tokens: need {rows}..{C} (the model's context)")
+        m = 0
+        while m < min(len(self.seen), t) and self.seen[m] == tokens[m]:
+            m += 1
+        s = min(m, t - rows)
+        feed = tokens[s:]
+        W = 1 << (len(feed) - 1).bit_length()
+        chunk = np.zeros((1, W), np.int32)
+        chunk[0, :len(feed)] = feed
+        p, self.cache = _chunk_probs(self.model, self.params, self.cache, jnp.asarray(chunk), jnp.int32(s), **self.kw)
+        self.seen, self.calls = tokens, self.calls + 1
+        return np.asarray(p)[t - rows - s:t - s]
+
+
+def speculative_sample(target: tuple[GPT, object], draft: tuple[GPT, object], prompt: Sequence[int],
+                       max_new_tokens: int, gamma: int, *, temperature: float = 0.0, top_k: int = 0,
+                       top_p: float = 1.0, seed: int = 0, eos_id: int | None = None):
+    """Speculative decoding (``decode.speculative.speculative_generate``) with two KV-cached models.
+
+    ``target`` and ``draft`` are (model, params) sharing a vocabulary. Both distributions are
+    post-filter (temperature, top-k, top-p), so the output follows the target's filtered
+    sampling distribution exactly; temperature 0 is greedy (output = the target's greedy output).
+    New tokens are limited so prompt + proposals fit both contexts (the prompt is cut to its last
+    C - gamma - 1 tokens). Returns (tokens, counters): target_calls, draft_tokens_proposed,
+    draft_tokens_accepted and new_tokens.
+    """
+    from lineage_jax.decode.speculative import speculative_generate
+    C = min(target[0].cfg.context, draft[0].cfg.context)
+    if C < gamma + 2:
+        raise ValueError(f"gamma={gamma}: the context {C} must hold at least gamma + 2 tokens")
+    prompt = list(prompt)[-(C - gamma - 1):]
+    max_new = min(max_new_tokens, C - gamma - len(prompt) + 1)
+    t_lm, d_lm = (CachedLM(m, p, temperature=temperature, top_k=top_k, top_p=top_p) for m, p in (target, draft))
+    toks, counters = speculative_generate(jax.random.key(seed), lambda x: d_lm.probs(x, 1)[0],
+                                          lambda x: t_lm.probs(x, gamma + 1), prompt, max_new, gamma,
+                                          temperature=0.0 if temperature == 0 else 1.0, eos_id=eos_id)
+    return [int(t) for t in toks], {**counters, "new_tokens": len(toks) - len(prompt)}
+
+
+def speculative_prompts(target: tuple[GPT, object], draft: tuple[GPT, object], tokenizer: Tokenizer,
+                        prompts: Sequence[str], max_new_tokens: int, gamma: int, *, strategy: str = "sample",
+                        temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                        progress: bool = False) -> list[dict]:
+    """One speculative generation per prompt (prompt i with seed fold ``seed + i``) -> one dict per prompt
+    with text, tokens, new_tokens and the counters target_calls, draft_tokens_proposed/accepted."""
+    from tqdm import tqdm
+    t = 0.0 if strategy == "greedy" else temperature
+    results = []
+    for i, p in enumerate(tqdm(prompts, disable=not progress, unit="prompt")):
+        ids = tokenizer.encode(p) or [tokenizer.eos_id]
+        toks, c = speculative_sample(target, draft, ids, max_new_tokens, gamma, temperature=t, top_k=top_k,
+                                     top_p=top_p, seed=seed + i, eos_id=tokenizer.eos_id)
+        results.append({"prompt": p, "text": tokenizer.decode(toks), "tokens": toks, **c})
+    return results
