@@ -99,3 +99,23 @@ def test_too_long_input_is_refused():
     p = nn.unbox(init())["params"]
     with pytest.raises(ValueError, match="max_positions=24"):
         Bert(CFG).apply({"params": p}, np.zeros((1, 25), np.int32))
+
+
+def test_sharded_by_its_logical_names_on_8_devices_equals_one_device():
+    """Parameters placed by their logical names (embed -> fsdp, batch -> data) on a 2x4 mesh: same logits."""
+    from jax.sharding import AxisType, PartitionSpec as P
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+    rules = (("batch", "data"), ("embed", "fsdp"))
+    x = ids()
+    mask = np.ones_like(x)
+    mask[1, 8:] = 0
+    boxed = init()["params"]
+    p = nn.unbox(boxed)
+    want = Bert(CFG).apply({"params": p}, x, mask)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    placed = jax.device_put(p, shardings)
+    assert placed["word_embeddings"].sharding.spec == P(None, "fsdp")
+    assert placed["layer_0"]["out"]["kernel"].sharding.spec == P(None, None, "fsdp")
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        got = jax.jit(lambda p, x, m: Bert(CFG).apply({"params": p}, x, m))(placed, x, mask)
+    np.testing.assert_allclose(got, want, atol=2e-5)

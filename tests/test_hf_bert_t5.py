@@ -85,6 +85,21 @@ def test_bert_logits_equal_transformers_both_ways(act, tmp_path):
     np.testing.assert_allclose(bert_logits_torch(back.eval(), ids, mask, types), ours, atol=TOL)
 
 
+def test_bert_for_pretraining_checkpoint_loads_its_mlm_head(tmp_path):
+    """BertForPreTraining (how bert-base-* ship): the pooler and next-sentence head are skipped, the MLM
+    logits are its prediction_logits."""
+    torch.manual_seed(1)
+    theirs = transformers.BertForPreTraining(bert_torch().config).eval()
+    _jitter_norms(theirs)
+    theirs.save_pretrained(tmp_path / "hf")
+    model, params = hf.load(tmp_path / "hf")
+    ids, mask, types = bert_inputs(seed=2)
+    with torch.no_grad():
+        want = theirs(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                      token_type_ids=torch.tensor(types)).prediction_logits.numpy()
+    assert_close_where(model.apply({"params": params}, ids, mask, types), want, mask)
+
+
 def _rewrite_config(path, **changes):
     cfg = json.loads((path / "config.json").read_text())
     for k, v in changes.items():

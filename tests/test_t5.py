@@ -114,3 +114,20 @@ def test_bad_config_is_one_line(kw, words):
     with pytest.raises(ConfigError) as e:
         T5Config(**{**CFG.__dict__, **kw})
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sharded_by_its_logical_names_on_8_devices_equals_one_device():
+    """Parameters placed by their logical names (embed -> fsdp, batch -> data) on a 2x4 mesh: same logits."""
+    from jax.sharding import AxisType, PartitionSpec as P
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+    rules = (("batch", "data"), ("embed", "fsdp"))
+    src, tgt = ids(9, 0), ids(5, 1)
+    p = setup()
+    want = T5(CFG).apply({"params": p}, src, tgt)
+    specs = nn.get_partition_spec(jax.eval_shape(T5(CFG).init, jax.random.key(0), src, tgt))["params"]
+    placed = jax.device_put(p, nn.logical_to_mesh_sharding(specs, mesh, rules))
+    assert placed["shared"].sharding.spec == P(None, "fsdp")
+    assert placed["decoder"]["layer_0"]["cross_attn"]["query"]["kernel"].sharding.spec == P("fsdp", None, None)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        got = jax.jit(lambda p, s, t: T5(CFG).apply({"params": p}, s, t))(placed, src, tgt)
+    np.testing.assert_allclose(got, want, atol=2e-5)
