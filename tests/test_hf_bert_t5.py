@@ -126,7 +126,11 @@ def test_bert_refusals_are_one_line(tmp_path):
             hf.load(d)
         _one_line(e, key)
         _rewrite_config(d, **{key: None})
-    hf.load(d)                                                               # the restored config loads
+    model, params = hf.load(d, dtype="bfloat16", param_dtype="bfloat16")   # the restored config loads; overrides
+    assert model.cfg.dtype == "bfloat16" and params["word_embeddings"].dtype == "bfloat16"
+    with pytest.raises(hf.InteropError) as e:
+        hf.load(d, scan_layers=True)
+    _one_line(e, "override 'scan_layers' is not a BertConfig field")
     base = tmp_path / "base"                                                 # encoder only: no MLM head
     theirs.bert.save_pretrained(base)
     with pytest.raises(hf.InteropError) as e:
@@ -205,6 +209,9 @@ def test_t5_refusals_are_one_line(tmp_path):
         _one_line(e, key)
         _rewrite_config(d, **{key: None} if key == "is_decoder" else {key: "relu" if key[0] == "f" else True})
     hf.load(d)
+    with pytest.raises(hf.InteropError) as e:
+        hf.load(d, attn_chunks=2)
+    _one_line(e, "override 'attn_chunks' is not a T5Config field")
     _rewrite_config(d, feed_forward_proj="gated-gelu")                   # weights say relu (wi, not wi_0/wi_1)
     with pytest.raises(hf.InteropError) as e:
         hf.load(d)

@@ -58,6 +58,10 @@ def _config(hf: dict, path: Path, overrides: dict):
                          layernorm_eps=float(hf.get("layer_norm_eps", 1e-12)), hidden_act=act,
                          init_std=float(hf.get("initializer_range", 0.02)),
                          pad_token_id=int(hf.get("pad_token_id") or 0))
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
+        if unknown:
+            raise InteropError(f"{path}: override '{unknown[0]}' is not a BertConfig field; "
+                               f"allowed: {', '.join(f.name for f in dataclasses.fields(cfg))}")
         return dataclasses.replace(cfg, **overrides)
     except KeyError as e:
         raise InteropError(f"{path}: config.json lacks {e.args[0]!r}, which a BERT config needs") from None

@@ -64,6 +64,10 @@ def _config(hf: dict, path: Path, tied: bool, overrides: dict):
                        tie_word_embeddings=tied, scale_decoder_outputs=bool(scale),
                        init_factor=float(hf.get("initializer_factor", 1.0)),
                        pad_token_id=int(hf.get("pad_token_id") or 0), eos_token_id=int(hf.get("eos_token_id") or 1))
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
+        if unknown:
+            raise InteropError(f"{path}: override '{unknown[0]}' is not a T5Config field; "
+                               f"allowed: {', '.join(f.name for f in dataclasses.fields(cfg))}")
         return dataclasses.replace(cfg, **overrides)
     except KeyError as e:
         raise InteropError(f"{path}: config.json lacks {e.args[0]!r}, which a T5 config needs") from None
