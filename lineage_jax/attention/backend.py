@@ -163,7 +163,8 @@ def pallas_tpu(q, k, v, *, causal=False, segment_ids=None, kv_segment_ids=None, 
     S = k.shape[1]
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, _repeat_kv(q, k), _repeat_kv(q, v)))
-    ab = None if bias is None else jnp.broadcast_to(jnp.asarray(bias, q.dtype), (B, H, T, S))
+    # This kernel computes (q·kᵀ + ab)·sm_scale (the bias goes in before the scale), so ab = bias / scale.
+    ab = None if bias is None else jnp.broadcast_to(jnp.asarray(bias, q.dtype) / scale, (B, H, T, S))
     seg = None
     if segment_ids is not None:
         kv = segment_ids if kv_segment_ids is None else kv_segment_ids
@@ -173,15 +174,35 @@ def pallas_tpu(q, k, v, *, causal=False, segment_ids=None, kv_segment_ids=None, 
                                block_k_major_dkv=b, block_k_dkv=b, block_q_dkv=b, block_k_major_dq=b,
                                block_k_dq=b, block_q_dq=b)
 
-    def run():
+    def run(qt, kt, vt, ab, seg):
         return tpu_fa.flash_attention(qt, kt, vt, ab, seg, causal=causal, sm_scale=scale, block_sizes=blocks)
 
     if interpret:
-        with pltpu.force_tpu_interpret_mode():
-            out = run()
-    else:
-        out = run()
-    return jnp.swapaxes(out, 1, 2)
+        run = _interpreted(run, pltpu.force_tpu_interpret_mode)
+    return jnp.swapaxes(run(qt, kt, vt, ab, seg), 1, 2)
+
+
+def _interpreted(fn, mode):
+    """fn with its forward and backward Pallas calls bound inside the interpret-mode context ``mode``.
+
+    The context has to hold when each ``pallas_call`` is traced, and the kernel's own backward is
+    traced later, by the caller's ``jax.grad``: so re-enter it in a custom VJP's backward.
+    """
+    @jax.custom_vjp
+    def f(*args):
+        with mode():
+            return fn(*args)
+
+    def fwd(*args):
+        with mode():
+            return jax.vjp(fn, *args)
+
+    def bwd(vjp, g):
+        with mode():
+            return vjp(g)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
 def pallas_gpu(q, k, v, *, causal=False, segment_ids=None, kv_segment_ids=None, bias=None, scale=None,
