@@ -1,5 +1,6 @@
 """The original Transformer (Vaswani et al. 2017): an encoder-decoder with post-LN blocks, sinusoidal
 positions, embeddings scaled by √d_model and shared three ways; greedy decoding in one compile."""
+import functools
 import math
 
 import jax
@@ -16,11 +17,23 @@ CFG = TransformerConfig(vocab_size=23, d_model=32, heads=4, d_ff=48, encoder_lay
 PAD, BOS, EOS = 0, 1, 2
 
 
+@functools.lru_cache(maxsize=None)
 def _init(cfg=CFG, seed=0):
+    """(model, boxed params, params), initialised once per config for the whole file."""
     model = Transformer(cfg)
     src, tgt = jnp.ones((2, 7), jnp.int32), jnp.ones((2, 5), jnp.int32)
-    boxed = model.init(jax.random.key(seed), src, tgt)["params"]
+    boxed = jax.jit(model.init)(jax.random.key(seed), src, tgt)["params"]
     return model, boxed, meta.unbox(boxed)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(model, method, params, *args):
+    """model.apply jitted and cached across tests (eager Flax dispatches op by op: slow on CPU)."""
+    return model.apply({"params": params}, *args, method=method)
+
+
+def _fwd(model):
+    return functools.partial(_apply, model, None)
 
 
 def _batch(seed=1, B=3, S=7, T=5):
@@ -36,7 +49,7 @@ def _batch(seed=1, B=3, S=7, T=5):
 def test_shapes_logical_axes_and_one_shared_embedding():
     model, boxed, params = _init()
     src, tgt = _batch()
-    assert model.apply({"params": params}, src, tgt).shape == (3, 5, CFG.vocab_size)
+    assert _fwd(model)(params, src, tgt).shape == (3, 5, CFG.vocab_size)
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, flax.linen.LogicallyPartitioned))
     for leaf in leaves:   # every parameter names each of its axes
         assert isinstance(leaf, flax.linen.LogicallyPartitioned) and len(leaf.names) == leaf.value.ndim
@@ -52,9 +65,10 @@ def test_decoder_is_causal():
     """Changing target token t changes no logits before t (and does change those from t on)."""
     model, _, params = _init()
     src, tgt = _batch()
-    base = model.apply({"params": params}, src, tgt)
+    fwd = _fwd(model)
+    base = fwd(params, src, tgt)
     for t in range(1, tgt.shape[1]):
-        changed = model.apply({"params": params}, src, tgt.at[:, t].set((tgt[:, t] + 1) % CFG.vocab_size))
+        changed = fwd(params, src, tgt.at[:, t].set((tgt[:, t] + 1) % CFG.vocab_size))
         np.testing.assert_array_equal(np.asarray(changed[:, :t]), np.asarray(base[:, :t]))
         assert float(jnp.abs(changed[:, t:] - base[:, t:]).max()) > 1e-3
 
@@ -64,16 +78,17 @@ def test_source_padding_is_invisible():
     the encoder leaves at padded positions of the memory is never read by cross-attention."""
     model, _, params = _init()
     src, tgt = _batch()
-    base = model.apply({"params": params}, src, tgt)
+    fwd = _fwd(model)
+    base = fwd(params, src, tgt)
     longer = jnp.pad(src, ((0, 0), (0, 4)), constant_values=PAD)
-    np.testing.assert_allclose(model.apply({"params": params}, longer, tgt), base, atol=1e-5, rtol=1e-5)
-    memory = model.apply({"params": params}, src, method=Transformer.encode)
+    np.testing.assert_allclose(fwd(params, longer, tgt), base, atol=1e-5, rtol=1e-5)
+    memory = _apply(model, Transformer.encode, params, src)
     noise = jax.random.normal(jax.random.key(3), memory.shape) * 10
     scrambled = jnp.where((src == PAD)[..., None], noise, memory)
-    out = model.apply({"params": params}, tgt, scrambled, src, method=Transformer.decode)
+    out = _apply(model, Transformer.decode, params, tgt, scrambled, src)
     np.testing.assert_allclose(out, base, atol=1e-5, rtol=1e-5)
     # ... while a real source token does matter
-    assert float(jnp.abs(model.apply({"params": params}, src.at[0, 0].set(5 + (src[0, 0] == 5)), tgt)[0] - base[0]).max()) > 1e-3
+    assert float(jnp.abs(fwd(params, src.at[0, 0].set(5 + (src[0, 0] == 5)), tgt)[0] - base[0]).max()) > 1e-3
 
 
 def test_post_ln_every_block_ends_in_layer_norm():
@@ -81,7 +96,7 @@ def test_post_ln_every_block_ends_in_layer_norm():
     (real or padded) has mean 0 and variance 1 over the features; a pre-LN stack would not."""
     model, _, params = _init()
     src, _ = _batch()
-    memory = model.apply({"params": params}, src, method=Transformer.encode)
+    memory = _apply(model, Transformer.encode, params, src)
     np.testing.assert_allclose(memory.mean(-1), 0.0, atol=1e-5)
     np.testing.assert_allclose(memory.var(-1), 1.0, atol=1e-3)
 
@@ -146,37 +161,37 @@ def test_equals_torch_transformer_post_ln():
         memory = enc(embed(src), src_key_padding_mask=pad)
         y = dec(embed(tgt), memory, tgt_mask=causal, memory_key_padding_mask=pad)
         ref = (y @ E.T).numpy()
-    ours = np.asarray(model.apply({"params": params}, src, tgt))
+    ours = np.asarray(_fwd(model)(params, src, tgt))
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_dropout_is_active_only_when_not_deterministic():
-    cfg = TransformerConfig(**{**CFG.__dict__, "dropout": 0.3})
-    model, _, params = _init(cfg)
-    plain = Transformer(CFG)
+    plain, _, params = _init()
+    model = Transformer(TransformerConfig(**{**CFG.__dict__, "dropout": 0.3}))   # same parameters
     src, tgt = _batch()
-    det = model.apply({"params": params}, src, tgt)
-    np.testing.assert_array_equal(det, plain.apply({"params": params}, src, tgt))
-    a = model.apply({"params": params}, src, tgt, deterministic=False, rngs={"dropout": jax.random.key(0)})
-    b = model.apply({"params": params}, src, tgt, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    det = _fwd(model)(params, src, tgt)
+    np.testing.assert_array_equal(det, _fwd(plain)(params, src, tgt))
+    train = jax.jit(lambda p, key: model.apply({"params": p}, src, tgt, deterministic=False, rngs={"dropout": key}))
+    a, b = train(params, jax.random.key(0)), train(params, jax.random.key(1))
     assert float(jnp.abs(a - det).max()) > 1e-3 and float(jnp.abs(a - b).max()) > 1e-3
 
 
 def test_greedy_decode_equals_recomputing_the_prefix_and_compiles_once():
-    """The fixed-shape loop picks the same tokens as a Python loop over growing prefixes; a second
-    batch of the same shape reuses the compiled program."""
+    """The compiled while_loop picks the same tokens as a Python loop that re-reads each row's prefix
+    and stops at EOS; a second batch of the same shape reuses the compiled program."""
     model, _, params = _init()
     # make EOS likely after a few steps so the EOS/PAD bookkeeping is exercised
     params = {**params, "embedding": params["embedding"].at[EOS].mul(3.0)}
     src, _ = _batch(B=4)
     max_len = 6
+    fwd = _fwd(model)
     out = np.asarray(greedy_decode(model, params, src, max_len=max_len, bos_id=BOS, eos_id=EOS))
     assert out.shape == (4, max_len)
     for b in range(src.shape[0]):
         prefix, expected = [BOS], []
-        while len(expected) < max_len:
-            logits = model.apply({"params": params}, src[b:b + 1], jnp.asarray([prefix]))
-            nxt = int(jnp.argmax(logits[0, -1]))
+        while len(expected) < max_len:   # the prefix, PAD-filled to one shape (causal: the tail is unseen)
+            logits = fwd(params, src[b:b + 1], jnp.asarray([prefix + [PAD] * (max_len - len(prefix))]))
+            nxt = int(jnp.argmax(logits[0, len(prefix) - 1]))
             expected.append(nxt)
             prefix.append(nxt)
             if nxt == EOS:
