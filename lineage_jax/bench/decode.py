@@ -196,7 +196,7 @@ def run(args) -> dict:
     if quick:
         m = dataclasses.replace(m, layers=2, width=64, heads=2, mlp_ratio=4)
     rounds = 1 if quick else 3
-    a = cached_vs_recompute(m, rounds=rounds)
+    a = cached_vs_recompute(m, rounds=rounds, batch=2 if quick else 4)
     b = paged_waste(m, context=512)
     if quick:
         c = speculative(dataclasses.replace(m, layers=4, width=64, heads=4), init_std=0.1, prompts=8, new=96)
