@@ -67,8 +67,8 @@ def test_paged_attention_equals_contiguous_attention():
     q = jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32)
     tables = rng.permutation(N)[:B * nb].reshape(B, nb).astype(np.int32)   # scattered, out of order
     pos = jnp.asarray([[3, 4], [9, 10], [14, 15]], jnp.int32)
-    got = pg.paged_attention(q, _scatter_into_pool(k, tables, N, bs), _scatter_into_pool(v, tables, N, bs),
-                             jnp.asarray(tables), pos)
+    pool_k, pool_v = _scatter_into_pool(k, tables, N, bs), _scatter_into_pool(v, tables, N, bs)
+    got = jax.jit(pg.paged_attention)(q, pool_k, pool_v, jnp.asarray(tables), pos)
     want = cached_attention(q, jnp.asarray(k), jnp.asarray(v), pos)
     np.testing.assert_allclose(got, want, atol=1e-6)
     # The same through a reference written from the definition: softmax over slots <= position.
