@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="sample only: keep the k most probable tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=None, help="sample only: nucleus mass in (0, 1] (1 = off)")
     p.add_argument("--num-beams", type=int, default=1, help="beam only: beam width")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (decode slots of the paged engine)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts decoded together (with --prompts-file: decode slots of the paged engine)")
     p.add_argument("--block-size", type=int, default=16, help="paged KV cache: token slots per block")
     p.add_argument("--num-samples", type=int, default=1,
                    help="sample only: samples per prompt, sharing the prompt's KV blocks (copy-on-write)")

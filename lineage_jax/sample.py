@@ -264,7 +264,8 @@ def serve_prompts(model: GPT, params, tokenizer: Tokenizer, prompts: Sequence[st
     for sid in sorted(out):
         i, j = owner[sid]
         toks = out[sid]
-        r = {"prompt": prompts[i], "text": tokenizer.decode(toks), "tokens": toks, "new_tokens": len(toks) - len(ids[i])}
+        r = {"prompt": prompts[i], "text": tokenizer.decode(toks), "tokens": toks,
+             "new_tokens": len(toks) - len(ids[i])}
         if num_samples > 1:
             r["sample"] = j
         results.append(r)
