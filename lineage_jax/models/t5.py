@@ -16,7 +16,9 @@ Differences from the original Transformer (Vaswani et al. 2017), as §2.1 lists 
 
 Used purely: ``logits = T5(cfg).apply({"params": params}, input_ids, decoder_input_ids)`` -> [B, Td, V];
 ``encode`` / ``decode`` (``method=``) run the two halves. Logical axis names on every parameter
-(``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``relpos_buckets``).
+(``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``relpos_buckets``). Dropout (``cfg.dropout``) acts where
+T5's does — on the embeddings, inside the FFN, on each residual branch and after each stack's final
+norm — except on the attention probabilities, where it is left out.
 """
 from __future__ import annotations
 
