@@ -74,7 +74,7 @@ def model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
     if kind not in TYPES:
         raise InteropError(f"{path}: model_type '{kind}' is not handled here; supported: {', '.join(TYPES)}")
     need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    missing = [k for k in need if k not in hf]
+    missing = [k for k in need if hf.get(k) is None]
     if missing:
         raise InteropError(f"{path}: config.json lacks '{missing[0]}' (needed: {', '.join(need)})")
     act = hf.get("hidden_act", "silu")
@@ -99,6 +99,8 @@ def model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
     if kind == "mixtral":
         fields.update(moe_every=1, experts=int(hf.get("num_local_experts", 8)), moe_k=int(hf.get("num_experts_per_tok", 2)),
                       moe_backend="dropless")   # Mixtral drops no token
+        if "moe_aux_weight" in {f.name for f in dataclasses.fields(ModelConfig)}:
+            fields["moe_aux_weight"] = float(hf.get("router_aux_loss_coef", 0.001))
     try:
         mc = dataclasses.replace(ModelConfig(**fields), **overrides)
     except TypeError as e:
@@ -233,8 +235,8 @@ def hf_config(mc: ModelConfig, model_type: str | None = None) -> dict:
     else:
         out["sliding_window"] = None
     if kind == "mixtral":
-        out.update(num_local_experts=mc.experts, num_experts_per_tok=mc.moe_k, router_aux_loss_coef=0.001,
-                   router_jitter_noise=0.0, output_router_logits=False)
+        out.update(num_local_experts=mc.experts, num_experts_per_tok=mc.moe_k, router_jitter_noise=0.0,
+                   router_aux_loss_coef=getattr(mc, "moe_aux_weight", 0.001), output_router_logits=False)
     return out
 
 

@@ -66,7 +66,8 @@ class SparseMoE(nn.Module):
     """x [B, T, D] -> [B, T, D]: Mixtral's MoE of SwiGLU experts.
 
     Sows into the ``moe`` collection ``aux_loss`` (the balance loss, already scaled by
-    ``ROUTER_AUX_COEF``, to add to a training loss), ``load`` [E] and ``dropped_fraction``.
+    ``cfg.moe_aux_weight`` where ModelConfig has it, else ``ROUTER_AUX_COEF``; to add to a training
+    loss), ``load`` [E] and ``dropped_fraction``.
     """
     cfg: ModelConfig
     deterministic: bool = True
@@ -79,7 +80,7 @@ class SparseMoE(nn.Module):
         xt = x.reshape(-1, D)                                                  # [N, D]
         logits, _ = Router(E, init_std=c.init_std, param_dtype=pdtype, name="router")(xt)
         cap = routers.capacity(xt.shape[0], E, c.capacity_factor) if c.moe_backend == "capacity" else None
-        r = mixtral_route(logits, c.moe_k, capacity=cap)
+        r = mixtral_route(logits, c.moe_k, capacity=cap, aux_weight=getattr(c, "moe_aux_weight", ROUTER_AUX_COEF))
         for name, value in (("aux_loss", sum(r.aux.values())), ("load", r.load), ("dropped_fraction", r.dropped_fraction)):
             self.sow("moe", name, value)    # the ``moe`` collection, as the GPT's MoE blocks sow it
         init = nn.initializers.normal(c.init_std)
