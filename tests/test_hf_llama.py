@@ -191,8 +191,9 @@ def test_convert_to_run_dir_samples_and_fine_tunes(tmp_path):
     assert result["text"] == get_tokenizer("byte").decode(toks)
 
     from lineage_jax.train.loop import train
-    tuned = load_config(str(run_dir / "config.yaml"), ["train.steps=2", "train.batch_size=8", "mesh.data=-1", "optim.warmup_steps=0",
-                                                        "train.eval_every=0", "train.ckpt_every=2", "train.log_every=1"])
+    tuned = load_config(str(run_dir / "config.yaml"), ["train.steps=2", "train.batch_size=8", "mesh.data=-1",
+                                                        "optim.warmup_steps=0", "train.eval_every=0",
+                                                        "train.ckpt_every=2", "train.log_every=1"])
     summary = train(tuned, progress=False, sample_chars=0)
     assert np.isfinite(summary["final_loss"])
     _, _, tuned_params = load_run(run_dir)

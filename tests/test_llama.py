@@ -125,7 +125,8 @@ def test_remat_keeps_gradients_and_padded_vocab_is_never_predicted():
     g1 = jax.jit(jax.grad(loss(Llama(dataclasses.replace(BASE, remat="full")))))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
     padded = Llama(dataclasses.replace(BASE, vocab_multiple=8))
-    pp = dict(params, wte=jnp.pad(params["wte"], ((0, 3), (0, 0))), lm_head=jnp.pad(params["lm_head"], ((0, 0), (0, 3))))
+    pp = dict(params, wte=jnp.pad(params["wte"], ((0, 3), (0, 0))),
+              lm_head=jnp.pad(params["lm_head"], ((0, 0), (0, 3))))
     out = fwd(padded, pp, toks)
     assert out.shape == (2, 16, 64)
     np.testing.assert_allclose(out[..., :61], fwd(model, params, toks), atol=1e-5)

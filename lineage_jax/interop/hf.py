@@ -256,11 +256,15 @@ def save(model, params, path: str | Path) -> None:
 
 def convert_to_run_dir(hf_dir: str | Path, run_dir: str | Path, *, tokenizer: str | None = None,
                        **overrides: Any) -> Path:
-    """A Hugging Face GPT-2 directory -> a lineage run directory (``config.yaml`` + an Orbax checkpoint at
-    step 0 of a fresh TrainState holding the loaded parameters), so ``lineage sample --run-dir`` works on it.
+    """A Hugging Face directory of any family ``load`` reads (GPT-2, Llama, Mistral, Mixtral, ...) -> a lineage
+    run directory (``config.yaml`` with the loaded ModelConfig, e.g. ``model.arch: llama``, + an Orbax
+    checkpoint at step 0 of a fresh TrainState holding the loaded parameters), so ``lineage sample
+    --run-dir`` works on it and ``lineage train RUN/config.yaml train.steps=N`` fine-tunes it.
 
     ``tokenizer``: a ``data.tokenizer`` value; by default ``hf_dir`` itself when it holds a
-    ``tokenizer.json``, else ``byte`` (which needs vocab_size >= 257).
+    ``tokenizer.json``, else ``byte`` (which needs vocab_size >= 257). ``overrides``: ModelConfig
+    fields for ``load`` (e.g. ``context=4096`` for a Llama whose max_position_embeddings is larger than
+    the KV cache you want).
     """
     import jax
     import yaml

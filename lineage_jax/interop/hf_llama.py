@@ -93,12 +93,13 @@ def model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
     fields = dict(arch="llama", vocab_size=int(hf["vocab_size"]), layers=int(hf["num_hidden_layers"]), width=D,
                   heads=H, kv_heads=int(hf.get("num_key_value_heads") or H), mlp_dim=int(hf["intermediate_size"]),
                   context=int(hf.get("max_position_embeddings") or d["max_position_embeddings"]),
-                  rope_theta=_rope_theta(hf, path, kind), layernorm_eps=float(hf.get("rms_norm_eps", d["rms_norm_eps"])),
+                  rope_theta=_rope_theta(hf, path, kind),
+                  layernorm_eps=float(hf.get("rms_norm_eps", d["rms_norm_eps"])),
                   tied=bool(hf.get("tie_word_embeddings", False)), init_std=float(hf.get("initializer_range", 0.02)),
                   dropout=0.0, scan_layers=True, attn_chunks=1)
     if kind == "mixtral":
-        fields.update(moe_every=1, experts=int(hf.get("num_local_experts", 8)), moe_k=int(hf.get("num_experts_per_tok", 2)),
-                      moe_backend="dropless")   # Mixtral drops no token
+        fields.update(moe_every=1, experts=int(hf.get("num_local_experts", 8)),
+                      moe_k=int(hf.get("num_experts_per_tok", 2)), moe_backend="dropless")   # Mixtral drops no token
         if "moe_aux_weight" in {f.name for f in dataclasses.fields(ModelConfig)}:
             fields["moe_aux_weight"] = float(hf.get("router_aux_loss_coef", 0.001))
     try:
@@ -192,7 +193,8 @@ def load(path: Path, hf: dict, **overrides: Any):
             raise InteropError(f"{path}: tie_word_embeddings=false but the checkpoint has no lm_head.weight")
         head = np.asarray(head, np.float32)
         if head.shape != (mc.vocab_size, D):
-            raise InteropError(f"{path}: lm_head.weight has shape {head.shape}, config.json implies {(mc.vocab_size, D)}")
+            raise InteropError(f"{path}: lm_head.weight has shape {head.shape}, config.json implies "
+                               f"{(mc.vocab_size, D)}")
         params["lm_head"] = np.pad(head.T, ((0, 0), (0, V - mc.vocab_size)))
     extra = sorted(set(tensors) - used)
     if extra:

@@ -81,7 +81,8 @@ class SparseMoE(nn.Module):
         logits, _ = Router(E, init_std=c.init_std, param_dtype=pdtype, name="router")(xt)
         cap = routers.capacity(xt.shape[0], E, c.capacity_factor) if c.moe_backend == "capacity" else None
         r = mixtral_route(logits, c.moe_k, capacity=cap, aux_weight=getattr(c, "moe_aux_weight", ROUTER_AUX_COEF))
-        for name, value in (("aux_loss", sum(r.aux.values())), ("load", r.load), ("dropped_fraction", r.dropped_fraction)):
+        stats = {"aux_loss": sum(r.aux.values()), "load": r.load, "dropped_fraction": r.dropped_fraction}
+        for name, value in stats.items():
             self.sow("moe", name, value)    # the ``moe`` collection, as the GPT's MoE blocks sow it
         init = nn.initializers.normal(c.init_std)
         w_gate = param(self, "w_gate", init, (E, D, F), pdtype, ("expert", "embed", "mlp"))
