@@ -261,7 +261,7 @@ def run(cfg: LessonConfig, out_dir: str | Path | None = None, progress: bool = T
     model = Transformer(mcfg)
     data = vocab.arrays(train, S, T)
     init_key, drop_key = jax.random.split(jax.random.key(cfg.seed))
-    params = meta.unbox(model.init(init_key, jnp.asarray(data["src"][:1]), jnp.asarray(data["tgt_in"][:1]))["params"])
+    params = meta.unbox(jax.jit(model.init)(init_key, jnp.asarray(data["src"][:1]), jnp.asarray(data["tgt_in"][:1]))["params"])
     schedule = inverse_sqrt_schedule(cfg.d_model, cfg.warmup, cfg.lr_scale)
     tx = paper_adam(schedule)
     state = LessonState(step=jnp.int32(0), params=params, opt_state=tx.init(params), key=drop_key)
