@@ -51,11 +51,13 @@ def test_naive_xla_flash_agree_on_a_packed_causal_grouped_request():
 
 
 def test_causal_is_bottom_right_for_every_kernel_when_t_differs_from_s():
-    """T < S (queries are the last T positions, as with a cache): jax.nn gets an explicit mask."""
+    """T < S (queries are the last T positions, as with a cache): jax.nn gets an explicit mask; with a bias too."""
     q, k, v = _qkv(T=12, S=30)
-    ref = attention(q, k, v, causal=True, implementation="naive")
-    for impl in ("xla", "flash"):
-        np.testing.assert_allclose(attention(q, k, v, causal=True, implementation=impl), ref, atol=1e-5)
+    bias = jax.random.normal(jax.random.key(4), (4, 12, 30))          # e.g. ALiBi's [H, T, S]
+    for b in (None, bias):
+        ref = attention(q, k, v, causal=True, bias=b, implementation="naive")
+        for impl in ("xla", "flash"):
+            np.testing.assert_allclose(attention(q, k, v, causal=True, bias=b, implementation=impl), ref, atol=1e-5)
 
 
 def test_pallas_tpu_kernel_in_interpret_mode_equals_ours():

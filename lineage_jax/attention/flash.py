@@ -287,15 +287,13 @@ def _flash_bwd(st, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def logsumexp_rows(q, k, v, **kw) -> jax.Array:
-    """The forward's saved statistic L = log Σ_j exp(s_ij) as [B, H, T] (for tests and inspection)."""
+def logsumexp_rows(q, k, v, *, causal: bool = False, segment_ids=None, kv_segment_ids=None, bias=None,
+                   scale: float | None = None, block_q: int = 128, block_k: int = 128) -> jax.Array:
+    """The statistic the forward pass saves, L_i = log Σ_j exp(s_ij), as [B, H, T] (for tests and inspection)."""
     B, T, H, K = q.shape
-    causal, scale = kw.pop("causal", False), kw.pop("scale", None)
-    bq, bk = min(kw.pop("block_q", 128), T), min(kw.pop("block_k", 128), k.shape[1])
-    st = _Static(bool(causal), 1.0 / math.sqrt(K) if scale is None else float(scale), bq, bk, T, k.shape[1])
-    seg = kw.pop("segment_ids", None)
-    seg_k = kw.pop("kv_segment_ids", None)
-    seg_k = seg if seg_k is None else seg_k
-    _, lse = _forward(st, q, k, v, seg, seg_k, kw.pop("bias", None))      # [nq, B, Hkv, G, bq]
-    lse = jnp.einsum("ibngq->bngiq", lse).reshape(B, H, -1)
-    return lse[:, :, :T]
+    S = k.shape[1]
+    st = _Static(bool(causal), 1.0 / math.sqrt(K) if scale is None else float(scale),
+                 min(block_q, T), min(block_k, S), T, S)
+    seg_k = segment_ids if kv_segment_ids is None else kv_segment_ids
+    _, lse = _forward(st, q, k, v, segment_ids, seg_k, bias)                 # [nq, B, Hkv, G, bq]
+    return jnp.einsum("ibngq->bngiq", lse).reshape(B, H, -1)[:, :, :T]
