@@ -58,6 +58,7 @@ class ModelConfig:
     moe_router: str = "gshard"     # shazeer | gshard | switch
     moe_backend: str = "capacity"  # capacity | dropless
     capacity_factor: float = 1.25
+    moe_aux_weight: float = 0.01   # load-balancing loss coefficient (GShard, Switch α); Shazeer keeps w = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,7 @@ class DataConfig:
     data_dir: str = ""                 # TFDS data dir; "" = ~/.cache/lineage_jax/tfds
     tokenizer: str = "byte"
     eval_fraction: float = 0.05        # share of documents held out when a source has no split
+    prepared_dir: str = ""             # a dataset from `lineage data prepare --out DIR`; used alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +255,19 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
+def _check_prepared(cfg: Config) -> None:
+    import json
+    meta = Path(cfg.data.prepared_dir).expanduser() / "prepared_tokens" / "1.0.0" / "metadata.json"
+    if not meta.is_file():
+        raise ConfigError(f"data.prepared_dir={cfg.data.prepared_dir}: no prepared dataset there; "
+                          f"make one with `lineage data prepare --out {cfg.data.prepared_dir}`")
+    if cfg.data.text_files or cfg.data.tfds_name:
+        raise ConfigError("data.prepared_dir: give it alone (not with data.text_files or data.tfds_name)")
+    seq_len = json.loads(meta.read_text())["seq_len"]
+    if seq_len != cfg.model.context:
+        raise ConfigError(f"data.prepared_dir was packed at --seq-len {seq_len}: set model.context={seq_len}")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that need no devices. Device-dependent checks live in parallel/."""
     m, o, t = cfg.model, cfg.optim, cfg.train
@@ -299,6 +314,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: must be in (0, 1)")
     if cfg.data.max_docs < 0:
         raise ConfigError(f"data.max_docs={cfg.data.max_docs}: must be >= 0 (0 = all)")
+    if cfg.data.prepared_dir:
+        _check_prepared(cfg)
     axes = {"mesh.data": cfg.mesh.data, "mesh.fsdp": cfg.mesh.fsdp, "mesh.expert": cfg.mesh.expert,
             "mesh.tensor": cfg.mesh.tensor}
     bad = [k for k, v in axes.items() if v == 0 or v < -1]
@@ -339,6 +356,8 @@ def validate(cfg: Config) -> None:
         if m.experts < 2 or not 1 <= m.moe_k <= m.experts:
             raise ConfigError(f"model.experts={m.experts}, model.moe_k={m.moe_k}: need experts >= 2 and "
                               f"1 <= moe_k <= experts")
+        if m.moe_aux_weight < 0:
+            raise ConfigError(f"model.moe_aux_weight={m.moe_aux_weight}: must be >= 0")
         if m.capacity_factor <= 0:
             raise ConfigError(f"model.capacity_factor={m.capacity_factor}: must be positive")
     if cfg.mesh.expert > 1 or cfg.mesh.expert == -1:

@@ -27,6 +27,16 @@ def shard_report(cfg: Config, devices=None) -> dict:
         opt_shardings=setup.state_sharding.opt_state, mesh_shape=dict(setup.mesh.shape),
         stage=cfg.parallel.zero_stage, param_bytes=p_bytes, grad_bytes=p_bytes, opt_bytes_per_param=2 * p_bytes,
         title=f"{cfg.model.layers}L×{cfg.model.width} {strategy_name(cfg)} ({cfg.parallel.form})")
+    m, mesh = setup.cfg.model, dict(setup.mesh.shape)
+    if m.moe_every and mesh.get("expert", 1) > 1 and "comm_theory" in rep:
+        from lineage_jax.moe.routers import capacity
+        batch_devices = mesh["data"] * mesh["fsdp"] * mesh["expert"]
+        micro = cfg.train.batch_size // cfg.train.grad_accum
+        a2a = introspect.expert_comm_theory_bytes(
+            micro // batch_devices * cfg.train.grad_accum, m.experts, capacity(m.context, m.experts, m.capacity_factor),
+            m.width, mesh["expert"], moe_layers=m.layers // m.moe_every, dtype_bytes=jnp.dtype(m.dtype).itemsize)
+        rep["comm_theory"]["all-to-all"] = a2a
+        rep["comm_theory"]["total"] += a2a
     mem, theory = rep.get("memory", {}), rep.get("memory_theory", {})
     rep["devices"] = len(setup.mesh.devices.flat)
     rep["per_device_bytes"] = {"params": rep["params_bytes_per_device"], "opt_state": rep["opt_state_bytes_per_device"],
@@ -40,7 +50,8 @@ def shard_report(cfg: Config, devices=None) -> dict:
 
 def strategy_name(cfg: Config) -> str:
     m, p = cfg.mesh, cfg.parallel
-    parts = [f"data={m.data}", f"fsdp={m.fsdp}", f"tensor={m.tensor}"]
+    parts = [f"data={m.data}", f"fsdp={m.fsdp}"] + ([f"expert={m.expert}"] if m.expert != 1 else []) + [
+        f"tensor={m.tensor}"]
     if p.zero_stage:
         parts.append(f"ZeRO-{p.zero_stage}")
     if p.sequence_parallel:

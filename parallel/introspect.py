@@ -21,7 +21,7 @@ from parallel.hlo import (KINDS, collectives, collectives_by_op, dtype_bits, gro
 __all__ = ["KINDS", "collectives", "collectives_by_op", "dtype_bits", "group_size", "replica_group_list",
            "scale_by_trip_count", "shape_bytes", "summarize", "memory", "tree_bytes_per_device",
            "leaf_bytes_per_device", "param_table", "replicated_warnings", "zero_theory_bytes",
-           "comm_theory_bytes", "build_report", "format_report", "fmt_bytes", "plot_strategies"]
+           "comm_theory_bytes", "expert_comm_theory_bytes", "build_report", "format_report", "fmt_bytes", "plot_strategies"]
 
 
 _MEMORY_FIELDS = {"arguments": "argument_size_in_bytes", "outputs": "output_size_in_bytes",
@@ -112,6 +112,14 @@ def _spec_str(spec) -> str:
     return str(spec).replace("PartitionSpec", "P")
 
 
+def _spec_axes(spec) -> tuple[str, ...]:
+    """Mesh axes named anywhere in a PartitionSpec."""
+    out = []
+    for entry in (spec or ()):
+        out += [entry] if isinstance(entry, str) else list(entry or ())
+    return tuple(out)
+
+
 def param_table(abstract_params, logical_specs=None, shardings=None) -> list[dict]:
     """One row per parameter leaf: ``path``, ``logical`` (tuple of logical axis names, None if no
     specs), ``spec`` (str of the mesh PartitionSpec, e.g. ``P('fsdp', None)``), ``shape``,
@@ -135,7 +143,7 @@ def param_table(abstract_params, logical_specs=None, shardings=None) -> list[dic
         rows.append({"path": path_str(path), "logical": tuple(spec) if spec is not None else None,
                      "spec": _spec_str(mesh_spec) if mesh_spec is not None else ("P()" if sh is not None else "-"),
                      "shape": shape, "dtype": str(np.dtype(leaf.dtype)) if hasattr(leaf, "dtype") else "",
-                     "bytes": full, "bytes_per_device": per,
+                     "bytes": full, "bytes_per_device": per, "mesh_axes": _spec_axes(mesh_spec),
                      "replicated": bool(getattr(sh, "is_fully_replicated", per == full)) if sh is not None else True})
     return rows
 
@@ -217,6 +225,25 @@ def comm_theory_bytes(param_bytes_total: int, stage: int, n: int) -> dict:
     return {"all-reduce": ar, "reduce-scatter": rs, "all-gather": ag, "total": ar + rs + ag}
 
 
+def expert_comm_theory_bytes(groups: int, experts: int, capacity: int, width: int, n: int, *,
+                             moe_layers: int = 1, dtype_bytes: int = 4, passes: int = 4) -> int:
+    """Bytes each device sends per step for GShard expert parallelism over ``n`` devices.
+
+    Each MoE layer moves its dispatch buffer [G, E, C, D] (G token groups on this device, E
+    experts, C capacity slots, D width) to the experts' devices and the outputs back: two
+    all-to-alls forward and, transposed, two backward (``passes = 4`` per layer per
+    micro-batch). An all-to-all keeps 1/n of the buffer and sends the rest:
+
+        sent = passes · moe_layers · G·E·C·D·bytes · (n−1)/n
+
+    It does not depend on the number of parameters: expert parallelism trades the parameter
+    traffic of data parallelism for activation traffic.
+    """
+    if n <= 1:
+        return 0
+    return passes * moe_layers * groups * experts * capacity * width * dtype_bytes * (n - 1) // n
+
+
 # ---------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------
@@ -258,13 +285,24 @@ def build_report(compiled=None, *, abstract_params=None, logical_specs=None, par
         rep["collectives"] = summarize(scale_by_trip_count(ops, trip_count) if trip_count is not None else ops)
         rep["collectives_executed"] = summarize(scale_by_trip_count(ops, "auto"))
     if stage is not None and "n_params" in rep:
-        tensor = mesh_shape.get("tensor", 1)
-        n = n_shards or (mesh_shape["fsdp"] if mesh_shape.get("fsdp", 1) > 1
-                         else max(1, (n_devices or 1) // tensor))
+        # Model parallelism (tensor; expert, for expert weights) splits Ψ before ZeRO sees it: the
+        # theory is per model-parallel rank. Expert weights are data-parallel over N/expert devices.
+        tensor, ep = mesh_shape.get("tensor", 1), mesh_shape.get("expert", 1)
+        zero_axis = mesh_shape.get("fsdp", 1) > 1
+        n = n_shards or (mesh_shape["fsdp"] if zero_axis else max(1, (n_devices or 1) // tensor))
+        per_rank = lambda r: -(-math.prod(r["shape"]) // math.prod(
+            mesh_shape.get(a, 1) for a in r.get("mesh_axes", ()) if a in ("tensor", "expert")))
+        is_expert = lambda r: "expert" in r.get("mesh_axes", ())
+        psi_dense = sum(per_rank(r) for r in table if not is_expert(r))
+        psi_expert = sum(per_rank(r) for r in table if is_expert(r))
         rep["n_shards"] = n
-        rep["memory_theory"] = zero_theory_bytes(-(-rep["n_params"] // tensor), stage, n, param_bytes,
+        rep["memory_theory"] = zero_theory_bytes(psi_dense + psi_expert, stage, n, param_bytes,
                                                  grad_bytes, opt_bytes_per_param)
-        rep["comm_theory"] = comm_theory_bytes(rep["n_params"] * grad_bytes // tensor, stage, n)
+        comm = comm_theory_bytes(psi_dense * grad_bytes, stage, n)
+        if psi_expert:
+            n_e = n if zero_axis else max(1, n // ep)
+            comm = {k: v + comm_theory_bytes(psi_expert * grad_bytes, stage, n_e)[k] for k, v in comm.items()}
+        rep["comm_theory"] = comm
     return rep
 
 
@@ -334,7 +372,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         executed = {c["kind"]: c for c in report.get("collectives_executed") or ()}
         out += ["", "collectives (count/bytes per instruction as compiled; 'sent' = ring estimate of bytes each "
                     "device sends; 'per step' multiplies loop bodies by XLA's known trip counts)"]
-        kinds = [c["kind"] for c in colls] + [k for k in ("all-reduce", "reduce-scatter", "all-gather")
+        kinds = [c["kind"] for c in colls] + [k for k in ("all-reduce", "reduce-scatter", "all-gather", "all-to-all")
                                               if ctheory.get(k) and k not in {c["kind"] for c in colls}]
         by_kind = {c["kind"]: c for c in colls}
         rows = []

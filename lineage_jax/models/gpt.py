@@ -85,7 +85,8 @@ class MoEMLP(nn.Module):
         from lineage_jax.moe import MoEFeedForward
         c = self.cfg
         y, m = MoEFeedForward(c.experts, ffn_dim(c), router=c.moe_router, backend=c.moe_backend, k=c.moe_k,
-                              capacity_factor=c.capacity_factor, activation=lambda h: jax.nn.gelu(h, approximate=True),
+                              capacity_factor=c.capacity_factor, gshard_aux_weight=c.moe_aux_weight,
+                              switch_alpha=c.moe_aux_weight, activation=lambda h: jax.nn.gelu(h, approximate=True),
                               init_std=c.init_std, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
                               grouped=True, name="moe")(x, self.deterministic)
         for name in ("aux_loss", "load", "dropped_fraction"):

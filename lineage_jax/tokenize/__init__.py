@@ -8,6 +8,7 @@ import os
 
 from lineage_jax.tokenize.base import Tokenizer, check_text
 from lineage_jax.tokenize.byte import ByteTokenizer
+from lineage_jax.tokenize.bytelevel import train_bpe
 
 
 def load(path: str) -> Tokenizer:
@@ -40,4 +41,4 @@ def get_tokenizer(spec: str) -> Tokenizer:
                      f"(a directory with tokenizer.json or a SentencePiece .model)")
 
 
-__all__ = ["Tokenizer", "ByteTokenizer", "get_tokenizer", "load", "check_text"]
+__all__ = ["Tokenizer", "ByteTokenizer", "get_tokenizer", "load", "check_text", "train_bpe"]

@@ -321,3 +321,22 @@ def make_explicit_train_step(setup):
     batch_specs = {"tokens": setup.batch_sharding.spec}
     return jax.shard_map(body, mesh=setup.mesh, in_specs=(state_specs, batch_specs),
                          out_specs=(state_specs, P()), check_vma=False)
+
+
+def make_explicit_forward(setup):
+    """``logits = forward(params, tokens)``: the model's forward pass alone, in the explicit form.
+
+    The same hooks as the train step, without the loss: what the forward pass of a strategy
+    sends (e.g. exactly two all-to-alls per MoE layer under expert parallelism). Logits come
+    back laid out by the compute table (batch over the batch axes, vocab over tensor)."""
+    L = Layout(setup)
+    hook_fns = L.hooks()
+
+    def body(params, tokens):
+        with collective_hooks(**hook_fns):
+            return forward(setup.model, params, tokens)[0]
+
+    param_specs = jax.tree.map(lambda s: s.spec, setup.state_sharding.params)
+    batch = setup.batch_sharding.spec[0]
+    return jax.shard_map(body, mesh=setup.mesh, in_specs=(param_specs, P(batch, None)),
+                         out_specs=P(batch, None, _one(L.tp) if L.on("compute", "vocab") else None), check_vma=False)
