@@ -224,7 +224,8 @@ def test_convert_mixtral_to_run_dir(tmp_path):
     theirs = torch_model("mixtral", 4, **shape, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
     theirs.save_pretrained(tmp_path / "hf", safe_serialization=True)
     cfg, model, params = load_run(hf.convert_to_run_dir(tmp_path / "hf", tmp_path / "run"))
-    assert (cfg.model.arch, cfg.model.moe_every, cfg.model.experts, cfg.model.moe_backend) == ("llama", 1, 4, "dropless")
+    m = cfg.model
+    assert (m.arch, m.moe_every, m.experts, m.moe_backend) == ("llama", 1, 4, "dropless")
     ids = random_ids(300, B=1, seed=2)[:, :16]
     ours = np.asarray(jax.jit(model.apply)({"params": jax.device_get(params)}, ids))
     assert float(np.abs(ours - torch_logits(theirs, ids)).max()) <= TOL
