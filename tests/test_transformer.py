@@ -53,12 +53,14 @@ def test_shapes_logical_axes_and_one_shared_embedding():
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, flax.linen.LogicallyPartitioned))
     for leaf in leaves:   # every parameter names each of its axes
         assert isinstance(leaf, flax.linen.LogicallyPartitioned) and len(leaf.names) == leaf.value.ndim
+        assert all(leaf.names), leaf.names
     # §3.4: one [V, D] table for source, target and output; no other vocab-sized parameter
     vocab_sized = [leaf for leaf in leaves if "vocab" in leaf.names]
     assert len(vocab_sized) == 1 and vocab_sized[0].value.shape == (CFG.vocab_size, CFG.d_model)
     D, F, V, L = CFG.d_model, CFG.d_ff, CFG.vocab_size, CFG.encoder_layers
     attn, ffn, ln = 4 * D * D + 4 * D, 2 * D * F + F + D, 2 * D
-    assert sum(x.size for x in jax.tree.leaves(params)) == V * D + L * (attn + ffn + 2 * ln) + L * (2 * attn + ffn + 3 * ln)
+    encoder, decoder = attn + ffn + 2 * ln, 2 * attn + ffn + 3 * ln
+    assert sum(x.size for x in jax.tree.leaves(params)) == V * D + L * encoder + L * decoder
 
 
 def test_decoder_is_causal():

@@ -261,7 +261,8 @@ def run(cfg: LessonConfig, out_dir: str | Path | None = None, progress: bool = T
     model = Transformer(mcfg)
     data = vocab.arrays(train, S, T)
     init_key, drop_key = jax.random.split(jax.random.key(cfg.seed))
-    params = meta.unbox(jax.jit(model.init)(init_key, jnp.asarray(data["src"][:1]), jnp.asarray(data["tgt_in"][:1]))["params"])
+    first = {k: jnp.asarray(v[:1]) for k, v in data.items()}
+    params = meta.unbox(jax.jit(model.init)(init_key, first["src"], first["tgt_in"])["params"])
     schedule = inverse_sqrt_schedule(cfg.d_model, cfg.warmup, cfg.lr_scale)
     tx = paper_adam(schedule)
     state = LessonState(step=jnp.int32(0), params=params, opt_state=tx.init(params), key=drop_key)
@@ -290,8 +291,8 @@ def run(cfg: LessonConfig, out_dir: str | Path | None = None, progress: bool = T
 
     accuracy, preds = exact_match(model, state.params, vocab, test, S, T, batch=len(probe))
     accuracy_curve.append({"step": cfg.steps, "accuracy": accuracy, "n": len(test)})
-    wrong = [i for i, (p, (_, y)) in enumerate(zip(preds, test)) if p != y]
-    shown = list(range(min(n_examples, len(test)))) + wrong[:2]
+    shown = list(range(min(n_examples, len(test))))
+    shown += [i for i, (p, (_, y)) in enumerate(zip(preds, test)) if p != y and i not in shown][:2]   # two misses
     summary = {
         "task": cfg.task, "steps": cfg.steps, "seed": cfg.seed, "n_train": len(train), "n_test": len(test),
         "params": int(sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))),
