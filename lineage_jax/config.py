@@ -51,7 +51,7 @@ class ModelConfig:
     mlp_dim: int = 0               # F when not mlp_ratio * width (0 = mlp_ratio * width)
     rope_theta: float = 10000.0    # llama: RoPE base
     tied: bool = True              # output head tied to the token embedding
-    # mixture of experts (gpt2): every moe_every-th block's MLP is an MoE layer (0 = dense)
+    # mixture of experts: every moe_every-th block's MLP is an MoE layer (0 = dense; llama: 1 = Mixtral)
     moe_every: int = 0
     experts: int = 8               # E
     moe_k: int = 2                 # experts per token (shazeer; gshard is 2, switch is 1)
@@ -347,8 +347,9 @@ def validate(cfg: Config) -> None:
         if m.moe_every < 0 or m.layers % m.moe_every:
             raise ConfigError(f"model.moe_every={m.moe_every} must divide model.layers={m.layers} (0 = dense); "
                               f"allowed: 0, {_divisors(m.layers)}")
-        if m.arch != "gpt2":
-            raise ConfigError(f"model.moe_every={m.moe_every}: MoE blocks are built for model.arch=gpt2 only")
+        if m.arch == "llama" and m.moe_every != 1:
+            raise ConfigError(f"model.moe_every={m.moe_every}: with model.arch=llama (Mixtral) every block is "
+                              f"MoE; allowed: 0 (dense), 1")
         if m.moe_router not in MOE_ROUTERS:
             raise ConfigError(f"model.moe_router='{m.moe_router}': allowed {', '.join(MOE_ROUTERS)}")
         if m.moe_backend not in MOE_BACKENDS:

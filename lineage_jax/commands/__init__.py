@@ -17,6 +17,7 @@ COMMANDS: tuple[str, ...] = (
 
 BENCH_TARGETS: dict[str, str] = {
     "train": "lineage_jax.bench",
+    "moe": "lineage_jax.bench.moe",
     "decode": "lineage_jax.bench.decode",
     "attention": "lineage_jax.bench.attention",
     "tokenizer": "lineage_jax.bench.tokenizer",

@@ -26,10 +26,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logit)
 
 
+MATMUL_WEIGHTS = frozenset({"kernel", "w_in", "w_out", "w_gate", "w_up", "w_down", "lm_head"})
+
+
 def decay_mask(params):
-    """Weight decay on matmul kernels only: biases, norms and embeddings are left alone."""
+    """Weight decay on matmul weights only (Dense kernels, expert weights, an untied head):
+    biases, norms and embeddings are left alone."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+        lambda path, _: getattr(path[-1], "key", None) in MATMUL_WEIGHTS, params)
 
 
 def moe_metrics(sown) -> dict[str, jax.Array]:
