@@ -51,8 +51,8 @@ def test_mesh_errors():
         resolve_mesh_shape({"data": 3, "fsdp": 2, "tensor": 1}, 8)
     with pytest.raises(MeshError, match="does not divide the 8 available"):
         resolve_mesh_shape({"data": -1, "fsdp": 3}, 8)
-    assert resolve_mesh_shape({"data": -1, "tensor": 2}, 8) == {"data": 4, "fsdp": 1, "tensor": 2}
-    assert make_mesh({"data": -1}).shape == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert resolve_mesh_shape({"data": -1, "tensor": 2}, 8) == {"data": 4, "fsdp": 1, "expert": 1, "tensor": 2}
+    assert make_mesh({"data": -1}).shape == {"data": 8, "fsdp": 1, "expert": 1, "tensor": 1}
 
 
 def test_batch_and_dimension_divisibility_fail_before_compiling(tmp_path):
