@@ -20,6 +20,7 @@ REMAT = ("none", "full", "dots")
 FORMS = ("gspmd", "shard_map")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ARCHS = ("gpt2", "llama")
+ATTN_IMPLS = ("chunks", "auto", "naive", "xla", "flash", "cudnn", "pallas")
 MOE_ROUTERS = ("shazeer", "gshard", "switch")
 MOE_BACKENDS = ("capacity", "dropless")
 
@@ -43,6 +44,9 @@ class ModelConfig:
     scan_layers: bool = True       # nn.scan over layers: flat compile time, ~25% slower step on CPU
     remat: str = "none"            # none | full | dots (save matmul outputs only)
     attn_chunks: int = 4           # causal attention in query chunks that skip masked key blocks
+    # training-time attention kernel: chunks (the above) | flash (blockwise, O(T) memory) | auto (cuDNN on
+    # GPU, Pallas on TPU, else flash) | xla | naive | cudnn | pallas  (lineage_jax/attention/backend.py)
+    attn_impl: str = "chunks"
     init_std: float = 0.02
     layernorm_eps: float = 1e-5    # LayerNorm eps (gpt2) or RMSNorm eps (llama)
     # architecture family: gpt2 (learned positions, LayerNorm, GELU, tied) | llama (RoPE, RMSNorm, SwiGLU, GQA)
@@ -333,6 +337,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"parallel.precision='{p.precision}': allowed {', '.join(PRECISIONS)}")
     if p.loss_scale_init <= 0 or p.loss_scale_period < 1:
         raise ConfigError("parallel.loss_scale_init must be > 0 and parallel.loss_scale_period >= 1")
+    if m.attn_impl not in ATTN_IMPLS:
+        raise ConfigError(f"model.attn_impl='{m.attn_impl}': allowed {', '.join(ATTN_IMPLS)}")
+    if m.attn_impl != "chunks" and m.dropout > 0:
+        raise ConfigError(f"model.attn_impl={m.attn_impl} has no attention dropout; use model.attn_impl=chunks "
+                          f"or model.dropout=0")
     if m.arch not in ARCHS:
         raise ConfigError(f"model.arch='{m.arch}': allowed {', '.join(ARCHS)}")
     kv = m.kv_heads or m.heads

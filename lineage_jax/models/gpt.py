@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lineage_jax.config import ModelConfig, ffn_dim
-from lineage_jax.models.layers import (Dense, cached_attention, causal_attention, constrain, hooks, layer_norm, linear,
+from lineage_jax.models.layers import (Dense, attend_causal, cached_attention, constrain, hooks, layer_norm, linear,
                                        param)
 
 
@@ -40,7 +40,7 @@ class CausalSelfAttention(nn.Module):
         if c.dropout > 0 and not self.deterministic:
             drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)
         if kv is None:
-            y = causal_attention(q, k, v, chunks=c.attn_chunks, dropout=drop)       # [B, T, H, K]
+            y = attend_causal(q, k, v, impl=c.attn_impl, chunks=c.attn_chunks, dropout=drop)   # [B, T, H, K]
         else:  # write this call's keys/values at their positions, attend to every slot <= the query's
             b = jnp.arange(x.shape[0])[:, None]
             kv = (kv[0].at[b, positions].set(k.astype(kv[0].dtype), mode="drop"),

@@ -220,6 +220,22 @@ def layer_norm(name: str, eps: float, dtype, param_dtype) -> LayerNorm:
 
 # --------------------------------------------------------------------------- attention
 
+def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "chunks", chunks: int = 1,
+                  dropout=None) -> jax.Array:
+    """The models' one entry to causal self-attention, q [B, T, H, K], k/v [B, T, Hkv, K].
+
+    ``impl="chunks"``: ``causal_attention`` below (query chunks; the only kernel with attention
+    dropout); any other name is a kernel of ``lineage_jax.attention.backend.attention``
+    (``flash``: blockwise with O(T) memory; ``auto``: cuDNN / Pallas where the device has them)."""
+    if impl == "chunks":
+        G = q.shape[2] // k.shape[2]
+        if G > 1:   # grouped-query: query head h reads key/value head h // G
+            k, v = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
+        return causal_attention(q, k, v, chunks=chunks, dropout=dropout)
+    from lineage_jax.attention.backend import attention
+    return attention(q, k, v, causal=True, implementation=impl).astype(q.dtype)
+
+
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, chunks: int = 1,
                      dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """softmax(q kᵀ / √K + causal mask) v (Vaswani et al. 2017, eq. 1), in query chunks.

@@ -38,7 +38,7 @@ from lineage_jax.attention.mha import attention as grouped_attention
 from lineage_jax.attention.positions import rope_rotate_half
 from lineage_jax.config import ModelConfig, ffn_dim
 from lineage_jax.models.gpt import REMAT_POLICIES, padded_vocab
-from lineage_jax.models.layers import Dense, causal_attention, constrain, hooks, linear, param
+from lineage_jax.models.layers import Dense, attend_causal, constrain, hooks, linear, param
 
 
 class RMSNorm(nn.Module):
@@ -82,14 +82,12 @@ class Attention(nn.Module):
         pos = jnp.arange(q.shape[1]) if positions is None else positions   # [T] or [B, T]: global positions
         q, k = rope_rotate_half(q, pos, c.rope_theta), rope_rotate_half(k, pos, c.rope_theta)
         if kv is None:
-            # GQA by repetition: query head h reads key/value head h // G (HF's repeat_kv); G from the
-            # local shapes, so a tensor-parallel shard of heads repeats its own kv heads.
-            G = q.shape[2] // k.shape[2]
+            # GQA: query head h reads key/value head h // G (HF's repeat_kv); G from the local
+            # shapes, so a tensor-parallel shard of heads uses its own kv heads.
             drop = None
             if c.dropout > 0 and not self.deterministic:
                 drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)
-            y = causal_attention(q, jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2),
-                                 chunks=c.attn_chunks, dropout=drop)                    # [B, T, H, K]
+            y = attend_causal(q, k, v, impl=c.attn_impl, chunks=c.attn_chunks, dropout=drop)   # [B, T, H, K]
         else:  # decode: write at the positions; grouped einsum over the cache, never copied G times
             b = jnp.arange(x.shape[0])[:, None]
             kv = (kv[0].at[b, positions].set(k.astype(kv[0].dtype), mode="drop"),

@@ -1,0 +1,57 @@
+"""The models reach every attention kernel through one interface (``layers.attend_causal``):
+``model.attn_impl`` switches GPT-2 and Llama from query-chunked attention to blockwise
+(Flash) attention or a backend kernel without changing the function computed."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lineage_jax.config import ConfigError, ModelConfig, load_config
+from lineage_jax.models import build
+
+GPT2 = ModelConfig(vocab_size=50, context=32, layers=2, width=32, heads=4, attn_chunks=2)
+LLAMA = dataclasses.replace(GPT2, arch="llama", kv_heads=2, tied=False, mlp_dim=40)
+
+
+def loss_and_grads(cfg, params, tokens):
+    model = build(cfg)
+    loss = lambda p: jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, tokens[:, :-1]))[..., 0] ** 2)
+    return model.apply({"params": params}, tokens), jax.grad(loss)(params)
+
+
+@pytest.mark.parametrize("base", [GPT2, LLAMA], ids=["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("impl", ["flash", "xla", "auto"])
+def test_kernels_compute_the_same_model(base, impl):
+    tokens = jax.random.randint(jax.random.key(0), (2, 32), 0, 50)
+    params = nn.unbox(build(base).init(jax.random.key(1), tokens))["params"]
+    ref_logits, ref_grads = loss_and_grads(base, params, tokens)
+    logits, grads = loss_and_grads(dataclasses.replace(base, attn_impl=impl), params, tokens)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, ref_grads)
+
+
+def test_flash_trains_data_parallel_like_chunks():
+    from lineage_jax.train.setup import build as setup_build
+    over = ["model.context=32", "model.width=32", "model.heads=2", "model.layers=2", "train.batch_size=8"]
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 257, (8, 33)) for _ in range(3)]
+    losses = {}
+    for impl in ("chunks", "flash"):
+        s = setup_build(load_config("tiny", over + [f"model.attn_impl={impl}"]))
+        state = s.init_state(jax.random.key(0))
+        out = []
+        for b in batches:
+            state, m = s.train_step(state, s.put_batch(b))
+            out.append(float(m["loss"]))
+        losses[impl] = out
+    np.testing.assert_allclose(losses["flash"], losses["chunks"], rtol=1e-5)
+
+
+def test_bad_attn_impl_is_one_line():
+    with pytest.raises(ConfigError, match="allowed chunks, auto"):
+        load_config("tiny", ["model.attn_impl=fast"])
+    with pytest.raises(ConfigError, match="no attention dropout"):
+        load_config("tiny", ["model.attn_impl=flash", "model.dropout=0.1"])
