@@ -23,7 +23,8 @@ from lineage_jax.train.setup import build
 from parallel import hlo
 
 SMALL = ["model.context=16", "model.width=32", "model.heads=2", "model.attn_chunks=1", "model.layers=4",
-         "model.vocab_multiple=8", "train.batch_size=8", "train.steps=10", "optim.warmup_steps=2"]
+         "model.vocab_multiple=8", "train.batch_size=8", "train.steps=10", "optim.warmup_steps=2",
+         "model.capacity_factor=2.0"]   # tight: the drop path is exercised
 ONE = ["mesh.data=1"]
 
 
