@@ -206,17 +206,6 @@ def test_convert_to_run_dir_samples_and_fine_tunes(tmp_path):
     assert 0 < max(jax.tree.leaves(moved)) < 0.05   # two small steps away from the converted weights, not a fresh init
 
 
-def _llama_moe_validates() -> bool:
-    from lineage_jax.config import Config, ConfigError, ModelConfig, validate
-    try:
-        validate(Config(model=ModelConfig(arch="llama", moe_every=1, layers=2)))
-        return True
-    except ConfigError:
-        return False
-
-
-@pytest.mark.skipif(not _llama_moe_validates(), reason="config.validate refuses moe_every with arch llama "
-                                                      "(the ModelConfig change for Mixtral is pending)")
 def test_convert_mixtral_to_run_dir(tmp_path):
     from lineage_jax.sample import load_run
 

@@ -122,6 +122,33 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def replace_fields(cfg, overrides: dict, path: Path):
+    """``dataclasses.replace(cfg, **overrides)``, naming an override that is not a field in one line."""
+    names = [f.name for f in dataclasses.fields(cfg)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise InteropError(f"{path}: override '{unknown[0]}' is not a {type(cfg).__name__} field; "
+                           f"allowed: {', '.join(names)}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def stack_layers(layers: list[dict], scan: bool) -> dict:
+    """Per-layer parameter trees -> the model's layout: stacked on a leading axis under ``blocks``
+    (scanned) or one ``blocks_{i}`` per layer."""
+    import jax
+    if scan:
+        return {"blocks": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+    return {f"blocks_{i}": layer for i, layer in enumerate(layers)}
+
+
+def unstack_layers(host: dict, n_layers: int) -> list[dict]:
+    """The inverse of ``stack_layers``: one parameter tree per layer."""
+    import jax
+    if "blocks" in host:
+        return [jax.tree.map(lambda x, i=i: x[i], host["blocks"]) for i in range(n_layers)]
+    return [host[f"blocks_{i}"] for i in range(n_layers)]
+
+
 def _layer_from_hf(get, i: int, H: int, K: int) -> dict:
     D = H * K
     p = f"h.{i}."
@@ -177,10 +204,7 @@ def load(path: str | Path, **overrides: Any):
     if extra:
         raise InteropError(f"{path}: unexpected tensor '{prefix}{extra[0]}' ({len(extra)} in all); "
                            f"supported: {SUPPORTED}")
-    if mc.scan_layers:
-        params["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-    else:
-        params.update({f"blocks_{i}": layer for i, layer in enumerate(layers)})
+    params.update(stack_layers(layers, mc.scan_layers))
     model = GPT(mc)
     want = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, mc.context), np.int32))))
     want = want["params"]
@@ -237,10 +261,7 @@ def save(model, params, path: str | Path) -> None:
     mc: ModelConfig = model.cfg
     H, K = mc.heads, mc.width // mc.heads
     host = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
-    if "blocks" in host:
-        layers = [jax.tree.map(lambda x, i=i: x[i], host["blocks"]) for i in range(mc.layers)]
-    else:
-        layers = [host[f"blocks_{i}"] for i in range(mc.layers)]
+    layers = unstack_layers(host, mc.layers)
     tensors = {"transformer.wte.weight": host["wte"][:mc.vocab_size], "transformer.wpe.weight": host["wpe"],
                "transformer.ln_f.weight": host["ln_f"]["scale"], "transformer.ln_f.bias": host["ln_f"]["bias"]}
     for i, layer in enumerate(layers):

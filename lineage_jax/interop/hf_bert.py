@@ -21,7 +21,6 @@ The pooler and the next-sentence head of ``BertForPreTraining`` (``bert.pooler.*
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lineage_jax.config import ConfigError
-from lineage_jax.interop.hf import InteropError, read_tensors
+from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields
 
 SKIPPED = ("bert.pooler.", "cls.seq_relationship.", "bert.embeddings.position_ids")
 
@@ -58,11 +57,7 @@ def _config(hf: dict, path: Path, overrides: dict):
                          layernorm_eps=float(hf.get("layer_norm_eps", 1e-12)), hidden_act=act,
                          init_std=float(hf.get("initializer_range", 0.02)),
                          pad_token_id=int(hf.get("pad_token_id") or 0))
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
-        if unknown:
-            raise InteropError(f"{path}: override '{unknown[0]}' is not a BertConfig field; "
-                               f"allowed: {', '.join(f.name for f in dataclasses.fields(cfg))}")
-        return dataclasses.replace(cfg, **overrides)
+        return replace_fields(cfg, overrides, path)
     except KeyError as e:
         raise InteropError(f"{path}: config.json lacks {e.args[0]!r}, which a BERT config needs") from None
     except (TypeError, ConfigError) as e:

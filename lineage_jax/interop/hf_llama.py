@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from lineage_jax.config import Config, ConfigError, ModelConfig, ffn_dim, validate
-from lineage_jax.interop.hf import InteropError, read_tensors
+from lineage_jax.interop.hf import InteropError, read_tensors, stack_layers, unstack_layers
 
 TYPES = ("llama", "mistral", "mixtral")
 # Hugging Face defaults where a config.json leaves a field out (LlamaConfig / MistralConfig / MixtralConfig)
@@ -100,8 +100,7 @@ def model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
     if kind == "mixtral":
         fields.update(moe_every=1, experts=int(hf.get("num_local_experts", 8)),
                       moe_k=int(hf.get("num_experts_per_tok", 2)), moe_backend="dropless")   # Mixtral drops no token
-        if "moe_aux_weight" in {f.name for f in dataclasses.fields(ModelConfig)}:
-            fields["moe_aux_weight"] = float(hf.get("router_aux_loss_coef", 0.001))
+        fields["moe_aux_weight"] = float(hf.get("router_aux_loss_coef", 0.001))
     try:
         mc = dataclasses.replace(ModelConfig(**fields), **overrides)
     except TypeError as e:
@@ -121,8 +120,8 @@ def check(mc: ModelConfig, path) -> None:
     if mc.moe_every and (mc.experts < 2 or not 1 <= mc.moe_k <= mc.experts):
         raise InteropError(f"{path}: num_local_experts={mc.experts}, num_experts_per_tok={mc.moe_k}: need experts >= 2 "
                            f"and 1 <= experts per token <= experts")
-    try:   # validate() may refuse MoE for arch llama; the MoE fields were checked just above
-        validate(Config(model=dataclasses.replace(mc, moe_every=0)))
+    try:
+        validate(Config(model=mc))
     except ConfigError as e:
         raise InteropError(f"{path}: {e}") from None
 
@@ -200,10 +199,7 @@ def load(path: Path, hf: dict, **overrides: Any):
     if extra:
         raise InteropError(f"{path}: unexpected tensor '{extra[0]}' ({len(extra)} in all) for model_type "
                            f"{hf['model_type']}")
-    if mc.scan_layers:
-        params["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-    else:
-        params.update({f"blocks_{i}": layer for i, layer in enumerate(layers)})
+    params.update(stack_layers(layers, mc.scan_layers))
     model = Llama(mc)
     want = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 2), np.int32))))["params"]
     if jax.tree.structure(want) != jax.tree.structure(params):  # pragma: no cover - a mapping bug, not user input
@@ -253,10 +249,7 @@ def save(model, params, path: Path, model_type: str | None = None) -> None:
     config = hf_config(mc, model_type)
     H, Hkv, K, V = mc.heads, mc.kv_heads or mc.heads, mc.width // mc.heads, mc.vocab_size
     host = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
-    if "blocks" in host:
-        layers = [jax.tree.map(lambda x, i=i: x[i], host["blocks"]) for i in range(mc.layers)]
-    else:
-        layers = [host[f"blocks_{i}"] for i in range(mc.layers)]
+    layers = unstack_layers(host, mc.layers)
     t = {"model.embed_tokens.weight": host["wte"][:V], "model.norm.weight": host["norm"]["scale"]}
     if not mc.tied:
         t["lm_head.weight"] = host["lm_head"][:, :V].T

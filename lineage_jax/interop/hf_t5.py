@@ -23,7 +23,6 @@ untied exactly when the checkpoint holds an ``lm_head.weight`` different from ``
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lineage_jax.config import ConfigError
-from lineage_jax.interop.hf import InteropError, read_tensors
+from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields
 
 # Copies of shared.weight older checkpoints carry, and a cross-attention bias table T5 never uses.
 _COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -64,11 +63,7 @@ def _config(hf: dict, path: Path, tied: bool, overrides: dict):
                        tie_word_embeddings=tied, scale_decoder_outputs=bool(scale),
                        init_factor=float(hf.get("initializer_factor", 1.0)),
                        pad_token_id=int(hf.get("pad_token_id") or 0), eos_token_id=int(hf.get("eos_token_id") or 1))
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
-        if unknown:
-            raise InteropError(f"{path}: override '{unknown[0]}' is not a T5Config field; "
-                               f"allowed: {', '.join(f.name for f in dataclasses.fields(cfg))}")
-        return dataclasses.replace(cfg, **overrides)
+        return replace_fields(cfg, overrides, path)
     except KeyError as e:
         raise InteropError(f"{path}: config.json lacks {e.args[0]!r}, which a T5 config needs") from None
     except (TypeError, ConfigError) as e:
