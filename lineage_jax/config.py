@@ -75,6 +75,8 @@ class DataConfig:
     tokenizer: str = "byte"
     eval_fraction: float = 0.05        # share of documents held out when a source has no split
     prepared_dir: str = ""             # a dataset from `lineage data prepare --out DIR`; used alone
+    segment_mask: bool = True          # prepared rows: documents attend only within themselves, positions
+                                       # restart per document, no loss across documents; false: one stream
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,7 +54,7 @@ def run(overrides, steps=10, precision="fp32"):
     with setup.context():
         logits = jax.jit(lambda p, t: setup.model.apply({"params": p}, t[:, :-1])[..., :257],   # real vocab only
                          out_shardings=NamedSharding(setup.mesh, P()))(state.params, batches[0]["tokens"])
-        grads = jax.jit(jax.grad(lambda p, t: loss_fn(p, t, None)[0]),
+        grads = jax.jit(jax.grad(lambda p, t: loss_fn(p, {"tokens": t}, None)[0]),
                         out_shardings=setup.grad_sharding)(state.params, batches[0]["tokens"])
     losses, mu = [], None
     for b in batches:

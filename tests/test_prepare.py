@@ -175,17 +175,11 @@ def test_thresholds_are_config_and_bad_input_is_one_line(corpus, tmp_path):
 
 # ----------------------------------------------------------------------------- training reads it
 
-@dataclasses.dataclass(frozen=True)
-class DataWithPrepared(DataConfig):
-    """``DataConfig`` plus the ``prepared_dir`` field proposed for lineage_jax/config.py."""
-    prepared_dir: str = ""
-
-
 def test_loader_serves_the_prepared_rows_with_segments(prepared_byte):
     out, _ = prepared_byte
     packed = loader.load_prepared(out)
     L = packed.meta["seq_len"]
-    streams = loader.load_splits(DataWithPrepared(prepared_dir=str(out)), ByteTokenizer())
+    streams = loader.load_splits(DataConfig(prepared_dir=str(out)), ByteTokenizer())
     np.testing.assert_array_equal(streams.train, loader.prepared_token_splits(out).train)
     plain = loader.Sampler(streams.train, L, seed=3)
     packed_sampler = loader.PackedSampler(packed.train, seed=3, eos_id=packed.meta["eos_id"])
@@ -202,17 +196,40 @@ def test_loader_serves_the_prepared_rows_with_segments(prepared_byte):
 
 
 def test_training_reads_a_prepared_dataset(corpus, tmp_path):
+    """``lineage train data.prepared_dir=...`` trains on the packed rows with their segments: the
+    first logged loss is the weighted loss of the initial model on the first packed batch
+    (documents masked from each other), not the plain loss of the same tokens."""
+    import jax
     from lineage_jax.config import load_config
     from lineage_jax.train.loop import train
+    from lineage_jax.train.setup import build
+    from lineage_jax.train.step import make_loss_fn
     root, _ = corpus
     prep.prepare([str(root)], str(tmp_path / "data"), prep.PrepareConfig(seq_len=32, eval_fraction=0.2))
-    cfg = load_config("tiny", ["model.layers=1", "model.width=32", "model.heads=2", "model.context=32",
+    packed = loader.load_prepared(tmp_path / "data")
+    eos = packed.meta["eos_id"]
+    # most rows hold one piece of a long document: pick a seed whose first batch has a row of several
+    seed = next(s for s in range(100)
+                if (loader.PackedSampler(packed.train, s, eos).batch_with_segments(0, 8)["segment_ids"] > 1).any())
+    cfg = load_config("tiny", [f"train.seed={seed}", "model.layers=1", "model.width=32", "model.heads=2", "model.context=32",
                                "model.attn_chunks=1", "train.batch_size=8", "train.steps=3", "train.eval_every=3",
                                "train.eval_batches=1", "train.log_every=1", "optim.warmup_steps=1",
-                               f"run_dir={tmp_path / 'run'}"])
-    cfg = dataclasses.replace(cfg, data=DataWithPrepared(prepared_dir=str(tmp_path / "data"), tokenizer="byte"))
+                               f"data.prepared_dir={tmp_path / 'data'}", f"run_dir={tmp_path / 'run'}"])
     summary = train(cfg, progress=False)
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"]) and summary["eval_loss"] is not None
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1
+
+    setup = build(cfg, compile_steps=False)
+    params = setup.init_state(jax.random.key(cfg.train.seed)).params
+    batch = loader.PackedSampler(packed.train, cfg.train.seed, eos).batch_with_segments(0, 8)
+    loss_fn = make_loss_fn(setup.model, dropout=False)
+    with setup.context():
+        masked = float(loss_fn(params, batch, None)[1][0])
+        plain = float(loss_fn(params, {"tokens": batch["tokens"]}, None)[1][0])
+    assert first["loss"] == pytest.approx(masked, rel=1e-5)
+    assert abs(masked - plain) > 1e-3
+
     bad = dataclasses.replace(cfg.data, tokenizer=str(tmp_path / "tok"))
     train_bpe(["some text to learn from"] * 3, 300).save(str(tmp_path / "tok"))
     with pytest.raises(ConfigError, match="data.prepared_dir: tokenized with byte .* set data.tokenizer=byte"):

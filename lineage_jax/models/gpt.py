@@ -27,8 +27,9 @@ class CausalSelfAttention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv=None, positions=None):  # [B, T, D]
-        """x -> y; with ``kv = (k_cache, v_cache)`` [B, C, H, K] and ``positions`` [B, T]: (y, new kv)."""
+    def __call__(self, x: jax.Array, kv=None, positions=None, segment_ids=None):  # [B, T, D]
+        """x -> y; with ``kv = (k_cache, v_cache)`` [B, C, H, K] and ``positions`` [B, T]: (y, new kv).
+        ``segment_ids`` [B, T] (packed rows, no cache): attend within one's own segment only."""
         c = self.cfg
         H, K = c.heads, c.width // c.heads
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -40,7 +41,8 @@ class CausalSelfAttention(nn.Module):
         if c.dropout > 0 and not self.deterministic:
             drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)
         if kv is None:
-            y = attend_causal(q, k, v, impl=c.attn_impl, chunks=c.attn_chunks, dropout=drop)   # [B, T, H, K]
+            y = attend_causal(q, k, v, impl=c.attn_impl, chunks=c.attn_chunks, dropout=drop,
+                              segment_ids=segment_ids)   # [B, T, H, K]
         else:  # write this call's keys/values at their positions, attend to every slot <= the query's
             b = jnp.arange(x.shape[0])[:, None]
             kv = (kv[0].at[b, positions].set(k.astype(kv[0].dtype), mode="drop"),
@@ -103,14 +105,14 @@ class Block(nn.Module):
     moe: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv=None, positions=None):
+    def __call__(self, x: jax.Array, kv=None, positions=None, segment_ids=None):
         """(x, None) -> (x, None); with this layer's cache ``kv = (k, v)``: (x, new kv)."""
         c = self.cfg
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         attn = CausalSelfAttention(c, self.deterministic, name="attn")
         a = layer_norm("ln1", c.layernorm_eps, dtype, pdtype)(x)
         if kv is None:
-            x = x + attn(a)
+            x = x + attn(a, segment_ids=segment_ids)
         else:
             y, kv = attn(a, kv, positions)
             x = x + y
@@ -126,12 +128,13 @@ class MoEGroup(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv=None, positions=None):
+    def __call__(self, x: jax.Array, kv=None, positions=None, segment_ids=None):
         n = self.cfg.moe_every
         new = []
         for i in range(n):
             blk = Block(self.cfg, self.deterministic, moe=i == n - 1, name=f"block_{i}")
-            x, kv_i = blk(x) if kv is None else blk(x, (kv[0][i], kv[1][i]), positions)
+            x, kv_i = (blk(x, segment_ids=segment_ids) if kv is None
+                       else blk(x, (kv[0][i], kv[1][i]), positions))
             new.append(kv_i)
         if kv is None:
             return x, None
@@ -148,8 +151,13 @@ class GPT(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, deterministic: bool = True, cache=None, positions=None):
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, cache=None, positions=None,
+                 segment_ids=None):
         """tokens [B, T] int -> logits [B, T, V] in the compute dtype (V = vocab padded to vocab_multiple).
+
+        Packed rows (several documents per row, T5-style): ``segment_ids`` [B, T] keep each token's
+        attention inside its own document and ``positions`` [B, T] (restarting at 0 per document)
+        pick its position embedding, so a packed row computes what each document would alone.
 
         With ``cache`` (a ``KVCache``: k, v [L, B, C, H, K]) and ``positions`` [B, T] (each token's
         index in its sequence, < context): returns ``(logits, cache)`` with this call's keys and values
@@ -167,7 +175,9 @@ class GPT(nn.Module):
         h = hooks()   # identities unless an explicit (shard_map) form installed its collectives
         wte = param(self, "wte", init, (V, c.width), pdtype, ("vocab", "embed"))
         wpe = param(self, "wpe", init, (c.context, c.width), pdtype, ("position", "embed"))
-        x = (h.embed(wte, tokens) + h.positions(wpe, T)).astype(dtype)
+        if positions is not None:
+            positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), tokens.shape)
+        x = (h.embed(wte, tokens) + h.positions(wpe, T, positions)).astype(dtype)
         x = constrain(nn.Dropout(c.dropout, deterministic=deterministic)(x), ("batch", "seq", "embed"))
 
         remat = (lambda m: nn.remat(m, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
@@ -175,12 +185,12 @@ class GPT(nn.Module):
         if c.scan_layers:   # with MoE, the scanned unit is a group of moe_every blocks
             unit, n_units = (MoEGroup, c.layers // c.moe_every) if c.moe_every else (Block, c.layers)
             stack = nn.scan(remat(unit), length=n_units, variable_axes={"params": 0, "moe": 0},
-                            split_rngs={"params": True, "dropout": True},
+                            split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(c, deterministic, name="blocks")(x, None)
+            x, _ = stack(c, deterministic, name="blocks")(x, None, None, segment_ids)
         else:
             for i in range(c.layers):
-                x, _ = remat(Block)(c, deterministic, is_moe(c, i), name=f"blocks_{i}")(x)
+                x, _ = remat(Block)(c, deterministic, is_moe(c, i), name=f"blocks_{i}")(x, None, None, segment_ids)
 
         x = layer_norm("ln_f", c.layernorm_eps, dtype, pdtype)(x)
         x = h.dense_in(x, ("embed", "vocab"), 1)

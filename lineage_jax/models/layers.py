@@ -40,7 +40,8 @@ class CollectiveHooks:
     ``dense_in(x, kernel_axes, in_axes)``   input of a Dense (column-parallel: Megatron f / SP gather)
     ``dense_out(y, kernel_axes, in_axes)``  output of a Dense before its bias (row-parallel: g / SP scatter)
     ``embed(table, tokens)``       token embedding lookup (vocab-parallel)
-    ``positions(table, T)``        the position rows this device adds (SP: its sequence shard)
+    ``positions(table, T, ids)``   the position rows this device adds: rows 0 … T-1, or rows ``ids``
+                                   [B, T] (packed documents restart); SP: its sequence shard
     ``index(n, name)``             global indices of this device's n entries of logical axis ``name``
     ``constrain(x, axes)``         activation sharding constraint
     ``expert_in(buf)``             MoE buffers [G, E, C, D] from their tokens' devices to their experts'
@@ -52,7 +53,7 @@ class CollectiveHooks:
     dense_in: Callable = _same
     dense_out: Callable = _same
     embed: Callable = lambda table, tokens: jnp.take(table, tokens, axis=0)
-    positions: Callable = lambda table, T: table[:T]
+    positions: Callable = lambda table, T, ids=None: table[:T] if ids is None else jnp.take(table, ids, axis=0)
     index: Callable = lambda n, name: jnp.arange(n)
     constrain: Callable = lambda x, axes: nn.with_logical_constraint(x, axes)
     expert_in: Callable = lambda buf: nn.with_logical_constraint(buf, ("expert_group", "expert", None, "embed"))
@@ -221,28 +222,32 @@ def layer_norm(name: str, eps: float, dtype, param_dtype) -> LayerNorm:
 # --------------------------------------------------------------------------- attention
 
 def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "chunks", chunks: int = 1,
-                  dropout=None) -> jax.Array:
+                  dropout=None, segment_ids: jax.Array | None = None) -> jax.Array:
     """The models' one entry to causal self-attention, q [B, T, H, K], k/v [B, T, Hkv, K].
 
     ``impl="chunks"``: ``causal_attention`` below (query chunks; the only kernel with attention
     dropout); any other name is a kernel of ``lineage_jax.attention.backend.attention``
-    (``flash``: blockwise with O(T) memory; ``auto``: cuDNN / Pallas where the device has them)."""
+    (``flash``: blockwise with O(T) memory; ``auto``: cuDNN / Pallas where the device has them).
+    ``segment_ids`` [B, T] (packed sequences): a query sees only keys of its own segment."""
     if impl == "chunks":
         G = q.shape[2] // k.shape[2]
         if G > 1:   # grouped-query: query head h reads key/value head h // G
             k, v = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
-        return causal_attention(q, k, v, chunks=chunks, dropout=dropout)
+        return causal_attention(q, k, v, chunks=chunks, dropout=dropout, segment_ids=segment_ids)
     from lineage_jax.attention.backend import attention
-    return attention(q, k, v, causal=True, implementation=impl).astype(q.dtype)
+    return attention(q, k, v, causal=True, implementation=impl, segment_ids=segment_ids).astype(q.dtype)
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, chunks: int = 1,
-                     dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+                     dropout: Callable[[jax.Array], jax.Array] | None = None,
+                     segment_ids: jax.Array | None = None) -> jax.Array:
     """softmax(q kᵀ / √K + causal mask) v (Vaswani et al. 2017, eq. 1), in query chunks.
 
     q, k, v: [B, T, H, K] -> [B, T, H, K]. The T queries are split into ``chunks`` blocks;
     block i attends only to keys 0 … (i+1)·T/chunks, so the fully masked blocks above the
     diagonal are never computed (a fraction (C-1)/(2C) of the work). Softmax is in float32.
+    ``segment_ids`` [B, T]: packed documents (T5-style packing) do not see each other; the
+    diagonal is always visible, so no row is fully masked.
     """
     B, T, H, K = q.shape
     if T % chunks:
@@ -257,6 +262,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, chunks: int = 
         lo, hi = i * c, (i + 1) * c
         s = jnp.einsum("bqhk,bshk->bhqs", q[:, lo:hi], k[:, :hi]).astype(jnp.float32)
         visible = (lo + jnp.arange(c))[:, None] >= jnp.arange(hi)[None, :]
+        if segment_ids is not None:   # [B, 1, c, hi]
+            visible = visible & (segment_ids[:, lo:hi, None] == segment_ids[:, None, :hi])[:, None]
         s = jnp.where(visible, s, jnp.finfo(jnp.float32).min)
         p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
         if dropout is not None:

@@ -69,7 +69,7 @@ class Attention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv=None, positions=None):  # [B, T, D]
+    def __call__(self, x: jax.Array, kv=None, positions=None, segment_ids=None):  # [B, T, D]
         c = self.cfg
         H, Hkv, K = c.heads, c.kv_heads or c.heads, c.width // c.heads
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -87,7 +87,8 @@ class Attention(nn.Module):
             drop = None
             if c.dropout > 0 and not self.deterministic:
                 drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)
-            y = attend_causal(q, k, v, impl=c.attn_impl, chunks=c.attn_chunks, dropout=drop)   # [B, T, H, K]
+            y = attend_causal(q, k, v, impl=c.attn_impl, chunks=c.attn_chunks, dropout=drop,
+                              segment_ids=segment_ids)   # [B, T, H, K]
         else:  # decode: write at the positions; grouped einsum over the cache, never copied G times
             b = jnp.arange(x.shape[0])[:, None]
             kv = (kv[0].at[b, positions].set(k.astype(kv[0].dtype), mode="drop"),
@@ -124,12 +125,12 @@ class LlamaBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv=None, positions=None):
+    def __call__(self, x: jax.Array, kv=None, positions=None, segment_ids=None):
         c = self.cfg
         attn = Attention(c, self.deterministic, name="attn")
         a = rms_norm("attn_norm", c)(x)
         if kv is None:
-            x = x + attn(a, None, positions)
+            x = x + attn(a, None, positions, segment_ids)
         else:
             y, kv = attn(a, kv, positions)
             x = x + y
@@ -146,12 +147,15 @@ class Llama(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, deterministic: bool = True, cache=None, positions=None):
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, cache=None, positions=None,
+                 segment_ids=None):
         """tokens [B, T] int -> logits [B, T, V] in the compute dtype (V = vocab padded to vocab_multiple).
 
         ``positions`` [B, T] (or [T]): each token's index in its sequence, rotating q and k (default
         0 … T-1). With ``cache`` (a ``KVCache``, k/v [L, B, C, kv_heads, K]) ``positions`` is required
         and ``(logits, cache)`` is returned, this call's keys and values written at those positions.
+        Packed rows: ``segment_ids`` [B, T] keep attention inside each document (with ``positions``
+        restarting per document, a packed row computes what each document would alone).
         """
         c = self.cfg
         if c.moe_every not in (0, 1):
@@ -181,13 +185,13 @@ class Llama(nn.Module):
         if c.scan_layers:
             stack = nn.scan(block, length=c.layers, variable_axes={"params": 0, "moe": 0},
                             split_rngs={"params": True, "dropout": True, "router": True},
-                            in_axes=(0, nn.broadcast), metadata_params={nn.PARTITION_NAME: "layers"})
-            x, kv = stack(c, deterministic, name="blocks")(x, kv, positions)
+                            in_axes=(0, nn.broadcast, nn.broadcast), metadata_params={nn.PARTITION_NAME: "layers"})
+            x, kv = stack(c, deterministic, name="blocks")(x, kv, positions, segment_ids)
         else:
             new = []
             for i in range(c.layers):
                 x, kv_i = block(c, deterministic, name=f"blocks_{i}")(
-                    x, None if kv is None else (kv[0][i], kv[1][i]), positions)
+                    x, None if kv is None else (kv[0][i], kv[1][i]), positions, segment_ids)
                 new.append(kv_i)
             if kv is not None:
                 kv = (jnp.stack([a for a, _ in new]), jnp.stack([b for _, b in new]))

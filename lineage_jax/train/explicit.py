@@ -64,7 +64,7 @@ from jax.sharding import PartitionSpec as P
 from lineage_jax.models.layers import collective_hooks
 from lineage_jax.optim import make_optimizer
 from lineage_jax.train.state import TrainState
-from lineage_jax.train.step import cross_entropy, decay_mask, forward
+from lineage_jax.train.step import decay_mask, forward, make_loss_fn, split_micro, token_nll, weight_scale
 from parallel import precision
 from parallel.collectives import (dp_mean_grads, expert_dispatch, expert_return, megatron_f, megatron_g, sp_gather,
                                   sp_scatter, vocab_parallel_cross_entropy, vocab_parallel_embed, zero3_gather)
@@ -169,11 +169,13 @@ class Layout:
             rows = jnp.take(table, jnp.where(mine, tokens - start, 0), axis=0)
             return sp_scatter(jnp.where(mine[..., None], rows, 0), tp, tokens.ndim - 1)
 
-        def positions(table, T):
-            if not sp:
-                return table[:T]
-            n = T // self.size(self.tp)
-            return lax.dynamic_slice_in_dim(table, lax.axis_index(tp) * n, n, 0)
+        def positions(table, T, ids=None):
+            if sp:   # this device's sequence shard of the rows (or of the packed position ids)
+                n = T // self.size(self.tp)
+                if ids is None:
+                    return lax.dynamic_slice_in_dim(table, lax.axis_index(tp) * n, n, 0)
+                ids = lax.dynamic_slice_in_dim(ids, lax.axis_index(tp) * n, n, ids.ndim - 1)
+            return table[:T] if ids is None else jnp.take(table, ids, axis=0)
 
         def index(n, name):
             ax = self.on("compute", name)
@@ -250,40 +252,40 @@ def make_explicit_train_step(setup):
     base_key = jax.random.key(cfg.train.seed)
     tp = _one(L.tp) if L.tp else None
 
-    def local_loss(params, toks, key):
-        logits, moe = forward(model, params, toks[:, :-1], deterministic=not dropout,
-                              rngs={"dropout": key} if dropout else None)
-        targets = toks[:, 1:]
-        if L.on("compute", "vocab"):      # logits stay vocab-sharded: [B_n, T, V_n]
-            ce = jnp.mean(vocab_parallel_cross_entropy(logits.astype(jnp.float32), targets, tp))
-        else:
-            ce = cross_entropy(logits, targets)
-        return ce + moe.get("moe_aux_loss", 0.0), (ce, moe)
+    nll = token_nll
+    if L.on("compute", "vocab"):      # logits stay vocab-sharded: [B_n, T, V_n]
+        nll = lambda logits, targets: vocab_parallel_cross_entropy(logits.astype(jnp.float32), targets, tp)  # noqa: E731
+    local_loss = make_loss_fn(model, dropout, nll)
 
     def body(state: TrainState, batch):
         rng = jax.random.fold_in(base_key, state.step)
-        tokens, ls = batch["tokens"], state.loss_scale
+        ls = state.loss_scale
+        scale = None
+        if "weights" in batch:   # packed rows: the weighted mean over the whole (global) batch
+            total = jnp.sum(batch["weights"])
+            total = lax.psum(total, _one(L.batch)) if L.batch else total
+            scale = weight_scale(batch, grad_accum * L.size(L.batch), total)
 
-        def grad_fn(params, toks, key):
+        def grad_fn(params, mb, key):
             def scaled(p):
-                obj, aux = local_loss(p, toks, key)
+                obj, aux = local_loss(p, mb, key, scale)
                 return precision.scale_loss(obj, ls), aux
             (_, (loss, moe)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
             return (loss, moe), precision.unscale(grads, ls)
 
         with collective_hooks(**hook_fns):
             if grad_accum == 1:
-                (loss, moe), grads = grad_fn(state.params, tokens, rng)
+                (loss, moe), grads = grad_fn(state.params, batch, rng)
             else:
-                B, T1 = tokens.shape
-                micro = tokens.reshape(B // grad_accum, grad_accum, T1).swapaxes(0, 1)
+                micro = split_micro(batch, grad_accum)
 
                 def accumulate(carry, xs):
                     i, mb = xs
                     out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
                     return jax.tree.map(jnp.add, carry, out), None
 
-                zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, micro[0], rng))
+                first = jax.tree.map(lambda x: x[0], micro)
+                zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng))
                 ((loss, moe), grads), _ = lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
                 loss, moe, grads = jax.tree.map(lambda x: x / grad_accum, (loss, moe, grads))
 
@@ -318,7 +320,7 @@ def make_explicit_train_step(setup):
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, loss_scale=ls), metrics
 
     state_specs = jax.tree.map(lambda s: s.spec, setup.state_sharding)
-    batch_specs = {"tokens": setup.batch_sharding.spec}
+    batch_specs = {k: setup.batch_sharding.spec for k in setup.abstract_batch()}   # every entry [B, ...]
     return jax.shard_map(body, mesh=setup.mesh, in_specs=(state_specs, batch_specs),
                          out_specs=(state_specs, P()), check_vma=False)
 

@@ -17,7 +17,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from lineage_jax.config import Config
-from lineage_jax.data import Sampler, load_splits
+from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
+from lineage_jax.data.loader import check_prepared_tokenizer
 from lineage_jax.tokenize import get_tokenizer
 from lineage_jax.train import checkpoint as ckpt
 from lineage_jax.train.setup import build, compile_all
@@ -41,9 +42,31 @@ def check_resumable(cfg: Config, run_dir: Path) -> None:
                           f"{new[k]} here); use a new run_dir or the same model settings")
 
 
+def samplers(setup, tokenizer) -> tuple[Sampler, Sampler]:
+    """Train and eval samplers of the configured data. A prepared dataset with
+    ``data.segment_mask`` gives ``PackedSampler``s, whose batches carry segment ids, positions
+    and loss weights (``draw``), so packed documents never see each other."""
+    cfg = setup.cfg
+    if setup.packed:
+        packed = load_prepared(cfg.data.prepared_dir)
+        check_prepared_tokenizer(packed.meta, tokenizer)
+        eos = int(packed.meta["eos_id"])
+        return PackedSampler(packed.train, cfg.train.seed, eos), PackedSampler(packed.eval, cfg.train.seed, eos)
+    splits = load_splits(cfg.data, tokenizer)
+    T = cfg.model.context
+    return Sampler(splits.train, T, cfg.train.seed), Sampler(splits.eval, T, cfg.train.seed)
+
+
+def draw(sampler: Sampler, position: int, batch_size: int):
+    """The host batch at ``position``: tokens, plus segments for a ``PackedSampler``."""
+    if isinstance(sampler, PackedSampler):
+        return sampler.batch_with_segments(position, batch_size)
+    return sampler.batch(position, batch_size)
+
+
 def _eval_loss(setup, params, sampler: Sampler, n_batches: int) -> float:
     B = setup.cfg.train.batch_size
-    losses = [setup.eval_step(params, setup.put_batch(sampler.batch(i * B, B))) for i in range(n_batches)]
+    losses = [setup.eval_step(params, setup.put_batch(draw(sampler, i * B, B))) for i in range(n_batches)]
     return float(np.mean(jax.device_get(losses)))
 
 
@@ -78,9 +101,8 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
         raise RunDirError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size} tokens; set model.vocab_size >= {tokenizer.vocab_size}")
     setup = build(cfg, compile_steps=False)            # mesh/batch/divisibility checks before compiling
-    splits = load_splits(cfg.data, tokenizer)
     T, B = cfg.model.context, cfg.train.batch_size
-    train_data, eval_data = Sampler(splits.train, T, cfg.train.seed), Sampler(splits.eval, T, cfg.train.seed)
+    train_data, eval_data = samplers(setup, tokenizer)
 
     compile_all(setup)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +126,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     window, t_window, rows, step = [], time.perf_counter(), [], start
     try:
         for step in range(start, min(cfg.train.steps, stop_at or cfg.train.steps)):
-            state, metrics = setup.train_step(state, setup.put_batch(train_data.batch(position, B)))
+            state, metrics = setup.train_step(state, setup.put_batch(draw(train_data, position, B)))
             position += B
             window.append(metrics)
             done = step + 1

@@ -62,12 +62,28 @@ class Setup:
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
                             self.state_sharding)
 
-    def abstract_batch(self, batch_size: int | None = None) -> dict:
-        b = batch_size or self.cfg.train.batch_size
-        return {"tokens": jax.ShapeDtypeStruct((b, self.cfg.model.context + 1), jnp.int32, sharding=self.batch_sharding)}
+    @property
+    def packed(self) -> bool:
+        """Batches carry segment ids, positions and loss weights (a prepared dataset, ``data.segment_mask``)."""
+        return bool(self.cfg.data.prepared_dir) and self.cfg.data.segment_mask
 
-    def put_batch(self, tokens) -> dict:
-        return {"tokens": jax.device_put(jnp.asarray(tokens, jnp.int32), self.batch_sharding)}
+    def abstract_batch(self, batch_size: int | None = None) -> dict:
+        b, T = batch_size or self.cfg.train.batch_size, self.cfg.model.context
+        spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)  # noqa: E731
+        batch = {"tokens": spec((b, T + 1), jnp.int32)}
+        if self.packed:
+            batch.update(segment_ids=spec((b, T), jnp.int32), positions=spec((b, T), jnp.int32),
+                         weights=spec((b, T), jnp.float32))
+        return batch
+
+    def put_batch(self, batch) -> dict:
+        """Host batch -> device arrays laid out over the batch axes: a token array [B, T+1], or a
+        dict of them (``PackedSampler.batch_with_segments``)."""
+        batch = batch if isinstance(batch, dict) else {"tokens": batch}
+        like = self.abstract_batch(len(batch["tokens"]))
+        if set(batch) != set(like):
+            raise ValueError(f"batch has {sorted(batch)}; this setup compiled for {sorted(like)}")
+        return {k: jax.device_put(jnp.asarray(v, like[k].dtype), self.batch_sharding) for k, v in batch.items()}
 
 
 def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:

@@ -12,18 +12,38 @@ import optax
 from lineage_jax.train.state import TrainState
 from parallel import precision
 
-Batch = dict[str, jax.Array]   # {"tokens": int32 [B, T+1]}: inputs are tokens[:, :-1], targets tokens[:, 1:]
+Batch = dict[str, jax.Array]
+"""{"tokens": int32 [B, T+1]}: inputs are tokens[:, :-1], targets tokens[:, 1:]. Packed rows
+(``PackedSampler.batch_with_segments``) add "segment_ids" and "positions" int32 [B, T], passed
+to the model, and "weights" float32 [B, T]: which targets count (not across documents, not padding)."""
+
+PACKING = ("segment_ids", "positions")
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token negative log-likelihood, computed in float32: logsumexp(z) − z[target].
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token next-token negative log-likelihood [B, T] in float32: logsumexp(z) − z[target].
 
     The target logit is picked with a one-hot product rather than a gather, so logits split
     over the vocabulary (tensor parallel) are reduced in place, never gathered whole.
     """
     logits = logits.astype(jnp.float32)
     target_logit = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype), axis=-1)
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logit)
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean next-token negative log-likelihood (``token_nll`` averaged over every target)."""
+    return jnp.mean(token_nll(logits, targets))
+
+
+def weight_scale(batch: Batch, parts: int = 1, total=None) -> jax.Array | None:
+    """For a batch with "weights": ``parts / Σ weights`` (``total`` overrides the sum), so that
+    the mean over ``parts`` pieces of Σ_piece w·nll·scale is the whole batch's weighted mean
+    (accumulation and data-parallel devices average their pieces). None without weights."""
+    if "weights" not in batch:
+        return None
+    total = jnp.sum(batch["weights"]) if total is None else total
+    return parts / jnp.maximum(total, 1.0)
 
 
 MATMUL_WEIGHTS = frozenset({"kernel", "w_in", "w_out", "w_gate", "w_up", "w_down", "lm_head"})
@@ -56,25 +76,45 @@ def moe_metrics(sown) -> dict[str, jax.Array]:
             "moe_dropped": jnp.mean(jnp.concatenate([jnp.reshape(d, (-1,)) for d in dropped]))}
 
 
-def forward(model: nn.Module, params, inputs, *, deterministic: bool = True, rngs=None):
-    """logits and the MoE metrics (``moe_metrics``; {} for a dense model) of one apply."""
+def forward(model: nn.Module, params, inputs, *, deterministic: bool = True, rngs=None, segment_ids=None,
+            positions=None):
+    """logits and the MoE metrics (``moe_metrics``; {} for a dense model) of one apply.
+
+    ``segment_ids`` / ``positions`` [B, T] (packed rows) are passed on only when given."""
+    packing = {k: v for k, v in (("segment_ids", segment_ids), ("positions", positions)) if v is not None}
     logits, sown = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs,
-                               mutable=["moe"])
+                               mutable=["moe"], **packing)
     return logits, moe_metrics(sown)
 
 
-def make_loss_fn(model: nn.Module, dropout: bool) -> Callable:
-    """loss_fn(params, tokens, rng) -> (objective, (cross-entropy, MoE metrics)).
+def make_loss_fn(model: nn.Module, dropout: bool, nll: Callable = token_nll) -> Callable:
+    """loss_fn(params, batch, rng, scale=None) -> (objective, (cross-entropy, MoE metrics)).
 
-    The objective is the next-token cross-entropy plus, for an MoE model, its auxiliary
-    (load-balancing, z-) losses; ``loss`` in the metrics is the cross-entropy alone, so it
-    compares with dense models and with the eval loss."""
-    def loss_fn(params, tokens, rng):
+    The cross-entropy is the mean ``nll`` over targets; a packed batch's is weighted,
+    Σ w·nll · ``scale`` (default 1/Σ w; see ``weight_scale`` for a piece of a batch). The
+    objective adds, for an MoE model, its auxiliary (load-balancing, z-) losses; ``loss`` in
+    the metrics is the cross-entropy alone, so it compares with dense models and with the
+    eval loss. ``nll``: per-token losses from (logits, targets) (vocab-parallel in the
+    explicit form)."""
+    def loss_fn(params, batch, rng, scale=None):
+        tokens = batch["tokens"]
         logits, moe = forward(model, params, tokens[:, :-1], deterministic=not dropout,
-                              rngs={"dropout": rng} if dropout else None)
-        ce = cross_entropy(logits, tokens[:, 1:])
+                              rngs={"dropout": rng} if dropout else None,
+                              **{k: batch[k] for k in PACKING if k in batch})
+        per_token = nll(logits, tokens[:, 1:])
+        if "weights" in batch:
+            scale = weight_scale(batch) if scale is None else scale
+            ce = jnp.sum(per_token * batch["weights"]) * scale
+        else:
+            ce = jnp.mean(per_token)
         return ce + moe.get("moe_aux_loss", 0.0), (ce, moe)
     return loss_fn
+
+
+def split_micro(batch: Batch, n: int) -> Batch:
+    """[B, ...] -> [n, B/n, ...] per entry: row r goes to micro-batch r mod n (each micro-batch
+    stays spread over the data-parallel devices)."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
@@ -100,28 +140,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed:
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_key, state.step)
-        tokens = batch["tokens"]
         ls = state.loss_scale
+        scale = weight_scale(batch, grad_accum)
 
-        def grad_fn(params, toks, key):
+        def grad_fn(params, mb, key):
             def scaled(p):
-                obj, aux = loss_fn(p, toks, key)
+                obj, aux = loss_fn(p, mb, key, scale)
                 return precision.scale_loss(obj, ls), aux
             (_, (loss, moe)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
             return (loss, moe), precision.unscale(grads, ls)
 
         if grad_accum == 1:
-            (loss, moe), grads = grad_fn(state.params, tokens, rng)
+            (loss, moe), grads = grad_fn(state.params, batch, rng)
         else:
-            B, T1 = tokens.shape
-            micro = tokens.reshape(B // grad_accum, grad_accum, T1).swapaxes(0, 1)   # [A, B/A, T+1]
+            micro = split_micro(batch, grad_accum)   # [A, B/A, ...]
 
             def accumulate(carry, xs):
                 i, mb = xs
                 out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
                 return jax.tree.map(jnp.add, carry, out), None
 
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, micro[0], rng))
+            first = jax.tree.map(lambda x: x[0], micro)
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng))
             ((loss, moe), grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
             loss, moe, grads = jax.tree.map(lambda x: x / grad_accum, (loss, moe, grads))
         if grad_sharding is not None:
@@ -145,6 +185,6 @@ def make_eval_step(model: nn.Module):
     loss_fn = make_loss_fn(model, dropout=False)
 
     def eval_step(params, batch: Batch) -> jax.Array:
-        return loss_fn(params, batch["tokens"], None)[1][0]
+        return loss_fn(params, batch, None)[1][0]
 
     return eval_step
