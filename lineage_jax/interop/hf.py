@@ -89,7 +89,7 @@ def _model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
                      dropout=0.0, layernorm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
                      init_std=float(hf.get("initializer_range", 0.02)), scan_layers=True, attn_chunks=1)
     try:
-        mc = dataclasses.replace(mc, **overrides)
+        mc = replace_fields(mc, overrides, path)
         validate(Config(model=mc))
     except (TypeError, ConfigError) as e:
         raise InteropError(f"{path}: {e}") from None

@@ -28,7 +28,6 @@ interleaved q/k weights; ``attention/positions.py`` has the converter), so no pe
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from lineage_jax.config import Config, ConfigError, ModelConfig, ffn_dim, validate
-from lineage_jax.interop.hf import InteropError, read_tensors, stack_layers, unstack_layers
+from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields, stack_layers, unstack_layers
 
 TYPES = ("llama", "mistral", "mixtral")
 # Hugging Face defaults where a config.json leaves a field out (LlamaConfig / MistralConfig / MixtralConfig)
@@ -101,10 +100,7 @@ def model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
         fields.update(moe_every=1, experts=int(hf.get("num_local_experts", 8)),
                       moe_k=int(hf.get("num_experts_per_tok", 2)), moe_backend="dropless")   # Mixtral drops no token
         fields["moe_aux_weight"] = float(hf.get("router_aux_loss_coef", 0.001))
-    try:
-        mc = dataclasses.replace(ModelConfig(**fields), **overrides)
-    except TypeError as e:
-        raise InteropError(f"{path}: {e}") from None
+    mc = replace_fields(ModelConfig(**fields), overrides, path)
     window = hf.get("sliding_window")
     if window is not None and int(window) < mc.context:
         raise InteropError(f"{path}: sliding_window={window} is smaller than the context {mc.context}; sliding-window "

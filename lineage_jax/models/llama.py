@@ -82,8 +82,6 @@ class Attention(nn.Module):
         pos = jnp.arange(q.shape[1]) if positions is None else positions   # [T] or [B, T]: global positions
         q, k = rope_rotate_half(q, pos, c.rope_theta), rope_rotate_half(k, pos, c.rope_theta)
         if kv is None:
-            # GQA: query head h reads key/value head h // G (HF's repeat_kv); G from the local
-            # shapes, so a tensor-parallel shard of heads uses its own kv heads.
             drop = None
             if c.dropout > 0 and not self.deterministic:
                 drop = lambda p: nn.Dropout(c.dropout, deterministic=False)(p)

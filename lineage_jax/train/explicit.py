@@ -64,7 +64,7 @@ from jax.sharding import PartitionSpec as P
 from lineage_jax.models.layers import collective_hooks
 from lineage_jax.optim import make_optimizer
 from lineage_jax.train.state import TrainState
-from lineage_jax.train.step import decay_mask, forward, make_loss_fn, split_micro, token_nll, weight_scale
+from lineage_jax.train.step import decay_mask, forward, loss_and_grads, make_loss_fn, token_nll, weight_scale
 from parallel import precision
 from parallel.collectives import (dp_mean_grads, expert_dispatch, expert_return, megatron_f, megatron_g, sp_gather,
                                   sp_scatter, vocab_parallel_cross_entropy, vocab_parallel_embed, zero3_gather)
@@ -265,29 +265,9 @@ def make_explicit_train_step(setup):
             total = jnp.sum(batch["weights"])
             total = lax.psum(total, _one(L.batch)) if L.batch else total
             scale = weight_scale(batch, grad_accum * L.size(L.batch), total)
-
-        def grad_fn(params, mb, key):
-            def scaled(p):
-                obj, aux = local_loss(p, mb, key, scale)
-                return precision.scale_loss(obj, ls), aux
-            (_, (loss, moe)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-            return (loss, moe), precision.unscale(grads, ls)
-
         with collective_hooks(**hook_fns):
-            if grad_accum == 1:
-                (loss, moe), grads = grad_fn(state.params, batch, rng)
-            else:
-                micro = split_micro(batch, grad_accum)
-
-                def accumulate(carry, xs):
-                    i, mb = xs
-                    out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-                    return jax.tree.map(jnp.add, carry, out), None
-
-                first = jax.tree.map(lambda x: x[0], micro)
-                zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng))
-                ((loss, moe), grads), _ = lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
-                loss, moe, grads = jax.tree.map(lambda x: x / grad_accum, (loss, moe, grads))
+            (loss, moe), grads = loss_and_grads(local_loss, state.params, batch, rng, grad_accum=grad_accum,
+                                                loss_scale=ls, scale=scale)
 
         grads = reduce_grads(L, grads, names)                     # laid out by the grads table
         if L.batch:

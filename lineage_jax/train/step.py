@@ -76,12 +76,10 @@ def moe_metrics(sown) -> dict[str, jax.Array]:
             "moe_dropped": jnp.mean(jnp.concatenate([jnp.reshape(d, (-1,)) for d in dropped]))}
 
 
-def forward(model: nn.Module, params, inputs, *, deterministic: bool = True, rngs=None, segment_ids=None,
-            positions=None):
+def forward(model: nn.Module, params, inputs, *, deterministic: bool = True, rngs=None, **packing):
     """logits and the MoE metrics (``moe_metrics``; {} for a dense model) of one apply.
 
-    ``segment_ids`` / ``positions`` [B, T] (packed rows) are passed on only when given."""
-    packing = {k: v for k, v in (("segment_ids", segment_ids), ("positions", positions)) if v is not None}
+    ``packing``: ``segment_ids`` / ``positions`` [B, T] of packed rows, passed to the model."""
     logits, sown = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs,
                                mutable=["moe"], **packing)
     return logits, moe_metrics(sown)
@@ -117,6 +115,33 @@ def split_micro(batch: Batch, n: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+def loss_and_grads(loss_fn: Callable, params, batch: Batch, rng, *, grad_accum: int, loss_scale, scale=None):
+    """((cross-entropy, MoE metrics), gradients) of ``loss_fn`` on ``batch``, averaged over
+    ``grad_accum`` micro-batches (``split_micro``; micro-batch i draws dropout from
+    ``fold_in(rng, i)``). The objective is multiplied by ``loss_scale`` before differentiation
+    and the gradients divided by it after; ``scale`` is handed to ``loss_fn`` (packed rows'
+    ``weight_scale``)."""
+    def grad_fn(mb, key):
+        def scaled(p):
+            obj, aux = loss_fn(p, mb, key, scale)
+            return precision.scale_loss(obj, loss_scale), aux
+        (_, aux), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+        return aux, precision.unscale(grads, loss_scale)
+
+    if grad_accum == 1:
+        return grad_fn(batch, rng)
+    micro = split_micro(batch, grad_accum)   # [A, B/A, ...]
+
+    def accumulate(carry, xs):
+        i, mb = xs
+        return jax.tree.map(jnp.add, carry, grad_fn(mb, jax.random.fold_in(rng, i))), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, first, rng))
+    total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
+    return jax.tree.map(lambda x: x / grad_accum, total)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
                     dropout: bool = False, schedule: Callable | None = None, grad_sharding=None,
                     loss_scale_period: int = 2000):
@@ -141,29 +166,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed:
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_key, state.step)
         ls = state.loss_scale
-        scale = weight_scale(batch, grad_accum)
-
-        def grad_fn(params, mb, key):
-            def scaled(p):
-                obj, aux = loss_fn(p, mb, key, scale)
-                return precision.scale_loss(obj, ls), aux
-            (_, (loss, moe)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-            return (loss, moe), precision.unscale(grads, ls)
-
-        if grad_accum == 1:
-            (loss, moe), grads = grad_fn(state.params, batch, rng)
-        else:
-            micro = split_micro(batch, grad_accum)   # [A, B/A, ...]
-
-            def accumulate(carry, xs):
-                i, mb = xs
-                out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, out), None
-
-            first = jax.tree.map(lambda x: x[0], micro)
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng))
-            ((loss, moe), grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
-            loss, moe, grads = jax.tree.map(lambda x: x / grad_accum, (loss, moe, grads))
+        (loss, moe), grads = loss_and_grads(loss_fn, state.params, batch, rng, grad_accum=grad_accum, loss_scale=ls,
+                                            scale=weight_scale(batch, grad_accum))
         if grad_sharding is not None:
             grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
