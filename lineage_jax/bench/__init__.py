@@ -59,7 +59,7 @@ def _cost_flops(compiled) -> float | None:
 
 
 def _jax_step(cfg: Config):
-    """(one-step callable, compile seconds, cost-analysis FLOPs) for cfg on one device."""
+    """(one-step callable, compile seconds, cost-analysis FLOPs, the compiled step) for cfg on one device."""
     from lineage_jax.train.setup import build
     setup = build(cfg, devices=jax.devices()[:1])
     state = setup.init_state(jax.random.key(0))
@@ -71,7 +71,7 @@ def _jax_step(cfg: Config):
         holder[0], metrics = setup.train_step(holder[0], batch)
         jax.block_until_ready(metrics["loss"])
 
-    return step, setup.compile_seconds, _cost_flops(setup.train_step)
+    return step, setup.compile_seconds, _cost_flops(setup.train_step), setup.train_step
 
 
 def _time(step: Callable[[], object], n: int) -> list[float]:
@@ -103,7 +103,7 @@ def run_bench(cfg: Config, *, steps: int = 20, rounds: int = 3, warmup: int = 3,
     result["flops_per_token"] = flops_tok
     result["matmul_params"] = n_matmul
     for name, mv in variants.items():
-        step, comp, cost = _jax_step(dataclasses.replace(cfg, model=mv))
+        step, comp, cost, _ = _jax_step(dataclasses.replace(cfg, model=mv))
         steppers[name] = step
         # XLA's cost analysis counts a while loop's body once, so only the unrolled program's
         # FLOPs can be set against the formula.

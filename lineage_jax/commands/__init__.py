@@ -21,4 +21,5 @@ BENCH_TARGETS: dict[str, str] = {
     "decode": "lineage_jax.bench.decode",
     "attention": "lineage_jax.bench.attention",
     "tokenizer": "lineage_jax.bench.tokenizer",
+    "gemm": "lineage_jax.bench.gemm",
 }
