@@ -15,6 +15,7 @@ ratios within a run are what to compare):
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import Callable
@@ -32,10 +33,32 @@ def palm_flops_per_token(m: ModelConfig, n_matmul_params: int) -> float:
 
 
 def matmul_params(m: ModelConfig) -> int:
-    """Parameters that multiply activations: everything but the position table (tied wte counts once)."""
-    D, F, L = m.width, m.mlp_ratio * m.width, m.layers
-    per_layer = 4 * D * D + 4 * D + 2 * D * F + F + D + 4 * D   # q,k,v,out (+biases), fc, proj (+biases), 2 LN
-    return m.vocab_size * D + L * per_layer + 2 * D
+    """N of the 6N term: the parameters one token's forward multiplies, read off the model's
+    (abstract) parameter tree by logical axis names.
+
+    Lookup tables are not multiplied: the position table, and the token table when the head
+    is untied (tied, it is the head's matrix and counts once). Norm scales and biases count,
+    as in PaLM's N. In MoE layers a token meets ``moe_k`` of the E experts, so expert weights
+    (the leaves with an ``expert`` axis; the router's is ``route``) count k/E: N is the active
+    parameters.
+    Vocabulary padding (``vocab_multiple``) is left out: those rows are work, not model.
+    """
+    import flax.linen as nn
+
+    from lineage_jax.models import build
+    boxed = jax.eval_shape(lambda: build(m).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+    leaves = [(getattr(path[-1], "key", ""), tuple(leaf.names), nn.unbox(leaf).shape) for path, leaf in flat]
+    untied = any(name == "lm_head" for name, _, _ in leaves)
+    n = 0.0
+    for name, axes, shape in leaves:
+        if "position" in axes or (name == "wte" and untied):
+            continue
+        size = math.prod(shape)
+        if "vocab" in axes:   # padded vocab rows are computed but are not the model's
+            size = size // shape[axes.index("vocab")] * m.vocab_size
+        n += size * (m.moe_k / m.experts if "expert" in axes else 1)
+    return int(round(n))
 
 
 def matmul_peak_flops(n: int = 2048, reps: int = 10) -> float:
@@ -95,7 +118,7 @@ def run_bench(cfg: Config, *, steps: int = 20, rounds: int = 3, warmup: int = 3,
     m, B, T = cfg.model, cfg.train.batch_size, cfg.model.context
     tokens = B * T
     variants = {"unrolled": dataclasses.replace(m, scan_layers=False), "scan": dataclasses.replace(m, scan_layers=True)}
-    steppers, result = {}, {"config": {"layers": m.layers, "width": m.width, "heads": m.heads, "context": T,
+    steppers, result = {}, {"config": {"arch": m.arch, "layers": m.layers, "width": m.width, "heads": m.heads, "context": T,
                                        "batch": B, "vocab": m.vocab_size, "dtype": m.dtype},
                             "devices": 1, "backend": jax.default_backend()}
     n_matmul = matmul_params(m)
@@ -112,7 +135,12 @@ def run_bench(cfg: Config, *, steps: int = 20, rounds: int = 3, warmup: int = 3,
                         "cost_over_formula": cost / (flops_tok * tokens) if comparable else None}
 
     peer = None
-    if torch_peer:
+    twin = m.arch == "gpt2" and not m.moe_every   # the PyTorch twin is GPT-2, dense
+    if torch_peer and not twin:
+        result["torch_eager"] = None
+        result["torch_skipped"] = (f"the PyTorch twin is dense GPT-2; this model is {m.arch}"
+                                   f"{' with MoE' if m.moe_every else ''}")
+    elif torch_peer:
         from lineage_jax.bench import torch_peer as tp
         if tp.torch_available():
             peer = tp.make_torch_step(m, cfg.optim, B, threads=tp.torch_threads(), total_steps=cfg.train.steps)
@@ -120,6 +148,7 @@ def run_bench(cfg: Config, *, steps: int = 20, rounds: int = 3, warmup: int = 3,
             result["torch_threads"] = tp.torch_threads()
         else:
             result["torch_eager"] = None
+            result["torch_skipped"] = "not installed (pip install -e '.[ref]')"
 
     for fn in steppers.values():       # warm-up (and the first-call allocations) outside the timings
         _time(fn, warmup)
@@ -148,7 +177,7 @@ def run_bench(cfg: Config, *, steps: int = 20, rounds: int = 3, warmup: int = 3,
 def report(r: dict) -> str:
     """A human-readable table of ``run_bench``'s result."""
     c = r["config"]
-    lines = [f"model: {c['layers']}L width {c['width']} heads {c['heads']} context {c['context']} batch {c['batch']} "
+    lines = [f"model: {c.get('arch', 'gpt2')} {c['layers']}L width {c['width']} heads {c['heads']} context {c['context']} batch {c['batch']} "
              f"vocab {c['vocab']} {c['dtype']} on {r['devices']} {r['backend']} device",
              f"model FLOPs/token (6N + 12LHQT, N={r['matmul_params']:,}): {r['flops_per_token'] / 1e6:.2f} M;  "
              f"matmul peak {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s",
@@ -163,7 +192,7 @@ def report(r: dict) -> str:
         lines.append(f"{k:<12} {e['tokens_per_s']:>10.0f} {1e3 * e['step_s']:>9.1f} {100 * e['mfu']:>5.1f}% "
                      f"{vs:>9} {comp:>10} {cost:>13}")
     if "torch_eager" in r and r["torch_eager"] is None:
-        lines.append("torch_eager: not installed (pip install -e '.[ref]')")
+        lines.append(f"torch_eager: skipped: {r.get('torch_skipped', 'not installed')}")
     if "compile_depth" in r:
         lines.append("")
         for mode, v in r["compile_depth"].items():
