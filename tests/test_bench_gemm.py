@@ -66,12 +66,14 @@ def test_train_step_products_cover_every_matmul():
     assert two_d == cfg.model.layers * 6 * 3 + 3
 
 
-def test_cli_quick_json(capsys):
+def test_cli_quick_json(capsys, tmp_path):
+    png = tmp_path / "gemm.png"
     args = ["bench", "gemm", "model.layers=1", "model.width=32", "model.heads=2", "model.context=32",
-            "model.attn_chunks=2", "train.batch_size=2", "--json", "--quick", "--no-torch"]
+            "model.attn_chunks=2", "train.batch_size=2", "--json", "--quick", "--no-torch", "--out", str(png)]
     assert cli.main(args) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["rows"] and all(x["xla_s"] > 0 and x["count"] >= 1 for x in r["rows"])
     assert r["xla_total_s"] == pytest.approx(sum(x["xla_s"] * x["count"] for x in r["rows"]))
     assert r["torch_total_s"] is None and r["step_s"] > 0
     assert "products run alone" in gemm.report(r)
+    assert png.read_bytes().startswith(b"\x89PNG") and r["plot"] == str(png)
