@@ -25,6 +25,14 @@ def _same(x, *_):
     return x
 
 
+def _expert_out(buf: jax.Array) -> jax.Array:
+    """GSPMD's return reshard of MoE buffers, experts -> tokens' groups, stated at both ends:
+    pinning the expert layout first pins the cotangent there too, so the backward also
+    reshards by all-to-all (with the group end alone GSPMD replicated the cotangent, then sliced it)."""
+    buf = nn.with_logical_constraint(buf, ("expert_group", "expert", None, "embed"))
+    return nn.with_logical_constraint(buf, ("batch", None, None, "embed"))
+
+
 @dataclasses.dataclass(frozen=True)
 class CollectiveHooks:
     """The seams where an explicit (``shard_map``) form puts its collectives; identities by default.
@@ -57,7 +65,7 @@ class CollectiveHooks:
     index: Callable = lambda n, name: jnp.arange(n)
     constrain: Callable = lambda x, axes: nn.with_logical_constraint(x, axes)
     expert_in: Callable = lambda buf: nn.with_logical_constraint(buf, ("expert_group", "expert", None, "embed"))
-    expert_out: Callable = lambda buf: nn.with_logical_constraint(buf, ("batch", None, None, "embed"))
+    expert_out: Callable = _expert_out
 
 
 _HOOKS: contextvars.ContextVar[CollectiveHooks] = contextvars.ContextVar("collective_hooks", default=CollectiveHooks())

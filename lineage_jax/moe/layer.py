@@ -121,15 +121,11 @@ class MoEFeedForward(nn.Module):
         w_out = param(self, "w_out", init, (E, F, D), self.param_dtype, ("expert", "mlp", "embed"))
         w_in, w_out, xc = w_in.astype(self.dtype), w_out.astype(self.dtype), xg.astype(self.dtype)
         if self.backend == "capacity" and self.impl == "gather":
-            # expert parallel: all-to-all to the experts and back; tensor parallel: f and g. The
-            # expert-layout constraint on the FFN's output also pins its cotangent there, so GSPMD
-            # reshards the backward with an all-to-all too (without it: replicate, then slice).
-            h = hooks()
+            h = hooks()   # expert parallel: all-to-all to the experts and back; tensor parallel: f and g
             y = grouped_capacity_ffn(
                 xc, r, w_in, w_out, self.activation,
                 to_experts=lambda b: h.dense_in(h.expert_in(b), ("embed", "mlp"), 1),
-                from_experts=lambda b: h.expert_out(h.dense_out(
-                    h.constrain(b, ("expert_group", "expert", None, "embed")), ("mlp", "embed"), 1)))
+                from_experts=lambda b: h.expert_out(h.dense_out(b, ("mlp", "embed"), 1)))
         else:
             flat = lambda a: a.reshape(G * S, *a.shape[2:])
             rf = r._replace(expert_index=flat(r.expert_index), combine_weight=flat(r.combine_weight),
