@@ -1,4 +1,5 @@
-"""Collectives in optimized HLO text: kind, count, bytes moved per device, replica groups.
+"""Collectives in optimized HLO text: kind, count, bytes moved per device, replica groups;
+and the matrix products (``dots_by_op``) with their operand shapes and dimension numbers.
 
 Pure functions over ``compiled.as_text()``; ``parallel/introspect.py`` builds the shard report on them.
 
@@ -472,3 +473,40 @@ def collectives(hlo_text: str, trip_count: int | str | None = None) -> list[dict
 # ---------------------------------------------------------------------------------------
 # Memory
 # ---------------------------------------------------------------------------------------
+
+
+def _array_dims(shape: str) -> tuple[int, ...]:
+    """``f32[2048,256]{1,0}`` -> (2048, 256)."""
+    return tuple(int(d) for d in _ARRAY.match(shape.lstrip()).group(2).split(",") if d)
+
+
+def dots_by_op(hlo_text: str) -> list[dict]:
+    """Every ``dot`` instruction of an optimized HLO module, in text order: the matrix products
+    XLA runs, whether alone or as the root of a fusion.
+
+    Each entry: ``name``, ``computation``, ``dtype`` (HLO element type, e.g. ``f32``), ``lhs`` and
+    ``rhs`` (operand dims), ``lhs_batch``, ``lhs_contracting``, ``rhs_batch``, ``rhs_contracting``
+    (tuples of dims, as ``lax.dot_general`` takes them), ``op_name``, ``in_loop`` and
+    ``trip_count`` (as in ``collectives_by_op``: a dot of a scanned layer appears once).
+    """
+    comps, entry, _ = _parse_module(hlo_text)
+    shapes = {ins["name"]: ins["shape"] for body in comps.values() for ins in body}
+    ctx = _loop_context(comps, entry)
+    out = []
+    for comp, body in comps.items():
+        in_loop, trips = ctx.get(comp, (False, 1))
+        for ins in body:
+            if ins["opcode"] != "dot":
+                continue
+            attrs = ins["attrs"]
+            dims = {key: tuple(_ints(_attr(attrs, key) or "")) for key in
+                    ("lhs_batch_dims", "lhs_contracting_dims", "rhs_batch_dims", "rhs_contracting_dims")}
+            op_name = _OP_NAME.search(attrs)
+            lhs, rhs = ins["operands"][:2]
+            out.append({"name": ins["name"], "computation": comp, "dtype": _ARRAY.match(ins["shape"]).group(1),
+                         "lhs": _array_dims(shapes[lhs]), "rhs": _array_dims(shapes[rhs]),
+                         "lhs_batch": dims["lhs_batch_dims"], "lhs_contracting": dims["lhs_contracting_dims"],
+                         "rhs_batch": dims["rhs_batch_dims"], "rhs_contracting": dims["rhs_contracting_dims"],
+                         "op_name": op_name.group(1) if op_name else "",
+                         "in_loop": in_loop, "trip_count": trips if in_loop else 1})
+    return out

@@ -6,7 +6,7 @@ cost analysis of the compiled step.
 """
 import pytest
 
-from lineage_jax.bench import _jax_step, matmul_params, palm_flops_per_token, run_bench
+from lineage_jax.bench import _cost_flops, _jax_step, matmul_params, palm_flops_per_token, run_bench
 from lineage_jax.config import ffn_dim, load_config
 
 SMALL = ["model.layers=2", "model.width=64", "model.heads=4", "model.context=64", "model.attn_chunks=2",
@@ -46,7 +46,7 @@ def test_moe_counts_the_active_experts():
 @pytest.mark.parametrize("overrides", [[], ["model.arch=llama", "model.kv_heads=2"]])
 def test_formula_is_xla_cost_analysis(overrides):
     cfg = load_config("bench", SMALL + overrides)
-    _, _, cost, _ = _jax_step(cfg)
+    cost = _cost_flops(_jax_step(cfg)[2])
     formula = palm_flops_per_token(cfg.model, matmul_params(cfg.model)) * cfg.train.batch_size * cfg.model.context
     assert 0.9 < cost / formula < 1.05, cost / formula
 

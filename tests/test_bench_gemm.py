@@ -14,7 +14,7 @@ import pytest
 from jax import lax
 
 from lineage_jax import cli
-from lineage_jax.bench import _cost_flops, gemm, matmul_params
+from lineage_jax.bench import _cost_flops, _jax_step, gemm, matmul_params
 from lineage_jax.config import load_config
 
 CASES = [  # (lhs shape, rhs shape, dimension numbers)
@@ -50,11 +50,14 @@ def test_parsed_products_are_the_programs_matmuls():
     assert 0 <= _cost_flops(compiled) - sum(d.flops * n for d, n in dots.items()) <= 4 * extra
 
 
+SMALL = ["model.layers=2", "model.width=64", "model.heads=2", "model.context=64", "model.attn_chunks=2",
+         "train.batch_size=4"]
+
+
 def test_train_step_products_cover_every_matmul():
-    cfg = load_config("tiny", ["model.layers=2", "model.width=64", "model.heads=2", "model.context=64",
-                               "model.attn_chunks=2", "train.batch_size=4", "model.scan_layers=false"])
-    from lineage_jax.bench import _jax_step
-    _, _, step_flops, compiled = _jax_step(cfg)
+    cfg = load_config("tiny", SMALL + ["model.scan_layers=false"])
+    _, _, compiled = _jax_step(cfg)
+    step_flops = _cost_flops(compiled)
     dots = gemm.dots_in_hlo(compiled.as_text())
     tokens = cfg.train.batch_size * cfg.model.context
     dot_flops = sum(d.flops * n for d, n in dots.items())
@@ -64,6 +67,19 @@ def test_train_step_products_cover_every_matmul():
     # q, k, v, out, fc, proj per layer: forward, dx, dw each, and the tied head's three
     two_d = sum(n for d, n in dots.items() if len(d.lhs) == 2)
     assert two_d == cfg.model.layers * 6 * 3 + 3
+
+
+def test_scanned_layers_count_once_per_iteration():
+    """The scanned step holds one layer's dots in a while body; counted by the loop's trip count,
+    they are the unrolled step's products (XLA's cost analysis counts the body once)."""
+    def products(scan: str):
+        compiled = _jax_step(load_config("tiny", SMALL + [f"model.scan_layers={scan}"]))[2]
+        return gemm.dots_in_hlo(compiled.as_text())
+
+    unrolled, scanned = products("false"), products("true")
+    flops = lambda dots: sum(d.flops * n for d, n in dots.items())
+    two_d = lambda dots: sum(n for d, n in dots.items() if len(d.lhs) == 2)
+    assert flops(scanned) == flops(unrolled) and two_d(scanned) == two_d(unrolled)
 
 
 def test_cli_quick_json(capsys, tmp_path):

@@ -82,7 +82,7 @@ def _cost_flops(compiled) -> float | None:
 
 
 def _jax_step(cfg: Config):
-    """(one-step callable, compile seconds, cost-analysis FLOPs, the compiled step) for cfg on one device."""
+    """(one-step callable, compile seconds, the compiled step) for cfg on one device."""
     from lineage_jax.train.setup import build
     setup = build(cfg, devices=jax.devices()[:1])
     state = setup.init_state(jax.random.key(0))
@@ -94,7 +94,7 @@ def _jax_step(cfg: Config):
         holder[0], metrics = setup.train_step(holder[0], batch)
         jax.block_until_ready(metrics["loss"])
 
-    return step, setup.compile_seconds, _cost_flops(setup.train_step), setup.train_step
+    return step, setup.compile_seconds, setup.train_step
 
 
 def _time(step: Callable[[], object], n: int) -> list[float]:
@@ -126,7 +126,8 @@ def run_bench(cfg: Config, *, steps: int = 20, rounds: int = 3, warmup: int = 3,
     result["flops_per_token"] = flops_tok
     result["matmul_params"] = n_matmul
     for name, mv in variants.items():
-        step, comp, cost, _ = _jax_step(dataclasses.replace(cfg, model=mv))
+        step, comp, compiled = _jax_step(dataclasses.replace(cfg, model=mv))
+        cost = _cost_flops(compiled)
         steppers[name] = step
         # XLA's cost analysis counts a while loop's body once, so only the unrolled program's
         # FLOPs can be set against the formula.
@@ -177,7 +178,7 @@ def run_bench(cfg: Config, *, steps: int = 20, rounds: int = 3, warmup: int = 3,
 def report(r: dict) -> str:
     """A human-readable table of ``run_bench``'s result."""
     c = r["config"]
-    lines = [f"model: {c.get('arch', 'gpt2')} {c['layers']}L width {c['width']} heads {c['heads']} context {c['context']} batch {c['batch']} "
+    lines = [f"model: {c['arch']} {c['layers']}L width {c['width']} heads {c['heads']} context {c['context']} batch {c['batch']} "
              f"vocab {c['vocab']} {c['dtype']} on {r['devices']} {r['backend']} device",
              f"model FLOPs/token (6N + 12LHQT, N={r['matmul_params']:,}): {r['flops_per_token'] / 1e6:.2f} M;  "
              f"matmul peak {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s",

@@ -2,9 +2,10 @@
 
 The train-step benchmark (``lineage bench``) sets tokens/s against a PyTorch eager peer. This
 target asks how much of the difference is the matmul kernels rather than the program around
-them: it compiles the configured train step, reads every ``dot`` from the optimised HLO (the
-products XLA actually runs, after its own rewrites: the backward's dx/dw products, the causal
-kernel's per-chunk batched products, the tied LM head), and times each distinct one alone:
+them: it compiles the configured train step, reads every ``dot`` from the optimised HLO
+(``parallel.hlo.dots_by_op``: the products XLA actually runs, after its own rewrites: the
+backward's dx/dw products, the causal kernel's per-chunk batched products, the tied LM head; a
+scanned layer's counted once per iteration), and times each distinct one alone:
 
 - XLA: ``jax.jit(lax.dot_general)`` with the same operand shapes and dimension numbers;
 - PyTorch (when installed): ``torch.einsum`` of the same contraction, on the same threads.
@@ -19,13 +20,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import re
 import statistics
-import time
 
-_DEF = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
-_DOT = re.compile(r"%[\w.\-]+ = (\w+)\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)([^\n]*)")
-_DIMS = re.compile(r"(lhs|rhs)_(batch|contracting)_dims=\{([\d,]*)\}")
 _NUMPY_DTYPE = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
 
 
@@ -73,25 +69,21 @@ class Dot:
 
 
 def dots_in_hlo(text: str) -> collections.Counter:
-    """Every ``dot`` instruction of an HLO module's text, as ``Dot`` -> how many times it occurs."""
-    shapes = {name: tuple(int(d) for d in dims.split(",") if d) for name, _, dims in _DEF.findall(text)}
+    """Every ``dot`` of an optimized HLO module (``parallel.hlo.dots_by_op``), as ``Dot`` -> how
+    many times it runs per execution (a scanned layer's dots times the loop's trip count)."""
+    from parallel import hlo
     found: collections.Counter = collections.Counter()
-    for dtype, _, a, b, attrs in _DOT.findall(text):
-        dims = {(side, kind): tuple(int(d) for d in v.split(",") if d) for side, kind, v in _DIMS.findall(attrs)}
-        found[Dot(dtype, shapes[a], shapes[b], dims.get(("lhs", "contracting"), ()),
-                  dims.get(("rhs", "contracting"), ()), dims.get(("lhs", "batch"), ()),
-                  dims.get(("rhs", "batch"), ()))] += 1
+    for d in hlo.dots_by_op(text):
+        found[Dot(d["dtype"], d["lhs"], d["rhs"], d["lhs_contracting"], d["rhs_contracting"], d["lhs_batch"],
+                  d["rhs_batch"])] += d["trip_count"] or 1
     return found
 
 
 def _median_s(fn, reps: int) -> float:
+    """Median seconds of ``reps`` calls after one untimed call (compilation, first allocations)."""
+    from lineage_jax.bench import _time
     fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_time(fn, reps))
 
 
 def xla_product(d: Dot):
@@ -132,9 +124,10 @@ def measure(cfg, reps: int = 30, torch_peer: bool = True) -> dict:
     """Time the step, then each distinct product of it alone; sum time × count per side."""
     import jax
 
-    from lineage_jax.bench import _jax_step
+    from lineage_jax.bench import _cost_flops, _jax_step
     from lineage_jax.bench import torch_peer as tp
-    step, _, step_flops, compiled = _jax_step(cfg)
+    step, _, compiled = _jax_step(cfg)
+    step_flops = None if cfg.model.scan_layers else _cost_flops(compiled)   # cost analysis counts a loop body once
     step_s = _median_s(step, reps)
     dots = dots_in_hlo(compiled.as_text())
     use_torch = torch_peer and tp.torch_available()
