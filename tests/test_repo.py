@@ -1,4 +1,5 @@
 """House rules that a reader relies on: CI runs the README's command; layers stay apart."""
+import ast
 import re
 from pathlib import Path
 
@@ -14,6 +15,88 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
     assert "pytest" in commands[1] and "lineage train" in commands[0]
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+# Each package of lineage_jax may import only packages on a strictly lower row (and itself).
+# A new chapter's package takes a row here; an import that points up or sideways fails.
+LAYERS = [
+    {"config"},                                  # schema and validation: imports no other package
+    {"nn", "tokenize", "optim", "runs"},         # building blocks, tokenizers, optimisers, run directories
+    {"attention", "data"},
+    {"moe"},
+    {"models"},
+    {"decode"},                                  # sampling a model: never builds an optimiser
+    {"train"},                                   # the pure step, its state, the loop
+    {"interop"},                                 # Hugging Face checkpoints in and out (writes run dirs)
+    {"sample", "shard_report"},                  # TODO(issue 14): to decode/ and the report package
+    {"lessons", "bench"},
+    {"commands"},                                # one module per CLI subcommand
+    {"cli"},
+    {"__main__"},
+]
+LAYER = {name: row for row, names in enumerate(LAYERS) for name in names}
+MAY_IMPORT_PARALLEL = LAYER["train"]             # models and everything below stay mesh-agnostic
+
+
+def imports(path: Path):
+    """Every absolute import in a file, at any depth (inside functions too), as module names."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "lineage_jax":   # from lineage_jax import models, sample
+                yield from (f"lineage_jax.{a.name}" for a in node.names)
+            else:
+                yield node.module
+
+
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "parallel":
+        return "parallel"
+    return parts[1] if parts[0] == "lineage_jax" and len(parts) > 1 else None
+
+
+def layering_violations(root: Path) -> list[str]:
+    bad = []
+    for path in sorted((root / "lineage_jax").rglob("*.py")):
+        rel = path.relative_to(root / "lineage_jax")
+        if rel == Path("__init__.py"):
+            continue
+        src = rel.parts[0].removesuffix(".py")
+        if src not in LAYER:
+            bad.append(f"{rel}: package {src!r} has no row in LAYERS")
+            continue
+        for module in imports(path):
+            dst = package_of(module)
+            if dst is None or dst == src:
+                continue
+            if dst == "parallel":
+                if LAYER[src] < MAY_IMPORT_PARALLEL:
+                    bad.append(f"{rel}: {src} imports {module} (parallel/ is for train and above)")
+            elif dst not in LAYER:
+                bad.append(f"{rel}: imports {module}, whose package has no row in LAYERS")
+            elif LAYER[dst] >= LAYER[src]:
+                bad.append(f"{rel}: {src} (row {LAYER[src]}) imports {module} (row {LAYER[dst]})")
+    return bad
+
+
+PENDING = {"train/loop.py: train (row 6) imports lineage_jax.sample (row 8)"}   # TODO(issue 14): sampling to decode/
+
+
+def test_packages_import_only_lower_layers():
+    assert [v for v in layering_violations(ROOT) if v not in PENDING] == []
+
+
+def test_layering_check_sees_imports_inside_functions(tmp_path):
+    """The check is not fooled by a back-arrow hidden in a function body."""
+    (tmp_path / "lineage_jax" / "nn").mkdir(parents=True)
+    (tmp_path / "lineage_jax" / "nn" / "x.py").write_text(
+        "import jax\n\n\ndef f():\n    from lineage_jax.models import gpt\n    return gpt\n")
+    (tmp_path / "lineage_jax" / "newthing.py").write_text("from lineage_jax import nn\n")
+    assert layering_violations(tmp_path) == [
+        "newthing.py: package 'newthing' has no row in LAYERS",
+        "nn/x.py: nn (row 1) imports lineage_jax.models (row 4)"]
 
 
 def test_models_and_parallel_do_not_import_each_other():

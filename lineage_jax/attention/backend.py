@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from lineage_jax.attention import mha
 from lineage_jax.attention.flash import flash_attention
+from lineage_jax.nn.attention import causal_attention
 
 IMPLEMENTATIONS = ("auto", "naive", "xla", "flash", "cudnn", "pallas")
 PALLAS_BLOCK = 128       # the Pallas kernels' tiles: lengths must be multiples of this
@@ -216,3 +217,20 @@ def pallas_gpu(q, k, v, *, causal=False, segment_ids=None, kv_segment_ids=None, 
     seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
     return gpu_fa.mha(q, _repeat_kv(q, k), _repeat_kv(q, v), seg, sm_scale=scale, causal=causal,
                       interpret=interpret)
+
+
+def attend_causal(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "chunks", chunks: int = 1,
+                  dropout=None, segment_ids: jax.Array | None = None) -> jax.Array:
+    """The models' one entry to causal self-attention, q [B, T, H, K], k/v [B, T, Hkv, K].
+
+    ``impl="chunks"``: ``lineage_jax.nn.attention.causal_attention`` (query chunks; the only kernel
+    with attention dropout); any other name is a kernel of ``attention`` above (``flash``:
+    blockwise with O(T) memory; ``auto``: cuDNN / Pallas where the device has them).
+    ``segment_ids`` [B, T] (packed sequences): a query sees only keys of its own segment."""
+    with jax.named_scope(f"attention_{impl}"):
+        if impl == "chunks":
+            G = q.shape[2] // k.shape[2]
+            if G > 1:   # grouped-query: query head h reads key/value head h // G
+                k, v = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
+            return causal_attention(q, k, v, chunks=chunks, dropout=dropout, segment_ids=segment_ids)
+        return attention(q, k, v, causal=True, implementation=impl, segment_ids=segment_ids).astype(q.dtype)

@@ -20,7 +20,7 @@ blocks recomputing P = exp(S_ij − L) and, with D = rowsum(dO ∘ O),
 Causal attention skips the key blocks above the diagonal (forward) and the query blocks
 before it (backward): loops with trip counts that depend on the block index.
 
-Shapes follow ``lineage_jax.models.layers.causal_attention``: q [B, T, H, K]; k, v [B, S, Hkv, K]
+Shapes follow ``lineage_jax.nn.attention.causal_attention``: q [B, T, H, K]; k, v [B, S, Hkv, K]
 with H % Hkv == 0 (grouped-query attention: query head h reads key/value head h // (H/Hkv), as
 ``lineage_jax.attention.mha.attention``). Causal is aligned bottom-right (query i sits at
 position S − T + i, as ``mha.causal_mask``). Lengths that blocks do not divide are padded.

@@ -19,7 +19,7 @@ The (b)+(d) term is computed for every query against the S relative distances S�
 column on the left, view the [T, S+1] buffer as [S+1, T], drop the first row and view it as
 [T, S] again. Entry (i, j) is then the distance-(M + i − j) score for every visible key
 (j ≤ M + i); the rest is wrapped-around garbage the causal mask removes. ``rel_shift`` ≡
-``rel_gather`` (a direct gather) on the visible entries (tests/test_xl.py).
+``rel_gather`` (a direct gather) on the visible entries (tests/attention/test_xl.py).
 
 Shapes: h [B, T, D] the current segment, mem [B, M, D] the memory, S = M + T; heads H, head
 dim K. The mask is causal over the concatenation (key j visible to query i iff j ≤ M + i).
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from lineage_jax.attention import mha
 from lineage_jax.attention.positions import sinusoidal
-from lineage_jax.models.layers import Dense, param
+from lineage_jax.nn import Dense, param
 
 
 def relative_encoding(S: int, dim: int) -> jax.Array:

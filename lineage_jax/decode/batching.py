@@ -14,7 +14,7 @@ a running sequence never finds the pool empty and nothing is ever preempted.
 Sampling is per sequence, not per batch: sequence ``sid`` draws its i-th new token with
 ``fold_in(fold_in(key, sid), i)`` through ``decode.filters.sample`` on its own logits row, which is
 what ``generate_cached(prompt, key=fold_in(key, sid))`` draws for a batch of one. So a sequence's
-tokens do not depend on which slot it ran in or who ran beside it (``tests/test_batching.py``).
+tokens do not depend on which slot it ran in or who ran beside it (``tests/decode/test_batching.py``).
 
 Shapes are static: the decode step is [slots, 1] with tables [slots, nb], nb = ceil(context / bs),
 compiled once; prefill compiles once per bucket.

@@ -11,7 +11,7 @@ where |Y| counts the generated tokens (EOS included, prompt excluded): alpha > 0
 outputs, alpha < 0 shorter, alpha = 0 is the raw log-probability. With the same bookkeeping as
 ``transformers``' (>= 4.50) vectorised beam search, the best sequences equal
 ``model.generate(num_beams=W, length_penalty=alpha, do_sample=False, early_stopping=...)`` for
-``early_stopping`` in {True, False, "never"} (``tests/test_beam.py``):
+``early_stopping`` in {True, False, "never"} (``tests/decode/test_beam.py``):
 
 * each step takes the top 2W continuations of all W beams (so W of them can go on even if the
   rest end in EOS); a continuation is *done* if its token is EOS or the length reaches

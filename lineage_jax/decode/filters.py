@@ -11,7 +11,7 @@
 
 Removed tokens get ``-inf``; every filter keeps at least one token. The semantics follow Hugging Face
 ``transformers``' ``TopKLogitsWarper`` / ``TopPLogitsWarper`` with ``min_tokens_to_keep=1``
-(checked in ``tests/test_decode_filters.py``):
+(checked in ``tests/decode/test_decode_filters.py``):
 
 * top-k keeps every token whose logit is >= the k-th largest logit, so tokens tied with the k-th
   are all kept (possibly more than k tokens);

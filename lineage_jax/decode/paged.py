@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lineage_jax.decode.kv_cache import KVCache
-from lineage_jax.models.layers import cached_attention
+from lineage_jax.nn import cached_attention
 
 __all__ = ["PagedError", "PagedKV", "BlockAllocator", "SeqBlocks", "init_pool", "slot_ids", "gather_kv",
            "write_ids", "scatter_kv", "copy_blocks", "paged_attention", "paged_forward", "blocks_for"]

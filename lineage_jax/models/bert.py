@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from lineage_jax.attention.mha import attention, padding_mask
 from lineage_jax.config import ConfigError
-from lineage_jax.models.layers import Dense, constrain, layer_norm, linear, param
+from lineage_jax.nn import Dense, constrain, layer_norm, linear, param
 
 # Hugging Face ``hidden_act`` names -> the function (BERT's own "gelu" is the exact erf form).
 ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False),

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from lineage_jax.config import ModelConfig, ffn_dim
-from lineage_jax.models.layers import (Dense, attend_causal, cached_attention, constrain, hooks, layer_norm, linear,
-                                       param)
+from lineage_jax.attention.backend import attend_causal
+from lineage_jax.nn import Dense, GeluMLP, cached_attention, constrain, hooks, layer_norm, linear, param
 
 
 class CausalSelfAttention(nn.Module):
@@ -55,20 +55,11 @@ class CausalSelfAttention(nn.Module):
         return out if kv is None else (out, kv)
 
 
-class MLP(nn.Module):
-    cfg: ModelConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = self.cfg
-        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        h = Dense((ffn_dim(c),), ("embed", "mlp"), init_std=c.init_std, hook_input=True,
-                  dtype=dtype, param_dtype=pdtype, name="fc")(x)
-        h = constrain(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))   # GELU (Hendrycks & Gimpel 2016)
-        out = Dense((c.width,), ("mlp", "embed"), init_std=c.init_std / math.sqrt(2 * c.layers),
-                    dtype=dtype, param_dtype=pdtype, name="proj")(h)
-        return nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+def gelu_mlp(cfg: ModelConfig, deterministic: bool = True, name: str = "mlp") -> GeluMLP:
+    """GPT-2's feed-forward: ``nn.GeluMLP`` at width ``ffn_dim``, the projection's init scaled by 1/√(2L)."""
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    return GeluMLP(ffn_dim(cfg), cfg.width, init_std=cfg.init_std, proj_std=cfg.init_std / math.sqrt(2 * cfg.layers),
+                   dropout=cfg.dropout, deterministic=deterministic, dtype=dtype, param_dtype=pdtype, name=name)
 
 
 class MoEMLP(nn.Module):
@@ -116,7 +107,7 @@ class Block(nn.Module):
         else:
             y, kv = attn(a, kv, positions)
             x = x + y
-        mlp = MoEMLP(c, self.deterministic, name="mlp") if self.moe else MLP(c, self.deterministic, name="mlp")
+        mlp = MoEMLP(c, self.deterministic, name="mlp") if self.moe else gelu_mlp(c, self.deterministic)
         x = x + mlp(layer_norm("ln2", c.layernorm_eps, dtype, pdtype)(x))
         return constrain(x, ("batch", "seq", "embed")), kv
 

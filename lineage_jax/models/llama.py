@@ -38,25 +38,8 @@ from lineage_jax.attention.mha import attention as grouped_attention
 from lineage_jax.attention.positions import rope_rotate_half
 from lineage_jax.config import ModelConfig, ffn_dim
 from lineage_jax.models.gpt import REMAT_POLICIES, padded_vocab
-from lineage_jax.models.layers import Dense, attend_causal, constrain, hooks, linear, param
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x²) + eps) · g over the last axis (Zhang & Sennrich 2019, eq. 4), in float32.
-
-    LayerNorm without re-centring and without a bias: the paper finds the re-scaling alone
-    carries LayerNorm's benefit at lower cost. Parameter ``scale`` [D] ("embed",), initialised to 1.
-    """
-    epsilon: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype, ("embed",))
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.epsilon)
-        return (y * scale.astype(y.dtype)).astype(self.dtype)
+from lineage_jax.attention.backend import attend_causal
+from lineage_jax.nn import Dense, RMSNorm, SwiGLU, constrain, hooks, linear, param
 
 
 def rms_norm(name: str, c: ModelConfig) -> RMSNorm:
@@ -99,22 +82,11 @@ class Attention(nn.Module):
         return out if kv is None else (out, kv)
 
 
-class SwiGLU(nn.Module):
-    """FFN_SwiGLU(x) = (Swish₁(x W_gate) ⊙ x W_up) W_down (Shazeer 2020, eq. 6; Swish₁ = SiLU)."""
-    cfg: ModelConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = self.cfg
-        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        dense = lambda f, axes, name, std=c.init_std: Dense((f,), axes, use_bias=False, init_std=std, dtype=dtype,
-                                                            param_dtype=pdtype, name=name)
-        x = hooks().dense_in(x, ("embed", "mlp"), 1)           # once for gate and up
-        h = jax.nn.silu(dense(ffn_dim(c), ("embed", "mlp"), "gate")(x)) * dense(ffn_dim(c), ("embed", "mlp"), "up")(x)
-        h = constrain(h, ("batch", "length", "mlp"))
-        out = dense(c.width, ("mlp", "embed"), "down", c.init_std / math.sqrt(2 * c.layers))(h)
-        return nn.Dropout(c.dropout, deterministic=self.deterministic)(out)
+def swiglu(c: ModelConfig, deterministic: bool) -> SwiGLU:
+    """Llama's feed-forward: ``nn.SwiGLU`` at width ``ffn_dim``, the down projection's init scaled by 1/√(2L)."""
+    return SwiGLU(ffn_dim(c), c.width, init_std=c.init_std, down_std=c.init_std / math.sqrt(2 * c.layers),
+                  dropout=c.dropout, deterministic=deterministic, dtype=jnp.dtype(c.dtype),
+                  param_dtype=jnp.dtype(c.param_dtype), name="mlp")
 
 
 class LlamaBlock(nn.Module):
@@ -137,7 +109,7 @@ class LlamaBlock(nn.Module):
             from lineage_jax.models.mixtral import SparseMoE
             x = x + SparseMoE(c, self.deterministic, name="moe")(a)
         else:
-            x = x + SwiGLU(c, self.deterministic, name="mlp")(a)
+            x = x + swiglu(c, self.deterministic)(a)
         return constrain(x, ("batch", "seq", "embed")), kv
 
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from lineage_jax.config import ModelConfig, ffn_dim
-from lineage_jax.models.layers import constrain, param
+from lineage_jax.nn import constrain, param
 from lineage_jax.moe import routers
 from lineage_jax.moe.dispatch import moe_ffn
 from lineage_jax.moe.layer import Router

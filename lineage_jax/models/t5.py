@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from lineage_jax.attention.mha import attention, causal_mask, combine_masks, padding_mask
 from lineage_jax.attention.positions import t5_bias
 from lineage_jax.config import ConfigError
-from lineage_jax.models.layers import Dense, constrain, linear, param
+from lineage_jax.nn import Dense, constrain, linear, param
 
 FEED_FORWARD = ("relu", "gated-gelu")
 

@@ -31,7 +31,7 @@ from jax import lax
 
 from lineage_jax.attention.mha import attention, causal_mask, padding_mask
 from lineage_jax.attention.positions import sinusoidal
-from lineage_jax.models.layers import Dense, constrain, layer_norm, linear, param
+from lineage_jax.nn import Dense, constrain, layer_norm, linear, param
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lineage_jax.models.layers import hooks, param
+from lineage_jax.nn import hooks, param
 from lineage_jax.moe import routers
 from lineage_jax.moe.dispatch import grouped_capacity_ffn, moe_ffn
 

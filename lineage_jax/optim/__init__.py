@@ -7,7 +7,7 @@ Teaching versions, pure functions written for a reader:
 * ``schedule.py`` linear warmup (Goyal et al. 2017) + cosine decay (Loshchilov & Hutter 2017)
 
 Production path: ``make_optimizer`` builds the same thing from optax, which training uses.
-``tests/test_optim_lineage.py`` proves the two agree step by step.
+``tests/optim/test_optim.py`` proves the two agree step by step.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ The functions return *updates* (the signed step to add to the parameters), like 
 ``params = jax.tree.map(jnp.add, params, updates)`` applies them. ``lr`` may be a number or a
 schedule ``step -> lr``, evaluated at the step count *before* the increment (0 on the first
 update), as optax's ``scale_by_learning_rate`` does. Production code uses ``optax.adamw`` (see
-``lineage_jax.optim.make_optimizer``); ``tests/test_optim_lineage.py`` proves these equal to it.
+``lineage_jax.optim.make_optimizer``); ``tests/optim/test_optim.py`` proves these equal to it.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ keeps its direction and bounds the step::
 Same semantics as ``optax.clip_by_global_norm`` (optax 0.2.x): the test is the strict
 ``norm < max_norm``, the clipped branch computes ``(g / norm) * max_norm`` in that order, and the
 choice is a select, so an all-zero gradient (norm 0 < max_norm) passes through untouched
-rather than producing 0/0. Production code uses optax; ``tests/test_optim_lineage.py`` proves
+rather than producing 0/0. Production code uses optax; ``tests/optim/test_optim.py`` proves
 these equal to it.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``parallel.form=shard_map``: the whole train step as one ``jax.shard_map`` over the mesh.
 
 The same Flax GPT runs inside the body on this device's shards. The model is told nothing of
-meshes: it calls the identity hooks of ``lineage_jax.models.layers.CollectiveHooks`` at the
+meshes: it calls the identity hooks of ``lineage_jax.nn.hooks.CollectiveHooks`` at the
 points a Megatron/ZeRO diagram marks, and this module installs hooks that put one of
 parallel/collectives.py's operators there, decided from the strategy's rule tables and the
 hook's logical axis names:
@@ -61,7 +61,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
-from lineage_jax.models.layers import collective_hooks
+from lineage_jax.nn import collective_hooks
 from lineage_jax.optim import make_optimizer
 from lineage_jax.train.state import TrainState
 from lineage_jax.train.step import decay_mask, forward, loss_and_grads, make_loss_fn, token_nll, weight_scale

@@ -22,7 +22,7 @@ from parallel import precision
 from lineage_jax.config import Config
 from lineage_jax import models
 from lineage_jax.models import GPT
-from lineage_jax.models.layers import collective_hooks
+from lineage_jax.nn import collective_hooks
 from lineage_jax.optim import make_optimizer, make_schedule
 from lineage_jax.train.state import TrainState
 from lineage_jax.train.step import decay_mask, make_eval_step, make_train_step

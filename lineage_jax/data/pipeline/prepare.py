@@ -17,7 +17,7 @@ packed token rows (``lineage_jax/data/prepared.py``) that training reads.
 - tokenize: ``byte`` (default) or a trained tokenizer path. The fast path: byte-level BPE
   through the ``tokenizers`` library (Rust, batched, ``encode_batch_fast`` where the library
   has it: no character offsets), bytes through ``str.encode`` — the
-  same ids as the teaching ``encode`` (``tests/test_prepare.py``);
+  same ids as the teaching ``encode`` (``tests/data/test_prepare.py``);
 - pack: rows of ``seq_len`` tokens, ``eos`` after each document, segment ids and positions
   (``packing.pack``, first fit).
 

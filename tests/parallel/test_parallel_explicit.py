@@ -11,7 +11,7 @@ import pytest
 from lineage_jax.config import load_config
 from lineage_jax.train.setup import build
 from parallel.introspect import collectives_by_op
-from test_parallel_gspmd import MODEL, ONE, STRATEGIES, rel_err, without_key_bias
+from tests.parallel.test_parallel_gspmd import MODEL, ONE, STRATEGIES, rel_err, without_key_bias
 
 STEPS = 10
 _RUNS: dict = {}

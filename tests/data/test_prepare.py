@@ -19,7 +19,7 @@ from lineage_jax.tokenize import ByteTokenizer
 from lineage_jax.tokenize import load as load_tokenizer
 from lineage_jax.tokenize.bytelevel import train_bpe
 
-TEXT = Path(__file__).resolve().parents[1] / "scripts" / "langid_text"
+TEXT = Path(__file__).resolve().parents[2] / "scripts" / "langid_text"
 
 
 def _sentences(lang):

@@ -17,7 +17,7 @@ from flax.core import meta
 from lineage_jax.config import ConfigError
 from lineage_jax.lessons import translate as tr
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- the tasks

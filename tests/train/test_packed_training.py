@@ -20,7 +20,7 @@ from lineage_jax.data import PackedSampler
 from lineage_jax.data.pipeline.packing import pack
 from lineage_jax.train.setup import build
 from lineage_jax.train.step import make_loss_fn, token_nll
-from test_parallel_gspmd import rel_err, without_key_bias
+from tests.parallel.test_parallel_gspmd import rel_err, without_key_bias
 
 EOS, L = 256, 32
 MODEL = ["model.layers=2", "model.width=32", "model.heads=4", "model.context=32", "model.vocab_multiple=8",

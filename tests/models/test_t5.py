@@ -1,7 +1,7 @@
 """T5 (Raffel et al. 2020) as a Flax model: one relative-bias table per stack (shared by its layers),
 the simplified LayerNorm, a causal decoder, encoder padding never seen, heads of width d_kv ≠ D/H,
 tied (scaled) and untied heads. Equality with transformers' T5ForConditionalGeneration is in
-tests/test_hf_bert_t5.py."""
+tests/interop/test_hf_bert_t5.py."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
 """BERT (Devlin et al. 2019) as a Flax model: logical names on every parameter, padding keys never seen,
 segment (token type) embeddings used, the MLM output tied to the word embeddings, config errors in one
-line. Equality with transformers' BertForMaskedLM is in tests/test_hf_bert_t5.py."""
+line. Equality with transformers' BertForMaskedLM is in tests/interop/test_hf_bert_t5.py."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -15,7 +15,7 @@ from lineage_jax.data import prepared
 from lineage_jax.tokenize import get_tokenizer, sennrich
 from lineage_jax.tokenize.bytelevel import train_bpe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = ROOT / "scripts" / "langid_text"
 
 

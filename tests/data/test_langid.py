@@ -12,7 +12,7 @@ import pytest
 
 from lineage_jax.data.pipeline import langid
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Written for this test on topics absent from scripts/langid_text (never trained on).
 FRESH = {

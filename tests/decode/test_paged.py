@@ -9,7 +9,7 @@ import pytest
 from lineage_jax.config import load_config
 from lineage_jax.decode import paged as pg
 from lineage_jax.models import build
-from lineage_jax.models.layers import cached_attention
+from lineage_jax.nn import cached_attention
 
 SMALL = ["model.layers=2", "model.width=32", "model.heads=2", "model.context=24", "model.attn_chunks=2"]
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
-from lineage_jax.models.layers import causal_attention, linear
+from lineage_jax.nn import causal_attention, linear
 
 
 @pytest.mark.parametrize("transpose_w", [False, True])
