@@ -113,26 +113,28 @@ class MoEFeedForward(nn.Module):
         cap = routers.capacity(S, E, self.capacity_factor) if self.backend == "capacity" else None
         keys = jax.random.split(rng, G) if rng is not None else None
         route = lambda l, n, key: self._route(l, n, key, cap)._replace(capacity=None)
-        r = jax.vmap(route, in_axes=(0, None if noise is None else 0, None if keys is None else 0))(logits, noise, keys)
+        with jax.named_scope(f"route_{self.router}"):
+            r = jax.vmap(route, in_axes=(0, None if noise is None else 0, None if keys is None else 0))(logits, noise, keys)
         r = r._replace(capacity=cap if cap is not None else S * r.expert_index.shape[-1])
 
         init = nn.initializers.normal(self.init_std)
         w_in = param(self, "w_in", init, (E, D, F), self.param_dtype, ("expert", "embed", "mlp"))
         w_out = param(self, "w_out", init, (E, F, D), self.param_dtype, ("expert", "mlp", "embed"))
         w_in, w_out, xc = w_in.astype(self.dtype), w_out.astype(self.dtype), xg.astype(self.dtype)
-        if self.backend == "capacity" and self.impl == "gather":
-            h = hooks()   # expert parallel: all-to-all to the experts and back; tensor parallel: f and g
-            y = grouped_capacity_ffn(
-                xc, r, w_in, w_out, self.activation,
-                to_experts=lambda b: h.dense_in(h.expert_in(b), ("embed", "mlp"), 1),
-                from_experts=lambda b: h.expert_out(h.dense_out(b, ("mlp", "embed"), 1)))
-        else:
-            flat = lambda a: a.reshape(G * S, *a.shape[2:])
-            rf = r._replace(expert_index=flat(r.expert_index), combine_weight=flat(r.combine_weight),
-                            position=flat(r.position), selected=flat(r.selected), keep=flat(r.keep))
-            if G > 1 and self.backend == "capacity":   # the reference impls see one group: offset its positions
-                raise ValueError("grouped MoE with backend=capacity needs impl='gather'")
-            y = moe_ffn(flat(xc), rf, w_in, w_out, self.activation, self.backend, self.impl)
+        with jax.named_scope(f"experts_{self.backend}"):   # dispatch, the E FFNs, combine
+            if self.backend == "capacity" and self.impl == "gather":
+                h = hooks()   # expert parallel: all-to-all to the experts and back; tensor parallel: f and g
+                y = grouped_capacity_ffn(
+                    xc, r, w_in, w_out, self.activation,
+                    to_experts=lambda b: h.dense_in(h.expert_in(b), ("embed", "mlp"), 1),
+                    from_experts=lambda b: h.expert_out(h.dense_out(b, ("mlp", "embed"), 1)))
+            else:
+                flat = lambda a: a.reshape(G * S, *a.shape[2:])
+                rf = r._replace(expert_index=flat(r.expert_index), combine_weight=flat(r.combine_weight),
+                                position=flat(r.position), selected=flat(r.selected), keep=flat(r.keep))
+                if G > 1 and self.backend == "capacity":   # the reference impls see one group: offset its positions
+                    raise ValueError("grouped MoE with backend=capacity needs impl='gather'")
+                y = moe_ffn(flat(xc), rf, w_in, w_out, self.activation, self.backend, self.impl)
         aux = {name: jnp.mean(v) for name, v in r.aux.items()}
         metrics = dict(aux)
         metrics["aux_loss"] = sum(aux.values())

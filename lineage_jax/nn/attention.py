@@ -50,8 +50,9 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Ar
     different lengths share one shape); softmax in float32, as ``causal_attention``.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    s = jnp.einsum("bqhk,bshk->bhqs", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
-    visible = positions[:, None, :, None] >= jnp.arange(k.shape[1])[None, None, None, :]
-    s = jnp.where(visible, s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqs,bshk->bqhk", p, v)
+    with jax.named_scope("attention_cached"):
+        s = jnp.einsum("bqhk,bshk->bhqs", q * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
+        visible = positions[:, None, :, None] >= jnp.arange(k.shape[1])[None, None, None, :]
+        s = jnp.where(visible, s, jnp.finfo(jnp.float32).min)
+        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+        return jnp.einsum("bhqs,bshk->bqhk", p, v)

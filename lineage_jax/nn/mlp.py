@@ -3,7 +3,8 @@
 Both are config-free: widths, init scales, dropout and dtypes are fields, so every model
 (and every new chapter) builds its FFN from the same two modules. Kernels are logically
 named ``("embed", "mlp")`` in and ``("mlp", "embed")`` out; the input hook (Megatron's f)
-runs once per FFN.
+runs once per FFN. Flax runs every module method under ``jax.named_scope`` (``flax_profile``),
+so profiles and HLO dumps name each FFN by its module path (``blocks_0/mlp/fc``).
 """
 from __future__ import annotations
 
@@ -30,13 +31,12 @@ class GeluMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        with jax.named_scope("mlp"):
-            h = Dense((self.hidden,), ("embed", "mlp"), init_std=self.init_std, hook_input=True,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-            h = constrain(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
-            out = Dense((self.width,), ("mlp", "embed"), init_std=self.proj_std,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(h)
-            return nn.Dropout(self.dropout, deterministic=self.deterministic)(out)
+        h = Dense((self.hidden,), ("embed", "mlp"), init_std=self.init_std, hook_input=True,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        h = constrain(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
+        out = Dense((self.width,), ("mlp", "embed"), init_std=self.proj_std,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(h)
+        return nn.Dropout(self.dropout, deterministic=self.deterministic)(out)
 
 
 class SwiGLU(nn.Module):
@@ -54,10 +54,9 @@ class SwiGLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = lambda f, axes, name, std: Dense((f,), axes, use_bias=False, init_std=std, dtype=self.dtype,
                                                  param_dtype=self.param_dtype, name=name)
-        with jax.named_scope("mlp"):
-            x = hooks().dense_in(x, ("embed", "mlp"), 1)           # once for gate and up
-            h = (jax.nn.silu(dense(self.hidden, ("embed", "mlp"), "gate", self.init_std)(x))
-                 * dense(self.hidden, ("embed", "mlp"), "up", self.init_std)(x))
-            h = constrain(h, ("batch", "length", "mlp"))
-            out = dense(self.width, ("mlp", "embed"), "down", self.down_std)(h)
-            return nn.Dropout(self.dropout, deterministic=self.deterministic)(out)
+        x = hooks().dense_in(x, ("embed", "mlp"), 1)           # once for gate and up
+        h = (jax.nn.silu(dense(self.hidden, ("embed", "mlp"), "gate", self.init_std)(x))
+             * dense(self.hidden, ("embed", "mlp"), "up", self.init_std)(x))
+        h = constrain(h, ("batch", "length", "mlp"))
+        out = dense(self.width, ("mlp", "embed"), "down", self.down_std)(h)
+        return nn.Dropout(self.dropout, deterministic=self.deterministic)(out)
