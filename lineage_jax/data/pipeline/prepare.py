@@ -45,7 +45,7 @@ from lineage_jax.config import ConfigError
 from lineage_jax.data.pipeline import langid
 from lineage_jax.data.pipeline.dedup import exact_dedup, near_dedup
 from lineage_jax.data.pipeline.packing import pack
-from lineage_jax.data.pipeline.quality import QualityConfig, quality_reasons
+from lineage_jax.data.pipeline.quality import QualityConfig, clean_document, quality_reasons
 from lineage_jax.data.stdlib_docs import stable_unit_hash
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -220,12 +220,14 @@ def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareCon
         bar.set_postfix_str("quality")
         kept, rem, reasons_tally = [], {}, Counter()
         for j, i in enumerate(_bar(progress, iterable=alive, desc="quality", unit="doc")):
-            reasons = quality_reasons(docs[i], _quality_cfg(cfg, labels[j]))
+            qcfg = _quality_cfg(cfg, labels[j])
+            reasons = quality_reasons(docs[i], qcfg)
             if reasons:
                 rem[j] = {"reason": ",".join(reasons), "reasons": reasons}
                 reasons_tally.update(reasons)
             else:
                 kept.append(j)
+                docs[i] = clean_document(docs[i], qcfg)     # C4 drops lines, not documents
         labels = [labels[j] for j in kept]
         record("quality", kept, rem)
         bar.update()

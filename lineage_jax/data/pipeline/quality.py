@@ -1,7 +1,9 @@
 """Document quality heuristics of MassiveText (Gopher; Rae et al. 2021, App. A.1.1–A.1.2) and
 C4 (Raffel et al. 2020, §2.2), each threshold a field of ``QualityConfig``.
 
-``quality_reasons(doc, cfg)`` names every rule the document breaks (empty: keep it);
+``c4_lines(doc)`` applies C4's one line-level rule (drop the lines that do not end in terminal
+punctuation); ``clean_document(doc, cfg)`` is the text the pipeline keeps; ``quality_reasons(doc,
+cfg)`` names every document rule the cleaned text breaks (empty: keep it);
 ``quality_filter(docs, cfg)`` keeps the clean ones. Words are whitespace-separated tokens;
 lines are non-empty lines; paragraphs are blocks separated by blank lines.
 
@@ -9,11 +11,13 @@ lines are non-empty lines; paragraphs are blocks separated by blank lines.
     words_too_few / _too_many     Gopher                word count ∉ [50, 100 000]
     mean_word_length              Gopher                mean word length ∉ [3, 10]
     symbol_to_word_ratio          Gopher                (# + … count) / words > 0.1
-    bullet_lines                  Gopher                > 90 % of lines start with a bullet
+    bullet_lines                  Gopher                > 90 % of lines start with a bullet point
+                                                        (•, or - * – — followed by a space: not **bold**)
     ellipsis_lines                Gopher                > 30 % of lines end with an ellipsis
     alphabetic_words              Gopher                < 80 % of words contain a letter
     stop_words                    Gopher                < 2 of the, be, to, of, and, that, have, with
-    punctuation_lines             C4 (per line there)   < 50 % of lines end in . ! ? or "
+    punctuation_lines             C4                    no line ends in . ! ? or a closing quote (C4
+                                                        drops each such line; a document left empty goes)
     lorem_ipsum                   C4                    "lorem ipsum" occurs
     duplicate_lines / _chars      Gopher Table A1       duplicate lines > 30 % (by count) / > 20 % (chars)
     duplicate_paragraphs / _chars Gopher Table A1       the same for paragraphs
@@ -22,8 +26,10 @@ lines are non-empty lines; paragraphs are blocks separated by blank lines.
     dup_{5..10}gram               Gopher Table A1       characters of words inside duplicated n-grams
                                                         > 15 / 14 / 13 / 12 / 11 / 10 %
 
-C4 drops *lines* not ending in terminal punctuation; as a document rule we require a
-fraction of them to. Character fractions count the characters of words (no spaces), as in
+C4's punctuation rule is about lines, as the paper states it: a heading or a caption line is
+removed and the rest of the document stays (``c4_line_filter=False`` keeps every line); the
+document is removed only when no line would stay. Gopher's document rules judge the document as
+read, as in the paper, where they run on whole pages. Character fractions count the characters of words (no spaces), as in
 Gopher: for the top n-gram, ``count · len(ngram chars) / total word chars``; for duplicated
 n-grams, each word covered by some n-gram that occurs more than once counts once.
 """
@@ -34,7 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-_BULLETS = ("•", "●", "▪", "‣", "◦", "-", "*", "–", "—")
+_BULLET = re.compile(r"[•●▪‣◦]|[-*–—+](?=\s)")   # a bullet point, not Markdown **bold** or a -flag
 _ELLIPSES = ("...", "…")
 _END_PUNCT = (".", "!", "?", '"', "'", "”", "’")
 
@@ -51,7 +57,7 @@ class QualityConfig:
     min_alpha_word_frac: float = 0.8
     stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
     min_stop_words: int = 2
-    min_punct_line_frac: float = 0.5
+    c4_line_filter: bool = True
     reject_lorem_ipsum: bool = True
     max_dup_line_frac: float = 0.3
     max_dup_line_char_frac: float = 0.2
@@ -104,9 +110,23 @@ def dup_ngram_char_frac(words: list[str], n: int) -> float:
     return sum(len(w) for w, c in zip(words, covered) if c) / total
 
 
+def c4_lines(doc: str) -> str:
+    """``doc`` without the lines that do not end in terminal punctuation (Raffel et al. 2020, §2.2:
+    "we only retained lines that ended in a terminal punctuation mark"); blank lines stay, so
+    paragraphs stay apart."""
+    return "\n".join(ln for ln in doc.splitlines() if not ln.strip() or ln.rstrip().endswith(_END_PUNCT)).strip("\n")
+
+
+def clean_document(doc: str, cfg: QualityConfig = QualityConfig()) -> str:
+    """The text the pipeline keeps of ``doc``: C4's line filter when ``cfg.c4_line_filter``."""
+    return c4_lines(doc) if cfg.c4_line_filter else doc
+
+
 def quality_reasons(doc: str, cfg: QualityConfig = QualityConfig()) -> list[str]:
-    """The names of the rules ``doc`` breaks (see the module table); empty means keep."""
+    """The names of the document rules ``doc`` breaks (see the module table); empty means keep."""
     reasons = []
+    if cfg.c4_line_filter and doc.strip() and not c4_lines(doc).strip():
+        reasons.append("punctuation_lines")
     words = doc.split()
     lines = [ln.strip() for ln in doc.splitlines() if ln.strip()]
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", doc) if p.strip()]
@@ -128,12 +148,10 @@ def quality_reasons(doc: str, cfg: QualityConfig = QualityConfig()) -> list[str]
         if sum(s in lowered for s in cfg.stop_words) < cfg.min_stop_words:
             reasons.append("stop_words")
     if lines:
-        if sum(ln.startswith(_BULLETS) for ln in lines) / len(lines) > cfg.max_bullet_line_frac:
+        if sum(bool(_BULLET.match(ln)) for ln in lines) / len(lines) > cfg.max_bullet_line_frac:
             reasons.append("bullet_lines")
         if sum(ln.endswith(_ELLIPSES) for ln in lines) / len(lines) > cfg.max_ellipsis_line_frac:
             reasons.append("ellipsis_lines")
-        if sum(ln.endswith(_END_PUNCT) for ln in lines) / len(lines) < cfg.min_punct_line_frac:
-            reasons.append("punctuation_lines")
     if cfg.reject_lorem_ipsum and "lorem ipsum" in doc.lower():
         reasons.append("lorem_ipsum")
     line_frac, line_chars = _dup_fracs(lines)
