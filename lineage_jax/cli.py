@@ -291,8 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``parse_args``, but ``section.key=value`` overrides may also follow flags
+    (``lineage train train.steps=2 --no-progress run_dir=x``): argparse stops a ``nargs="*"``
+    positional at the first flag, so the later ones are collected here, in order."""
+    args, extra = parser.parse_known_args(argv)
+    late = [e for e in extra if hasattr(args, "overrides") and "=" in e and not e.startswith("-")]
+    stray = [e for e in extra if e not in late]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     for flag in ("max_new_tokens", "steps"):
         if getattr(args, flag, 1) < 1:
             print(f"error: --{flag.replace('_', '-')}={getattr(args, flag)}: must be at least 1", file=sys.stderr)

@@ -49,3 +49,16 @@ def test_python_dash_m_entry_point():
     assert "train" in out.stdout and "sample" in out.stdout and "bench" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "lineage_jax", "train", "train.stpes=3"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown key 'train.stpes'")
+
+
+def test_overrides_may_follow_flags():
+    """``lineage train train.steps=2 --no-progress run_dir=x``: every override is taken, in order."""
+    parser = cli.build_parser()
+    args = cli.parse_args(parser, ["train", "train.steps=2", "--no-progress", "run_dir=x", "train.steps=3"])
+    assert args.overrides == ["train.steps=2", "run_dir=x", "train.steps=3"] and args.no_progress
+    try:
+        cli.parse_args(parser, ["train", "--no-progress", "--bogus"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("an unknown flag must still be refused")
