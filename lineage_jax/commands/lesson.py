@@ -1,74 +1,89 @@
-"""``lineage lesson translate``: train the original Transformer on a synthetic translation task.
+"""``lineage lesson``: list the lessons, or run one (``lineage_jax/lessons/registry.py`` names them).
 
-    lineage lesson translate                          numbers: words -> digits, the defaults
-    lineage lesson translate --task dates --steps 500 ISO dates -> "7 March 2024"
-    lineage lesson translate --json                   one JSON object (loss, accuracy, examples)
+    lineage lesson [--json]                                  every lesson: name, era, paper, claim
+    lineage lesson translate [--quick] [--out DIR] [key=value ...]
+    lineage lesson translate --task dates --steps 500        a lesson's flags: its registry `flags`
 
-Prints the final loss, the held-out exact-match accuracy of greedy decoding and a few
-translations, and writes ``translate.png`` (loss and accuracy against step) into ``--out``.
-The lesson itself lives in ``lineage_jax/lessons/translate.py``; JAX is imported only once the
-flags are valid.
+A run writes ``DIR/result.json`` (lesson, paper, claim, supported, rows, figures, details) and its
+PNGs into ``--out`` (default ``runs/lesson-NAME``), then prints the rows and the verdict (``--json``:
+the result object). Names, flags, overrides and ``--out`` are checked before the lesson's module
+(and JAX) is imported.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from lineage_jax.config import ConfigError
-from lineage_jax.lessons import TRANSLATE_STEPS, TRANSLATE_TASKS
+from lineage_jax.lessons import harness, registry
 
-DEFAULT_OUT = "runs/lesson-translate"
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="the lesson's smoke run (at most 30 s on 2 CPU cores)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where result.json and the PNGs go "
+                                                               "(default: runs/lesson-NAME)")
+    p.add_argument("--json", action="store_true", help="print JSON (the list, or the result) instead of text")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    owners: dict[str, list[str]] = {}
+    for lesson in registry.LESSONS.values():
+        for field in lesson.flags:
+            owners.setdefault(field, []).append(lesson.name)
+    for field, names in owners.items():
+        p.add_argument(_flag(field), dest=f"flag_{field}", default=None, metavar="V",
+                       help=f"{field}=V, for lesson {', '.join(names)}")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("lesson", help="small end-to-end lessons (lesson translate: the original Transformer)")
-    lessons = p.add_subparsers(dest="lesson", required=True, metavar="LESSON")
-    t = lessons.add_parser("translate", help="train the encoder-decoder Transformer on synthetic translation",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--task", default="numbers", help=f"one of: {', '.join(TRANSLATE_TASKS)}")
-    t.add_argument("--steps", type=int, default=TRANSLATE_STEPS, help="training steps")
-    t.add_argument("--seed", type=int, default=0, help="fixes the split, the initialisation and the data order")
-    t.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="where translate.png and summary.json go")
-    t.add_argument("--d-model", type=int, default=None, help="model width (d_ff = 4 x d_model; default 64)")
-    t.add_argument("--layers", type=int, default=None, help="encoder layers = decoder layers (default 2)")
-    t.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.set_defaults(func=cmd_translate)
+    p = subparsers.add_parser("lesson", help="the lessons: list them, or run one (lineage lesson NAME)",
+                              description="key=value overrides set fields of the lesson's Config")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME", help=f"one of: {', '.join(registry.LESSONS)}")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="key=value", help="overrides and flags")
+    _add_options(p)
+    p.set_defaults(func=cmd_lesson)
 
 
-def _config(args):
-    """The validated lesson config, from the flags (no JAX yet)."""
-    if args.task not in TRANSLATE_TASKS:
-        raise ConfigError(f"--task={args.task}: unknown; allowed: {', '.join(TRANSLATE_TASKS)}")
-    for flag in ("steps", "d_model", "layers"):
-        v = getattr(args, flag)
-        if v is not None and v < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')}={v}: must be at least 1")
-    if args.d_model is not None and args.d_model % 8:
-        raise ConfigError(f"--d-model={args.d_model}: must be a multiple of 8 (4 heads of even width)")
-    return {k: v for k, v in (("task", args.task), ("steps", args.steps), ("seed", args.seed),
-                              ("d_model", args.d_model), ("layers", args.layers)) if v is not None}
+def _listing(as_json: bool) -> str:
+    rows = [lesson.metadata() for lesson in registry.LESSONS.values()]
+    return json.dumps(rows, indent=1) if as_json else harness.table(rows)
 
 
-def cmd_translate(args) -> int:
-    overrides = _config(args)
-    from lineage_jax.lessons import translate as tr
-    if "d_model" in overrides:
-        overrides["d_ff"] = 4 * overrides["d_model"]
-    cfg = tr.LessonConfig(**overrides)
-    summary = tr.run(cfg, args.out, progress=not args.no_progress and not args.json)
-    with open(f"{args.out}/summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    if args.json:
-        print(json.dumps(summary))
+def cmd_lesson(args) -> int:
+    if args.name is None:
+        print(_listing(args.json))
         return 0
-    print(f"translate {cfg.task}: {cfg.steps} steps in {summary['seconds']:.0f} s, {summary['params']:,} parameters")
-    print(f"loss (label-smoothed, eps={cfg.smoothing}) {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; "
-          f"cross-entropy {summary['first_nll']:.3f} -> {summary['final_nll']:.4f} nats/token")
-    print(f"held-out exact match (greedy): {summary['accuracy']:.1%} of {summary['n_test']} "
-          f"(chance {summary['chance']:.2g}; {summary['n_train']} training pairs)")
-    for e in summary["examples"]:
-        mark = "ok" if e["prediction"] == e["target"] else f"expected {e['target']!r}"
-        print(f"  {e['source']!r} -> {e['prediction']!r}  ({mark})")
-    print(f"plot: {summary.get('plot')}")
+    lesson = registry.get(args.name)
+    inner = argparse.ArgumentParser(prog=f"lineage lesson {lesson.name}")   # options after NAME, mixed with k=v
+    _add_options(inner)
+    inner.add_argument("overrides", nargs="*", metavar="key=value")
+    inner.parse_intermixed_args(args.rest, namespace=args)
+    out = args.out or f"runs/lesson-{lesson.name}"
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out={out}: is a file; give a directory (it holds result.json and the PNGs)")
+    flags = {f: v for f, v in vars(args).items() if f.startswith("flag_") and v is not None}
+    foreign = [_flag(f.removeprefix("flag_")) for f in flags if f.removeprefix("flag_") not in lesson.flags]
+    if foreign:
+        raise ConfigError(f"{', '.join(foreign)}: not a flag of lesson {lesson.name}; use key=value "
+                          f"(its flags: {', '.join(map(_flag, lesson.flags)) or 'none'})")
+
+    mod = registry.load(lesson.name)
+    values = {**{f.removeprefix("flag_"): v for f, v in flags.items()},
+              **harness.parse_overrides(args.overrides, mod.Config)}
+    cfg = harness.configure(mod.Config, values, quick=mod.QUICK if args.quick else None,
+                            spelling={f: _flag(f) for f in lesson.flags if f"flag_{f}" in flags})
+    res = mod.run(cfg, out, progress=not args.no_progress and not args.json)
+    path = harness.save(res, out)
+    if args.json:
+        print(json.dumps(res.to_json()))
+        return 0
+    print(f"{lesson.name} ({lesson.era}): {lesson.paper}")
+    print(harness.table(res.rows))
+    for line in getattr(mod, "report", lambda r: [])(res):
+        print(line)
+    print(f"claim: {res.claim}\n-> {'supported' if res.supported else 'NOT supported'} by this run")
+    print(f"result: {path}; figures: {', '.join(os.path.join(out, f) for f in res.figures) or 'none'}")
     return 0

@@ -1,10 +1,6 @@
-"""Lessons: small end-to-end runs that train a model of the lineage on a task the project generates.
+"""Lessons: small end-to-end runs, one per chapter of the lineage, each testing one claim of a paper.
 
-    translate   the original encoder-decoder Transformer (Vaswani et al. 2017) on synthetic
-                translation (number words -> digits, ISO dates -> written dates);
-                ``lineage lesson translate``, ``lineage_jax/lessons/translate.py``
-
-Importing this package does not import JAX (the CLI validates flags first).
+The list of lessons is ``lineage_jax.lessons.registry.LESSONS`` (``lineage lesson`` prints it);
+the shared training loop, config overrides and result/figure writing are in ``harness``.
+Importing this package, the registry or the harness does not import JAX (listing stays cheap).
 """
-TRANSLATE_TASKS: tuple[str, ...] = ("numbers", "dates")
-TRANSLATE_STEPS = 1000   # default training steps of `lineage lesson translate`

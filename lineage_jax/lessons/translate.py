@@ -31,8 +31,10 @@ import numpy as np
 import optax
 
 from lineage_jax.config import ConfigError
-from lineage_jax.lessons import TRANSLATE_STEPS, TRANSLATE_TASKS
+from lineage_jax.lessons import harness
 from lineage_jax.models.transformer import Transformer, TransformerConfig, greedy_decode
+
+TASKS: tuple[str, ...] = ("numbers", "dates")
 
 # --------------------------------------------------------------------------- the tasks
 
@@ -80,7 +82,7 @@ def task_pairs(task: str, max_number: int = 10_000) -> list[tuple[str, str]]:
         first, last = datetime.date(1900, 1, 1), datetime.date(2099, 12, 31)
         days = (first + datetime.timedelta(days=i) for i in range((last - first).days + 1))
         return [(d.isoformat(), written_date(d.isoformat())) for d in days]
-    raise ConfigError(f"task {task!r}: unknown; allowed: {', '.join(TRANSLATE_TASKS)}")
+    raise ConfigError(f"task={task}: unknown; allowed: {', '.join(TASKS)}")
 
 
 def split(pairs: list, n_test: int, seed: int) -> tuple[list, list]:
@@ -214,14 +216,14 @@ def exact_match(model, params, vocab, pairs, S, T, batch: int = 200) -> tuple[fl
 # --------------------------------------------------------------------------- the lesson
 
 @dataclasses.dataclass(frozen=True)
-class LessonConfig:
+class Config:
     task: str = "numbers"
-    steps: int = TRANSLATE_STEPS
+    steps: int = 1000
     seed: int = 0
     batch: int = 64
     d_model: int = 64
     heads: int = 4
-    d_ff: int = 256
+    d_ff: int = 0               # 0: 4 × d_model (the paper's 2048 = 4 × 512)
     layers: int = 2             # encoder layers = decoder layers
     dropout: float = 0.1
     warmup: int = 200
@@ -233,11 +235,13 @@ class LessonConfig:
     eval_subset: int = 200
 
     def __post_init__(self):
-        if self.task not in TRANSLATE_TASKS:
-            raise ConfigError(f"task {self.task!r}: unknown; allowed: {', '.join(TRANSLATE_TASKS)}")
-        for f in ("steps", "batch", "d_model", "heads", "d_ff", "layers", "warmup", "n_test", "eval_subset"):
+        if self.task not in TASKS:
+            raise ConfigError(f"task={self.task}: unknown; allowed: {', '.join(TASKS)}")
+        for f in ("steps", "batch", "d_model", "heads", "layers", "warmup", "n_test", "eval_subset"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        if self.d_ff < 0:
+            raise ConfigError(f"d_ff={self.d_ff}: must be at least 0 (0: 4 × d_model)")
         if self.d_model % (2 * self.heads):
             raise ConfigError(f"d_model={self.d_model}: must be even and divisible by heads={self.heads}")
         if not 0 <= self.smoothing < 1 or not 0 <= self.dropout < 1:
@@ -245,17 +249,30 @@ class LessonConfig:
         if not 2 <= self.max_number <= 1_000_000:
             raise ConfigError(f"max_number={self.max_number}: must be in 2 … 1000000")
 
+    @property
+    def ffn(self) -> int:
+        return self.d_ff or 4 * self.d_model
 
-def run(cfg: LessonConfig, out_dir: str | Path | None = None, progress: bool = True, n_examples: int = 5) -> dict:
-    """Train, evaluate on the held-out split, plot; returns a summary (JSON-serialisable)."""
-    from tqdm.auto import tqdm
+
+# `--quick`: 300 steps of a 32-wide 1+1-layer model on dates (tests/lessons: >= 50% held out).
+QUICK = dict(task="dates", steps=300, d_model=32, layers=1, warmup=100, batch=32, n_test=200, evals=2)
+
+
+def supports(rows: list[dict]) -> bool:
+    """The claim holds when the final held-out exact match (the last row) is at least 50%."""
+    return rows[-1]["accuracy"] >= 0.5
+
+
+def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True,
+        n_examples: int = 5) -> harness.LessonResult:
+    """Train, score exact match on the held-out split (rows: accuracy against step), plot into ``out_dir``."""
     t0 = time.perf_counter()
     vocab = Vocab()
     pairs = task_pairs(cfg.task, cfg.max_number)
     train, test = split(pairs, cfg.n_test, cfg.seed)
     S = max(len(x) for x, _ in pairs)
     T = max(len(y) for _, y in pairs) + 1
-    mcfg = TransformerConfig(vocab_size=len(vocab), d_model=cfg.d_model, heads=cfg.heads, d_ff=cfg.d_ff,
+    mcfg = TransformerConfig(vocab_size=len(vocab), d_model=cfg.d_model, heads=cfg.heads, d_ff=cfg.ffn,
                              encoder_layers=cfg.layers, decoder_layers=cfg.layers, dropout=cfg.dropout,
                              max_len=max(S, T), pad_id=vocab.PAD)
     model = Transformer(mcfg)
@@ -263,60 +280,59 @@ def run(cfg: LessonConfig, out_dir: str | Path | None = None, progress: bool = T
     init_key, drop_key = jax.random.split(jax.random.key(cfg.seed))
     first = {k: jnp.asarray(v[:1]) for k, v in data.items()}
     params = meta.unbox(jax.jit(model.init)(init_key, first["src"], first["tgt_in"])["params"])
-    schedule = inverse_sqrt_schedule(cfg.d_model, cfg.warmup, cfg.lr_scale)
-    tx = paper_adam(schedule)
+    tx = paper_adam(inverse_sqrt_schedule(cfg.d_model, cfg.warmup, cfg.lr_scale))
     state = LessonState(step=jnp.int32(0), params=params, opt_state=tx.init(params), key=drop_key)
-    train_step = make_train_step(model, tx, cfg.smoothing)
 
     rng = np.random.default_rng(cfg.seed + 1)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-cfg.steps * cfg.batch // len(train)))])
     probe = test[:min(cfg.eval_subset, len(test))]
-    eval_at = {max(1, round(cfg.steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)} if cfg.evals > 0 else set()
-    history, accuracy_curve = [], []
-    bar = tqdm(total=cfg.steps, disable=not progress, unit="step", dynamic_ncols=True, desc=f"translate {cfg.task}")
-    for step in range(1, cfg.steps + 1):
-        idx = order[(step - 1) * cfg.batch: step * cfg.batch]
-        state, m = train_step(state, {k: jnp.asarray(v[idx]) for k, v in data.items()})
-        if step % 10 == 0 or step == 1 or step == cfg.steps:
-            m = {k: float(v) for k, v in m.items()}
-            history.append({"step": step, "lr": float(schedule(step - 1)), **m})
-            bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll']:.3f}")
-        if step in eval_at and step != cfg.steps:
-            acc, _ = exact_match(model, state.params, vocab, probe, S, T, batch=len(probe))
-            accuracy_curve.append({"step": step, "accuracy": acc, "n": len(probe)})
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{acc:.2f}")
-        bar.update(1)
-    bar.close()
+    eval_at = {max(1, round(cfg.steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)} - {cfg.steps}
+    batch_at = lambda step: {k: jnp.asarray(v[order[(step - 1) * cfg.batch: step * cfg.batch]])
+                             for k, v in data.items()}
+    evaluate = lambda st, step: {"accuracy": exact_match(model, st.params, vocab, probe, S, T, len(probe))[0],
+                                 "n": len(probe)}
+    state, history, rows = harness.fit(make_train_step(model, tx, cfg.smoothing), state, batch_at, cfg.steps,
+                                       evaluate=evaluate, eval_at=eval_at, progress=progress,
+                                       desc=f"translate {cfg.task}")
     train_s = time.perf_counter() - t0
 
     accuracy, preds = exact_match(model, state.params, vocab, test, S, T, batch=len(probe))
-    accuracy_curve.append({"step": cfg.steps, "accuracy": accuracy, "n": len(test)})
+    rows.append({"step": cfg.steps, "accuracy": accuracy, "n": len(test)})
     shown = list(range(min(n_examples, len(test))))
     shown += [i for i, (p, (_, y)) in enumerate(zip(preds, test)) if p != y and i not in shown][:2]   # two misses
-    summary = {
-        "task": cfg.task, "steps": cfg.steps, "seed": cfg.seed, "n_train": len(train), "n_test": len(test),
-        "params": int(sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))),
-        "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
-        "first_nll": history[0]["nll"], "final_nll": history[-1]["nll"],
-        "accuracy": accuracy, "chance": 1.0 / len(set(y for _, y in pairs)),
-        "examples": [{"source": test[i][0], "target": test[i][1], "prediction": preds[i]} for i in shown],
-        "accuracy_curve": accuracy_curve, "train_seconds": round(train_s, 1),
-        "seconds": round(time.perf_counter() - t0, 1), "config": dataclasses.asdict(cfg),
-    }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        summary["plot"] = str(out / "translate.png")
-        plot(history, accuracy_curve, Path(summary["plot"]), f"Transformer, {cfg.task}: {cfg.steps} steps")
-    return summary
+    figures = [] if out_dir is None else [harness.figure(
+        out_dir, "translate.png", lambda axes: plot(axes, history, rows), panels=2,
+        title=f"Transformer, {cfg.task}: {cfg.steps} steps")]
+    return harness.result(
+        "translate", rows, supports, figures,
+        task=cfg.task, steps=cfg.steps, seed=cfg.seed, n_train=len(train), n_test=len(test),
+        params=int(sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))),
+        first_loss=history[0]["loss"], final_loss=history[-1]["loss"],
+        first_nll=history[0]["nll"], final_nll=history[-1]["nll"],
+        accuracy=accuracy, chance=1.0 / len(set(y for _, y in pairs)),
+        examples=[{"source": test[i][0], "target": test[i][1], "prediction": preds[i]} for i in shown],
+        train_seconds=round(train_s, 1), seconds=round(time.perf_counter() - t0, 1),
+        config=dataclasses.asdict(cfg))
 
 
-def plot(history: list[dict], accuracy_curve: list[dict], path: Path, title: str = "") -> None:
-    """Training loss (smoothed and plain NLL) and held-out exact-match accuracy against step, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+def report(res: harness.LessonResult) -> list[str]:
+    """Loss, accuracy and a few translations, as text lines."""
+    d = res.details
+    c = d["config"]
+    lines = [f"translate {d['task']}: {d['steps']} steps in {d['seconds']:.0f} s, {d['params']:,} parameters",
+             f"loss (label-smoothed, eps={c['smoothing']}) {d['first_loss']:.3f} -> {d['final_loss']:.3f}; "
+             f"cross-entropy {d['first_nll']:.3f} -> {d['final_nll']:.4f} nats/token",
+             f"held-out exact match (greedy): {d['accuracy']:.1%} of {d['n_test']} "
+             f"(chance {d['chance']:.2g}; {d['n_train']} training pairs)"]
+    for e in d["examples"]:
+        mark = "ok" if e["prediction"] == e["target"] else f"expected {e['target']!r}"
+        lines.append(f"  {e['source']!r} -> {e['prediction']!r}  ({mark})")
+    return lines
+
+
+def plot(axes, history: list[dict], rows: list[dict]) -> None:
+    """Training loss (smoothed and plain NLL) and held-out exact-match accuracy against step."""
+    a, b = axes
     steps = [r["step"] for r in history]
     a.plot(steps, [r["loss"] for r in history], label="label-smoothed loss (ε = 0.1)")
     a.plot(steps, [r["nll"] for r in history], label="cross-entropy (NLL)")
@@ -325,12 +341,8 @@ def plot(history: list[dict], accuracy_curve: list[dict], path: Path, title: str
     a.set_yscale("log")
     a.legend()
     a.grid(alpha=0.3)
-    b.plot([r["step"] for r in accuracy_curve], [r["accuracy"] for r in accuracy_curve], "o-")
+    b.plot([r["step"] for r in rows], [r["accuracy"] for r in rows], "o-")
     b.set_xlabel("step")
     b.set_ylabel("held-out exact match (greedy)")
     b.set_ylim(0, 1)
     b.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -123,7 +123,7 @@ TINY = dict(task="dates", d_model=32, heads=4, d_ff=128, layers=1, warmup=100, b
 
 def test_train_step_is_pure():
     """Same state and batch in, same state and metrics out; the input state is left as it was."""
-    cfg = tr.LessonConfig(**TINY)
+    cfg = tr.Config(**TINY)
     v = tr.Vocab()
     pairs = tr.task_pairs("dates")[:64]
     batch = {k: jnp.asarray(a) for k, a in v.arrays(pairs, 10, 18).items()}
@@ -145,9 +145,11 @@ def test_train_step_is_pure():
 def test_a_short_run_learns_to_translate_dates():
     """300 steps of a 32-wide, 1+1-layer Transformer: held-out exact match ≥ 50% (chance: 1 in 73,049),
     cross-entropy down by more than 90%."""
-    s = tr.run(tr.LessonConfig(steps=300, **TINY), out_dir=None, progress=False)
+    res = tr.run(tr.Config(steps=300, **TINY), out_dir=None, progress=False)
+    s = res.details
     assert s["chance"] < 1e-4
     assert s["accuracy"] >= 0.5, s["accuracy"]
+    assert res.supported and res.rows[-1] == {"step": 300, "accuracy": s["accuracy"], "n": 200}
     assert s["final_nll"] < 0.1 * s["first_nll"], (s["first_nll"], s["final_nll"])
     assert s["final_loss"] > s["final_nll"]   # smoothing keeps the smoothed loss above the NLL
     assert sum(e["prediction"] == e["target"] for e in s["examples"]) >= 1
@@ -164,11 +166,11 @@ def test_cli_prints_json_with_accuracy_and_writes_the_plot(tmp_path):
     r = _lineage("--task", "dates", "--steps", "40", "--d-model", "16", "--layers", "1", "--json",
                  "--out", str(out), tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
-    s = json.loads(r.stdout)
+    s = json.loads(r.stdout)["details"]
     assert s["task"] == "dates" and s["steps"] == 40 and 0.0 <= s["accuracy"] <= 1.0 and s["n_test"] == 1000
     assert s["final_loss"] < s["first_loss"] and len(s["examples"]) >= 5
     assert (out / "translate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "summary.json").read_text())["accuracy"] == s["accuracy"]
+    assert json.loads((out / "result.json").read_text())["details"]["accuracy"] == s["accuracy"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,0 +1,55 @@
+"""The lessons, by name: the one list that ``lineage lesson``, its tests and docs/lineage.md read.
+
+How to add a lesson. Write ``lineage_jax/lessons/NAME.py`` exposing
+
+    Config         a frozen dataclass of the lesson's knobs (int, float, bool, str fields), defaults =
+                   the full run; ``__post_init__`` raises ConfigError as ``field=value: what is allowed``
+    QUICK          a dict of Config fields for ``--quick``: a smoke run of at most 30 s on 2 CPU cores
+    supports(rows) whether the measured rows bear the claim out (the verdict is read off the
+                   measurement, never set by hand)
+    run(cfg, out_dir, progress=True) -> harness.LessonResult   (``harness.result(...)``; train with
+                   ``harness.fit``, draw with ``harness.figure``, nothing printed)
+    report(result) optional: extra text lines for the terminal
+
+then add one ``Lesson(...)`` line below, a row in docs/lineage.md and tests in tests/lessons/NAME.py.
+The entry holds the metadata, so listing lessons imports no lesson module (and no JAX);
+``load`` imports the module only when the lesson runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+
+from lineage_jax.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesson:
+    name: str
+    era: str                     # when the idea entered the lineage
+    paper: str
+    claim: str                   # one line, what the run measures; `supported` says whether it held
+    module: str                  # dotted path, imported by `load`
+    flags: tuple[str, ...] = ()  # Config fields also given as --kebab-case flags (besides field=value)
+
+    def metadata(self) -> dict[str, str]:
+        return {"name": self.name, "era": self.era, "paper": self.paper, "claim": self.claim}
+
+
+LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
+    Lesson("translate", "2017", "Vaswani et al. 2017, Attention Is All You Need",
+           "an attention-only encoder-decoder learns a translation task: held-out exact match >= 50% (chance <= 1e-4)",
+           "lineage_jax.lessons.translate", flags=("task", "steps", "seed", "d_model", "layers")),
+)}
+
+
+def get(name: str) -> Lesson:
+    if name not in LESSONS:
+        raise ConfigError(f"lesson {name!r}: unknown; known lessons: {', '.join(LESSONS)}")
+    return LESSONS[name]
+
+
+def load(name: str) -> ModuleType:
+    """The lesson's module (this is where JAX gets imported)."""
+    return importlib.import_module(get(name).module)
