@@ -87,13 +87,13 @@ def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence
 
 def complete(rules: Rules) -> Rules:
     """``rules`` followed by every other name of the vocabulary, replicated (mapped to None)."""
-    check_rules(rules, "sharding rules", complete=False)
+    check_rules(rules, "sharding rules", every=False)
     listed = {name for name, _ in rules}
     return tuple(rules) + tuple((name, None) for name in LOGICAL_AXES if name not in listed)
 
 
-def check_rules(rules: Rules, what: str = "sharding rules", complete: bool = True) -> None:
-    """Each name of the vocabulary once (all of them when ``complete``): an unknown, duplicate
+def check_rules(rules: Rules, what: str = "sharding rules", every: bool = True) -> None:
+    """Each name of the vocabulary once (``every`` one of them by default): an unknown, duplicate
     or missing name is an error, never silently resolved."""
     seen = set()
     for name, _ in rules:
@@ -102,7 +102,7 @@ def check_rules(rules: Rules, what: str = "sharding rules", complete: bool = Tru
             raise MeshError(f"{what}: logical axis '{name}' is mapped twice; give each logical axis one rule")
         seen.add(name)
     missing = [name for name in LOGICAL_AXES if name not in seen]
-    if complete and missing:
+    if every and missing:
         raise MeshError(f"{what}: no rule for logical axes {', '.join(missing)}; list every name of "
                         f"parallel/axes.py (None: replicated)")
 

@@ -18,7 +18,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 
 from parallel.collectives import (dp_mean_grads, expert_dispatch, expert_return, megatron_f, megatron_g, sp_gather,
                                   sp_scatter, vocab_parallel_cross_entropy, vocab_parallel_embed, zero3_gather)
-from parallel.hlo import collectives_by_op
+from parallel.report.collectives import collectives_by_op
 
 B, T, D, H, K, F = 2, 16, 32, 8, 4, 64  # batch, time, model, heads, head dim, feed-forward
 OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
