@@ -200,22 +200,22 @@ def cmd_shard_report(args) -> int:
     _init_devices(args.devices)
     from pathlib import Path
 
-    from lineage_jax import shard_report as sr
-    from parallel import introspect
+    from lineage_jax.commands import shard_report as sr
+    from parallel.report.format import fmt_bytes, format_report
     if args.compare:
         rows = sr.compare(cfg, Path(args.compare))
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
             for r in rows:
-                print(f"{r['name']:<10} " + (f"skipped: {r['skipped']}" if "skipped" in r else
-                      f"params {introspect.fmt_bytes(r['params'])}, opt {introspect.fmt_bytes(r['opt_state'])}, "
-                      f"temp {introspect.fmt_bytes(r['temp'])}, sent {introspect.fmt_bytes(r['comm'])} "
-                      f"(theory {introspect.fmt_bytes(r['comm_theory'])})"))
+                print(f"{r['name']:<13} " + (f"skipped: {r['skipped']}" if "skipped" in r else
+                      f"params {fmt_bytes(r['params'])}, opt {fmt_bytes(r['opt_state'])}, "
+                      f"temp {fmt_bytes(r['temp'])}, sent {fmt_bytes(r['comm'])} "
+                      f"(theory {fmt_bytes(r['comm_theory'])})"))
             print(f"plot: {args.compare}")
         return 0
     rep = sr.shard_report(cfg)
-    print(json.dumps(sr.to_json(rep), indent=1) if args.json else introspect.format_report(rep))
+    print(json.dumps(sr.to_json(rep), indent=1) if args.json else format_report(rep))
     return 0
 
 

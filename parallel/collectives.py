@@ -36,6 +36,10 @@ collective in the compiled step is one written here. The custom-VJP operators al
 ``check_vma=True`` (their ``pcast(.., to="varying")`` moves no bytes and is a no-op when
 ``check_vma=False``); ``dp_mean_grads`` does not: there the gradient arrives already summed.
 
+Each operator runs under a ``jax.named_scope`` of its own name, so its collectives carry it in
+the compiled HLO's ``op_name`` metadata (``.../megatron_f/psum``, backward
+``.../transpose(jvp(megatron_f))/psum``) and in profiles.
+
 Never imports lineage_jax.
 """
 from __future__ import annotations
@@ -48,6 +52,11 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 Axis = str | tuple[str, ...]
+
+
+def _scoped(op):
+    """``op`` under a named scope of its own name: forward and backward ops are labelled by it."""
+    return jax.named_scope(op.__name__)(op)
 
 
 def _vary(x, axis: Axis):
@@ -76,6 +85,7 @@ def _f_bwd(axis, _, dy):
 
 
 megatron_f.defvjp(_f_fwd, _f_bwd)
+megatron_f = _scoped(megatron_f)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -97,6 +107,7 @@ def _g_bwd(axis, _, dy):
 
 
 megatron_g.defvjp(_g_fwd, _g_bwd)
+megatron_g = _scoped(megatron_g)
 
 
 # --- Megatron sequence parallelism (Korthikanti et al. 2022, §4.2.2) -------------------------
@@ -113,7 +124,7 @@ def sp_gather(x, axis: Axis, dim: int):
 
 
 def _spg_fwd(x, axis, dim):
-    return sp_gather(x, axis, dim), None
+    return lax.all_gather(x, axis, axis=dim, tiled=True), None
 
 
 def _spg_bwd(axis, dim, _, dy):
@@ -121,6 +132,7 @@ def _spg_bwd(axis, dim, _, dy):
 
 
 sp_gather.defvjp(_spg_fwd, _spg_bwd)
+sp_gather = _scoped(sp_gather)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -134,7 +146,7 @@ def sp_scatter(x, axis: Axis, dim: int):
 
 
 def _sps_fwd(x, axis, dim):
-    return sp_scatter(x, axis, dim), None
+    return lax.psum_scatter(x, axis, scatter_dimension=dim, tiled=True), None
 
 
 def _sps_bwd(axis, dim, _, dy):
@@ -142,6 +154,7 @@ def _sps_bwd(axis, dim, _, dy):
 
 
 sp_scatter.defvjp(_sps_fwd, _sps_bwd)
+sp_scatter = _scoped(sp_scatter)
 
 
 # --- ZeRO-3 / FSDP (Rajbhandari et al. 2020, §5.3) --------------------------------------------
@@ -161,7 +174,7 @@ def zero3_gather(w_shard, axis: Axis, dim: int = 0):
 
 
 def _z3_fwd(w_shard, axis, dim):
-    return zero3_gather(w_shard, axis, dim), None
+    return lax.all_gather(w_shard, axis, axis=dim, tiled=True), None
 
 
 def _z3_bwd(axis, dim, _, dw):
@@ -169,10 +182,12 @@ def _z3_bwd(axis, dim, _, dw):
 
 
 zero3_gather.defvjp(_z3_fwd, _z3_bwd)
+zero3_gather = _scoped(zero3_gather)
 
 
 # --- Data parallel -------------------------------------------------------------------------
 
+@_scoped
 def dp_mean_grads(grads, axes: Axis, flat: bool = True):
     """Data parallel: the mean of every device's gradient, an all-reduce over the data axes.
 
@@ -192,6 +207,7 @@ def dp_mean_grads(grads, axes: Axis, flat: bool = True):
 
 # --- GShard expert parallelism (Lepikhin et al. 2021, §2.3) ---------------------------------
 
+@_scoped
 def expert_dispatch(buf, axis: Axis):
     """Send each expert's rows to the device holding that expert (GShard's first AllToAll).
 
@@ -204,6 +220,7 @@ def expert_dispatch(buf, axis: Axis):
     return lax.all_to_all(buf, axis, split_axis=1, concat_axis=0, tiled=True)
 
 
+@_scoped
 def expert_return(buf, axis: Axis):
     """The inverse of ``expert_dispatch``: [n·G, E/n, C, D] expert outputs -> [G, E, C, D] back
     on the device that owns the tokens (GShard's second AllToAll). Sends as many bytes as the
@@ -217,6 +234,7 @@ def _vocab_range(n_local: int, axis: Axis):
     return start, start + n_local
 
 
+@_scoped
 def vocab_parallel_embed(tokens, table_shard, axis: Axis):
     """Megatron §3: embedding table split by rows E[V_n, D]; look up, then Megatron's g.
 
@@ -229,6 +247,7 @@ def vocab_parallel_embed(tokens, table_shard, axis: Axis):
     return megatron_g(jnp.where(mine[..., None], rows, 0), axis)
 
 
+@_scoped
 def vocab_parallel_cross_entropy(logits_shard, targets, axis: Axis):
     """Megatron §3: softmax cross-entropy over logits split by vocabulary, [.., V_n] per device.
 

@@ -9,11 +9,11 @@ A strategy is four tables (as in Levanter/Haliax, storage is mapped apart from c
 ``grads``      gradients as the optimizer receives them
 =============  ==============================================================
 
-Logical names used by the models: ``batch``, ``seq`` (the residual stream's time axis),
-``length`` (time inside attention/MLP), ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``,
-``position``, ``layers``, and for mixtures of experts ``expert`` (the experts of a layer)
-and ``expert_group`` (token groups once dispatched to their experts). Mesh axes: ``data``,
-``fsdp``, ``expert``, ``tensor`` (see mesh.py).
+Logical names: the vocabulary of ``parallel/axes.py`` (``batch``, ``seq``, ``length``,
+``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``, ``layers``, ``expert``, ...). Every table
+lists every one of them (``None``: replicated), so a known name is never missing from a table
+and an unknown one is an error wherever it appears. Mesh axes: ``data``, ``fsdp``, ``expert``,
+``tensor`` (see mesh.py).
 
 - Data parallel: ``batch`` over (data, fsdp, expert); everything else replicated.
 - GShard expert parallel (Lepikhin et al. 2021): ``expert`` → expert. Tokens are split over
@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from parallel.axes import LOGICAL_AXES, check_names, unknown_name
 from parallel.mesh import MeshError
 
 Rules = tuple[tuple[str, Any], ...]
@@ -57,6 +58,10 @@ class Strategy:
     grads: Rules
     zero_stage: int = 0
 
+    def __post_init__(self):
+        for name, table in self.tables().items():
+            check_rules(table, f"strategy table '{name}'")
+
     def tables(self) -> dict[str, Rules]:
         return {"compute": self.compute, "params": self.params, "opt_state": self.opt_state, "grads": self.grads}
 
@@ -73,23 +78,33 @@ def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence
     if mesh_shape.get("tensor", 1) > 1:
         compute = compute + TENSOR + (SEQUENCE if sequence_parallel else ())
     sharded = compute + ZERO
-    s = Strategy(compute=compute,
-                 params=sharded if zero_stage >= 3 else compute,
-                 opt_state=sharded if zero_stage >= 1 else compute,
-                 grads=sharded if zero_stage >= 2 else compute,
-                 zero_stage=zero_stage)
-    for table in s.tables().values():
-        check_rules(table)
-    return s
+    return Strategy(compute=complete(compute),
+                    params=complete(sharded if zero_stage >= 3 else compute),
+                    opt_state=complete(sharded if zero_stage >= 1 else compute),
+                    grads=complete(sharded if zero_stage >= 2 else compute),
+                    zero_stage=zero_stage)
 
 
-def check_rules(rules: Rules) -> None:
-    """Duplicate logical names are an error, never silently resolved."""
+def complete(rules: Rules) -> Rules:
+    """``rules`` followed by every other name of the vocabulary, replicated (mapped to None)."""
+    check_rules(rules, "sharding rules", every=False)
+    listed = {name for name, _ in rules}
+    return tuple(rules) + tuple((name, None) for name in LOGICAL_AXES if name not in listed)
+
+
+def check_rules(rules: Rules, what: str = "sharding rules", every: bool = True) -> None:
+    """Each name of the vocabulary once (``every`` one of them by default): an unknown, duplicate
+    or missing name is an error, never silently resolved."""
     seen = set()
     for name, _ in rules:
+        check_names([name], what)
         if name in seen:
-            raise MeshError(f"sharding rules: logical axis '{name}' is mapped twice; give each logical axis one rule")
+            raise MeshError(f"{what}: logical axis '{name}' is mapped twice; give each logical axis one rule")
         seen.add(name)
+    missing = [name for name in LOGICAL_AXES if name not in seen]
+    if every and missing:
+        raise MeshError(f"{what}: no rule for logical axes {', '.join(missing)}; list every name of "
+                        f"parallel/axes.py (None: replicated)")
 
 
 def _mesh_axes(target) -> tuple[str, ...]:
@@ -99,14 +114,18 @@ def _mesh_axes(target) -> tuple[str, ...]:
 
 
 def spec_for(logical: Sequence[str | None], rules: Rules, what: str = "array") -> P:
-    """Logical axis names -> PartitionSpec (unlisted names are replicated).
+    """Logical axis names -> PartitionSpec, by a complete table (see ``complete``).
 
-    Two logical axes of one array mapped onto the same mesh axis is a conflict: an error.
+    A name outside the vocabulary is an error naming ``what``; so are two logical axes of one
+    array mapped onto the same mesh axis (a conflict).
     """
     table = dict(rules)
+    check_names(logical, what)
     out, used = [], {}
     for name in logical:
-        target = table.get(name) if name is not None else None
+        if name is not None and name not in table:
+            raise MeshError(f"{what}: the rules table has no rule for '{name}'; build tables with rules.complete")
+        target = table[name] if name is not None else None
         for axis in _mesh_axes(target):
             if axis in used:
                 raise MeshError(f"{what}: logical axes '{used[axis]}' and '{name}' both map to mesh axis '{axis}'; "
@@ -149,6 +168,21 @@ def check_batch(batch_size: int, mesh: Mesh, rules: Rules, what: str = "train.ba
         raise MeshError(f"{what}={batch_size} does not split over the {n} data-parallel devices; use a multiple of {n}")
 
 
+class _UnknownNameGuard:
+    """A last rule that no name matches, but that every name is compared with: Flax resolves a
+    constraint by testing each rule's name ``in`` the array's names, and for a string name
+    ``name == guard`` falls back to this ``__eq__``, which rejects names outside the vocabulary."""
+
+    def __eq__(self, other):
+        if isinstance(other, str) and other not in LOGICAL_AXES:
+            raise unknown_name(other, "activation constraint (nn.with_logical_constraint)")
+        return other is self
+
+    __hash__ = object.__hash__
+
+
 def axis_rules(rules: Rules):
-    """Context in which the models' logical constraints resolve with these rules."""
-    return nn.logical_axis_rules(rules)
+    """Context in which the models' logical constraints resolve with these (complete) rules; a
+    constraint naming an unknown axis raises while tracing."""
+    check_rules(rules)
+    return nn.logical_axis_rules(tuple(rules) + ((_UnknownNameGuard(), None),))

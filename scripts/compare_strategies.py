@@ -1,5 +1,6 @@
-"""Every strategy side by side on 8 emulated CPU devices: per-device memory next to the ZeRO
-formula, collective bytes next to the ring formula, and the median step time.
+"""Every named strategy (parallel/strategies.py) side by side on 8 emulated CPU devices, in both
+forms: per-device memory next to the ZeRO formula, collective bytes next to the ring formula,
+and the median step time.
 
     python scripts/compare_strategies.py [--steps 5] [section.key=value ...]
 
@@ -18,23 +19,15 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lineage_jax.commands.shard_report import configure, shard_report  # noqa: E402
 from lineage_jax.config import load_config  # noqa: E402
-from lineage_jax.shard_report import shard_report  # noqa: E402
 from lineage_jax.train.setup import build  # noqa: E402
-from parallel.introspect import fmt_bytes  # noqa: E402
+from parallel.report.build import comparison_row  # noqa: E402
+from parallel.report.format import fmt_bytes  # noqa: E402
+from parallel.strategies import NAMED  # noqa: E402
 
 MODEL = ["model.layers=4", "model.width=256", "model.heads=8", "model.context=64", "model.attn_chunks=1",
          "model.scan_layers=true", "model.vocab_multiple=8", "train.batch_size=8"]
-STRATEGIES = {
-    "DP": ["mesh.data=8"],
-    "ZeRO-1": ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=1"],
-    "ZeRO-2": ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=2"],
-    "ZeRO-3": ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3"],
-    "TP": ["mesh.data=1", "mesh.tensor=8"],
-    "TP+SP": ["mesh.data=1", "mesh.tensor=8", "parallel.sequence_parallel=true"],
-    "FSDPxTP": ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=4", "parallel.zero_stage=3"],
-    "DPxFSDPxTP": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "parallel.zero_stage=3"],
-}
 
 
 def step_time(cfg, steps: int) -> float:
@@ -55,19 +48,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    print(f"{'strategy':<11} {'form':<9} {'params+opt/dev':>14} {'ZeRO formula':>12} {'sent/dev':>9} "
+    print(f"{'strategy':<13} {'form':<9} {'params+opt/dev':>14} {'ZeRO formula':>12} {'sent/dev':>9} "
           f"{'ring theory':>11} {'temp/dev':>9} {'step ms':>8}")
-    for name, over in STRATEGIES.items():
+    for name in NAMED:
         for form in ("gspmd", "shard_map"):
-            cfg = load_config("tiny", MODEL + over + [f"parallel.form={form}"] + args.overrides)
-            rep = shard_report(cfg)
-            po = rep["per_device_bytes"]["params"] + rep["per_device_bytes"]["opt_state"]
-            th = rep["theory_bytes"].get("params", 0) + rep["theory_bytes"].get("opt_state", 0)
-            sent = sum(c.get("sent_bytes", 0) for c in rep["collectives_executed"])
-            theory = rep.get("comm_theory", {}).get("total")
-            print(f"{name:<11} {form:<9} {fmt_bytes(po):>14} {fmt_bytes(th):>12} {fmt_bytes(sent):>9} "
-                  f"{fmt_bytes(theory):>11} {fmt_bytes(rep['memory']['temp']):>9} "
-                  f"{1e3 * step_time(cfg, args.steps):>8.1f}", flush=True)
+            cfg = configure(load_config("tiny", MODEL + [f"parallel.form={form}"] + args.overrides), name)
+            r = comparison_row(name, shard_report(cfg))
+            print(f"{name:<13} {form:<9} {fmt_bytes(r['params'] + r['opt_state']):>14} "
+                  f"{fmt_bytes(r['state_theory']):>12} {fmt_bytes(r['comm']):>9} {fmt_bytes(r['comm_theory']):>11} "
+                  f"{fmt_bytes(r['temp']):>9} {1e3 * step_time(cfg, args.steps):>8.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ LAYERS = [
     {"decode"},                                  # sampling a model: never builds an optimiser
     {"train"},                                   # the pure step, its state, the loop
     {"interop"},                                 # Hugging Face checkpoints in and out (writes run dirs)
-    {"sample", "shard_report"},                  # TODO(issue 14): to decode/ and the report package
+    {"sample"},                                  # TODO(issue 14): to decode/
     {"lessons", "bench"},
     {"commands"},                                # one module per CLI subcommand
     {"cli"},

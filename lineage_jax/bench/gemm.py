@@ -3,7 +3,7 @@
 The train-step benchmark (``lineage bench``) sets tokens/s against a PyTorch eager peer. This
 target asks how much of the difference is the matmul kernels rather than the program around
 them: it compiles the configured train step, reads every ``dot`` from the optimised HLO
-(``parallel.hlo.dots_by_op``: the products XLA actually runs, after its own rewrites: the
+(``parallel.report.hlo.dots_by_op``: the products XLA actually runs, after its own rewrites: the
 backward's dx/dw products, the causal kernel's per-chunk batched products, the tied LM head; a
 scanned layer's counted once per iteration), and times each distinct one alone:
 
@@ -69,9 +69,9 @@ class Dot:
 
 
 def dots_in_hlo(text: str) -> collections.Counter:
-    """Every ``dot`` of an optimized HLO module (``parallel.hlo.dots_by_op``), as ``Dot`` -> how
+    """Every ``dot`` of an optimized HLO module (``parallel.report.hlo.dots_by_op``), as ``Dot`` -> how
     many times it runs per execution (a scanned layer's dots times the loop's trip count)."""
-    from parallel import hlo
+    from parallel.report import hlo
     found: collections.Counter = collections.Counter()
     for d in hlo.dots_by_op(text):
         found[Dot(d["dtype"], d["lhs"], d["rhs"], d["lhs_contracting"], d["rhs_contracting"], d["lhs_batch"],

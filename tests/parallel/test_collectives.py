@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
-from parallel.collectives import (dp_mean_grads, megatron_f, megatron_g, sp_gather, sp_scatter,
-                                  vocab_parallel_cross_entropy, vocab_parallel_embed, zero3_gather)
+from parallel.collectives import (dp_mean_grads, expert_dispatch, expert_return, megatron_f, megatron_g, sp_gather,
+                                  sp_scatter, vocab_parallel_cross_entropy, vocab_parallel_embed, zero3_gather)
+from parallel.report.collectives import collectives_by_op
 
 B, T, D, H, K, F = 2, 16, 32, 8, 4, 64  # batch, time, model, heads, head dim, feed-forward
 OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -286,3 +287,39 @@ def test_check_vma_true_already_sums_a_replicated_parameters_gradient():
     typed = jax.shard_map(local_grad, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=True)
     assert counts(hlo(typed, w, x)) == {"all-reduce": 1}
     assert rel(jax.jit(typed)(w, x), local_grad(w, x)) <= 1e-5  # the sum over devices, not the mean
+
+
+# --- named scopes -------------------------------------------------------------------------------
+
+SCOPED = ("megatron_f", "megatron_g", "sp_gather", "sp_scatter", "zero3_gather", "dp_mean_grads",
+          "expert_dispatch", "expert_return", "vocab_parallel_embed", "vocab_parallel_cross_entropy")
+
+
+def test_every_collective_of_a_step_carries_its_operators_name_forward_and_backward():
+    """A step using every operator: each collective of the compiled HLO names (in its ``op_name``
+    metadata) the operator that issued it, and every operator is seen in both directions where
+    it communicates both ways."""
+    n, t, v = 8, 16, 64
+    mesh = mesh_of((n,), ("d",))
+
+    def loss(p, x, tok):
+        w = zero3_gather(p["w"], "d")                                    # [D, D] from [D/n, D]
+        h = megatron_g(megatron_f(x, "d") @ w, "d")
+        h = sp_gather(sp_scatter(h, "d", 0), "d", 0)
+        h = h + vocab_parallel_embed(tok, p["table"], "d")
+        buf = expert_return(expert_dispatch(h.reshape(1, n, t // n, D), "d"), "d").reshape(t, D)
+        return vocab_parallel_cross_entropy(buf @ p["table"].T, tok, "d").mean()
+
+    step = jax.shard_map(lambda p, x, tok: dp_mean_grads(jax.grad(loss, argnums=(0, 1))(p, x, tok), "d"),
+                         mesh=mesh, in_specs=({"w": P("d"), "table": P("d")}, P(), P()),
+                         out_specs=({"w": P("d"), "table": P("d")}, P()), check_vma=False)
+    p = {"w": jnp.ones((D, D)), "table": jnp.ones((v, D))}
+    ops = collectives_by_op(hlo(step, p, jnp.ones((t, D)), jnp.zeros((t,), jnp.int32)))
+    scopes = [set(re.findall(r"(transpose\()?(?:jvp\()?\b(" + "|".join(SCOPED) + r")\b", op["op_name"]))
+              for op in ops]
+    assert all(scopes), [op["op_name"] for op, s in zip(ops, scopes) if not s]
+    forward = {name for s in scopes for back, name in s if not back}
+    backward = {name for s in scopes for back, name in s if back}
+    assert forward == set(SCOPED) - {"megatron_f"}                       # f: identity forward
+    assert backward == {"megatron_f", "sp_gather", "sp_scatter", "zero3_gather", "expert_dispatch",
+                        "expert_return"}                                  # g and the vocab ops: identity back

@@ -20,7 +20,7 @@ from lineage_jax.config import ConfigError, ModelConfig, load_config
 from lineage_jax.moe import MoEFeedForward
 from lineage_jax.train.explicit import make_explicit_forward
 from lineage_jax.train.setup import build
-from parallel import hlo
+from parallel.report import collectives
 
 SMALL = ["model.context=16", "model.width=32", "model.heads=2", "model.attn_chunks=1", "model.layers=4",
          "model.vocab_multiple=8", "train.batch_size=8", "train.steps=10", "optim.warmup_steps=2",
@@ -85,7 +85,7 @@ def test_explicit_forward_has_two_all_to_alls_per_moe_layer(scan):
         fwd = jax.jit(make_explicit_forward(setup))
         text = fwd.lower(state.params, tokens).compile().as_text()
         logits = fwd(state.params, tokens)
-    ops = [op for op in hlo.collectives_by_op(text) if op["kind"] == "all-to-all"]
+    ops = [op for op in collectives.collectives_by_op(text) if op["kind"] == "all-to-all"]
     moe_layers = cfg.model.layers // cfg.model.moe_every
     if scan:   # one scanned unit (dense block, MoE block): its body holds the pair, run moe_layers times
         assert len(ops) == 2 and all(op["in_loop"] for op in ops)
@@ -167,7 +167,7 @@ def test_gspmd_expert_parallel_sends_what_theory_says(overrides):
     to replicating them ("involuntary full rematerialization"): 4.4× the theoretical traffic
     on the first mesh (all-gathers of 60 MiB per step, all-to-alls 4× theory).
     """
-    from lineage_jax.shard_report import shard_report
+    from lineage_jax.commands.shard_report import shard_report
     rep = shard_report(load_config("moe_tiny", overrides + ["model.scan_layers=false"]))
     sent = {c["kind"]: c["sent_bytes"] for c in rep["collectives_executed"]}
     theory = rep["comm_theory"]

@@ -10,7 +10,7 @@ import pytest
 
 from lineage_jax.config import load_config
 from lineage_jax.train.setup import build
-from parallel.introspect import collectives_by_op
+from parallel.report.collectives import collectives_by_op
 from tests.parallel.test_parallel_gspmd import MODEL, ONE, STRATEGIES, rel_err, without_key_bias
 
 STEPS = 10

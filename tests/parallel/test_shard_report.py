@@ -6,7 +6,7 @@ import pytest
 
 from lineage_jax import cli
 from lineage_jax.config import load_config
-from lineage_jax.shard_report import shard_report
+from lineage_jax.commands.shard_report import shard_report
 
 MODEL = ["model.layers=4", "model.width=256", "model.heads=4", "model.context=16", "model.attn_chunks=1",
          "model.scan_layers=true", "train.batch_size=8", "model.vocab_multiple=8"]

@@ -1,8 +1,9 @@
 """``lineage shard-report``: compile the train step under a strategy, train nothing, and show
 where every byte lives and which bytes cross devices — next to the ZeRO and ring formulas.
 
-Composes a model's setup (lineage_jax.train.setup) with parallel/introspect.py, which knows
-only compiled programs, shardings and logical names.
+Composes a model's setup (lineage_jax.train.setup) with parallel/report/, which knows only
+compiled programs, shardings and logical names; ``--compare`` runs the named strategies of
+parallel/strategies.py. Imports JAX: the CLI imports it once ``--devices`` has acted.
 """
 from __future__ import annotations
 
@@ -13,37 +14,38 @@ import jax.numpy as jnp
 
 from lineage_jax.config import Config
 from lineage_jax.train.setup import build
-from parallel import introspect
+from parallel.report import build as report, plot, theory
+from parallel.strategies import NAMED
 
 
 def shard_report(cfg: Config, devices=None) -> dict:
-    """The report's dict (see ``introspect.build_report``) plus the CLI's JSON keys."""
+    """The report's dict (see ``parallel.report.build.build_report``) plus the CLI's JSON keys."""
     setup = build(cfg, devices=devices)
     abstract = setup.abstract_state()
     p_bytes = jnp.dtype(setup.cfg.model.param_dtype).itemsize
-    rep = introspect.build_report(
+    rep = report.build_report(report.ReportInputs(
         setup.train_step, abstract_params=abstract.params, logical_specs=setup.logical_specs,
         param_shardings=setup.state_sharding.params, opt_state=abstract.opt_state,
         opt_shardings=setup.state_sharding.opt_state, mesh_shape=dict(setup.mesh.shape),
         stage=cfg.parallel.zero_stage, param_bytes=p_bytes, grad_bytes=p_bytes, opt_bytes_per_param=2 * p_bytes,
-        title=f"{cfg.model.layers}L×{cfg.model.width} {strategy_name(cfg)} ({cfg.parallel.form})")
+        title=f"{cfg.model.layers}L×{cfg.model.width} {strategy_name(cfg)} ({cfg.parallel.form})"))
     m, mesh = setup.cfg.model, dict(setup.mesh.shape)
     if m.moe_every and mesh.get("expert", 1) > 1 and "comm_theory" in rep:
         from lineage_jax.moe.routers import capacity
         batch_devices = mesh["data"] * mesh["fsdp"] * mesh["expert"]
         micro = cfg.train.batch_size // cfg.train.grad_accum
-        a2a = introspect.expert_comm_theory_bytes(
+        a2a = theory.expert_comm_theory_bytes(
             micro // batch_devices * cfg.train.grad_accum, m.experts, capacity(m.context, m.experts, m.capacity_factor),
             m.width, mesh["expert"], moe_layers=m.layers // m.moe_every, dtype_bytes=jnp.dtype(m.dtype).itemsize)
         rep["comm_theory"]["all-to-all"] = a2a
         rep["comm_theory"]["total"] += a2a
-    mem, theory = rep.get("memory", {}), rep.get("memory_theory", {})
+    mem, zero = rep.get("memory", {}), rep.get("memory_theory", {})
     rep["devices"] = len(setup.mesh.devices.flat)
     rep["per_device_bytes"] = {"params": rep["params_bytes_per_device"], "opt_state": rep["opt_state_bytes_per_device"],
                                "temp": mem.get("temp"), "total": mem.get("total")}
-    rep["theory_bytes"] = {k: theory[k] for k in ("params", "opt_state", "grads") if k in theory}
-    if "total" in theory:
-        rep["theory_bytes"]["total"] = theory["total"]
+    rep["theory_bytes"] = {k: zero[k] for k in ("params", "opt_state", "grads") if k in zero}
+    if "total" in zero:
+        rep["theory_bytes"]["total"] = zero["total"]
     rep["compile_seconds"] = setup.compile_seconds
     return rep
 
@@ -61,32 +63,24 @@ def strategy_name(cfg: Config) -> str:
     return " ".join(parts)
 
 
-COMPARE = {  # name -> overrides of mesh/parallel, for N devices (tensor 2 where it applies)
-    "DP": {"mesh": {"data": -1, "fsdp": 1, "tensor": 1}, "parallel": {"zero_stage": 0}},
-    "ZeRO-1": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}, "parallel": {"zero_stage": 1}},
-    "ZeRO-2": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}, "parallel": {"zero_stage": 2}},
-    "ZeRO-3": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}, "parallel": {"zero_stage": 3}},
-    "TP2×DP": {"mesh": {"data": -1, "fsdp": 1, "tensor": 2}, "parallel": {"zero_stage": 0}},
-    "TP2×FSDP": {"mesh": {"data": 1, "fsdp": -1, "tensor": 2}, "parallel": {"zero_stage": 3}},
-}
+def configure(cfg: Config, name: str) -> Config:
+    """``cfg`` with the mesh and parallel options of the named strategy ``NAMED[name]``."""
+    over = NAMED[name]
+    return dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, **over["mesh"]),
+                               parallel=dataclasses.replace(cfg.parallel, **over["parallel"]))
 
 
 def compare(cfg: Config, path: Path, devices=None) -> list[dict]:
-    """One report per strategy in COMPARE for cfg's model; a PNG of memory and traffic per device."""
+    """One report per named strategy for cfg's model; a PNG of memory and traffic per device."""
     rows = []
-    for name, over in COMPARE.items():
-        c = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, **over["mesh"]),
-                                parallel=dataclasses.replace(cfg.parallel, **over["parallel"]))
+    for name in NAMED:
         try:
-            rep = shard_report(c, devices)
+            rep = shard_report(configure(cfg, name), devices)
         except ValueError as e:      # e.g. a dimension the tensor axis does not divide
             rows.append({"name": name, "skipped": str(e)})
             continue
-        executed = rep.get("collectives_executed", [])
-        rows.append({"name": name, **{k: v or 0 for k, v in rep["per_device_bytes"].items() if k != "total"},
-                     "comm": sum(c.get("sent_bytes", 0) for c in executed),
-                     "comm_theory": rep.get("comm_theory", {}).get("total", 0)})
-    introspect.plot_strategies([r for r in rows if "skipped" not in r], path)
+        rows.append(report.comparison_row(name, rep))
+    plot.plot_strategies([r for r in rows if "skipped" not in r], path)
     return rows
 
 
@@ -100,5 +94,3 @@ def to_json(rep: dict) -> dict:
             "params": [{"path": r["path"], "logical": list(r["logical"] or ()), "spec": r["spec"],
                         "shape": list(r["shape"]), "bytes_per_device": r["bytes_per_device"]} for r in rep["params"]],
             "warnings": rep.get("warnings", []), "compile_seconds": rep["compile_seconds"]}
-
-
