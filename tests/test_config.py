@@ -1,8 +1,14 @@
 """Bad configs end in one line naming the key and what is allowed, before anything compiles."""
+import dataclasses
+import json
+
 import pytest
+import yaml
 
 from lineage_jax import cli
-from lineage_jax.config import Config, ConfigError, load_config
+from lineage_jax.config import (BertConfig, Config, ConfigError, DataConfig, MeshConfig, ModelConfig, OptimConfig,
+                                ParallelConfig, T5Config, TrainConfig, TransformerConfig, cross_section, load_config,
+                                validate)
 from parallel import MeshError, make_mesh, resolve_mesh_shape
 
 
@@ -61,3 +67,68 @@ def test_batch_and_dimension_divisibility_fail_before_compiling(tmp_path):
         build(load_config("tiny", ["train.batch_size=12"]), compile_steps=False)
     with pytest.raises(MeshError, match=r"logical axis 'vocab' has size 257.*do not divide"):
         build(load_config("tiny", ["mesh.tensor=2", "mesh.data=-1"]), compile_steps=False)
+
+
+# ----------------------------------------------------------------------------- each section checks itself
+
+@pytest.mark.parametrize("section,bad,match", [
+    (ModelConfig(heads=5), "model", r"model.heads=5 does not divide model.width=256"),
+    (ModelConfig(moe_every=1, moe_router="nope"), "model", r"model.moe_router='nope': allowed shazeer"),
+    (DataConfig(eval_fraction=1.0), "data", r"data.eval_fraction=1.0: must be in \(0, 1\)"),
+    (DataConfig(prepared_dir="/nonexistent/x"), "data", r"data.prepared_dir=/nonexistent/x: no prepared dataset"),
+    (OptimConfig(b2=1.0), "optim", r"optim.b1=0.9, optim.b2=1.0: each must be in \[0, 1\)"),
+    (TrainConfig(batch_size=16, grad_accum=3), "train", r"train.grad_accum=3 does not divide train.batch_size=16"),
+    (MeshConfig(data=-1, tensor=-1), "mesh", r"mesh: at most one axis may be -1"),
+    (ParallelConfig(zero_stage=4), "parallel", r"parallel.zero_stage=4: allowed 0 \(none\)"),
+])
+def test_each_section_validates_itself(section, bad, match):
+    with pytest.raises(ConfigError, match=match):
+        section.validate()
+    cfg = dataclasses.replace(Config(), **{bad: section})
+    for name in Config.SECTIONS:             # the other sections are fine; validate names this one
+        if name != bad:
+            getattr(cfg, name).validate()
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)
+
+
+def _prepared(tmp_path, **meta):
+    d = tmp_path / "prepared_tokens" / "1.0.0"
+    d.mkdir(parents=True)
+    (d / "metadata.json").write_text(json.dumps(meta))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["optim.warmup_steps=700", "train.steps=600"], r"optim.warmup_steps=700: must be in \[0, train.steps=600\]"),
+    (["mesh.expert=2"], r"mesh.expert=2: expert parallelism needs MoE layers"),
+    (["mesh.expert=2", "model.moe_every=1", "model.moe_backend=dropless"], r"needs model.moe_backend=capacity"),
+    (["mesh.expert=3", "model.moe_every=1"], r"mesh.expert=3 does not divide model.experts=8"),
+    (["model.moe_every=1", "parallel.sequence_parallel=true"], r"sequence_parallel=true with MoE layers"),
+    (["parallel.form=shard_map", "model.dropout=0.1"], r"parallel.form=shard_map does not support model.dropout"),
+    (["data.prepared_dir={seq_512}"], r"packed at --seq-len 512: set model.context=512"),
+    (["data.prepared_dir={vocab_300}"], r"tokenized with a vocabulary of 300: set model.vocab_size >= 300"),
+])
+def test_cross_section_checks_live_in_one_function(tmp_path, overrides, match):
+    dirs = {"seq_512": _prepared(tmp_path / "a", seq_len=512, vocab_size=257),
+            "vocab_300": _prepared(tmp_path / "b", seq_len=128, vocab_size=300)}
+    tree = {}
+    for item in overrides:
+        key, value = item.format(**dirs).split("=")
+        section, field = key.split(".")
+        tree.setdefault(section, {})[field] = yaml.safe_load(value)
+    base = load_config("tiny")
+    cfg = dataclasses.replace(base, **{s: dataclasses.replace(getattr(base, s), **kw) for s, kw in tree.items()})
+    cfg.validate()                           # every section is fine by itself
+    with pytest.raises(ConfigError, match=match):
+        cross_section(cfg)
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny", [o.format(**dirs) for o in overrides])
+
+
+def test_encoder_configs_validate_themselves():
+    for make, match in ((lambda: BertConfig(hidden_act="swish"), r"BertConfig.hidden_act='swish': allowed gelu"),
+                        (lambda: T5Config(feed_forward_proj="gelu"), r"T5Config.feed_forward_proj='gelu'"),
+                        (lambda: TransformerConfig(d_model=30, heads=4), r"must be even and divisible by heads=4")):
+        with pytest.raises(ConfigError, match=match):
+            make()

@@ -25,7 +25,8 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from lineage_jax.config import DataConfig
+from lineage_jax.config import ConfigError, DataConfig
+from lineage_jax.data.prepared import read_prepared
 from lineage_jax.data.sources import load_documents, resolve_data_dir, source_identity
 from lineage_jax.tokenize import Tokenizer
 
@@ -159,7 +160,6 @@ class PackedSplits(NamedTuple):
 
 def load_prepared(prepared_dir: str | Path) -> PackedSplits:
     """The packed rows of a dataset written by ``lineage data prepare --out prepared_dir``."""
-    from lineage_jax.data.prepared import read_prepared
     splits, meta = read_prepared(prepared_dir)
     empty = {k: np.zeros((0, int(meta["seq_len"])), np.int32) for k in ("tokens", "segment_ids", "positions", "document")}
     return PackedSplits(splits.get("train", empty), splits.get("validation", empty), meta)
@@ -167,7 +167,6 @@ def load_prepared(prepared_dir: str | Path) -> PackedSplits:
 
 def check_prepared_tokenizer(meta: dict, tokenizer: Tokenizer, where: str = "data.prepared_dir") -> None:
     """ConfigError (one line) unless ``tokenizer`` is the one the dataset was tokenized with."""
-    from lineage_jax.config import ConfigError
     mine = (tokenizer.name, int(tokenizer.vocab_size), int(tokenizer.eos_id))
     theirs = (meta.get("tokenizer_name"), int(meta.get("vocab_size", -1)), int(meta.get("eos_id", -1)))
     if mine != theirs:

@@ -16,7 +16,7 @@ with a non-noise one. Each noise span becomes one sentinel in the inputs — voc
 vocab−2 for the next, … — and the targets are each sentinel followed by the span it replaced, then EOS;
 the inputs end with EOS too. As in T5's code (``span_corruption``), the last span is always noise, so
 there is no closing sentinel after it (the paper's Figure 2 draws one; the pipeline's
-``t5_span_corrupt`` keeps it and this module drops it). Lengths are then exact:
+``sentinel_span_corrupt`` keeps it and this module drops it). Lengths are then exact:
 
     inputs  = (L − noise) + spans + 1          targets = noise + spans + 1
 
@@ -140,7 +140,7 @@ def t5_span_corrupt(tokens, rng, *, vocab_size: int, eos_id: int = 1, noise_dens
     ins, tgts = [], []
     for row in rows:
         mask = packing.random_spans_noise_mask(L, rng, noise_density, mean_span_length)
-        x, y = packing.t5_span_corrupt(row, rng, vocab_size=vocab_size, noise_mask=mask)
+        x, y = packing.sentinel_span_corrupt(row, rng, vocab_size=vocab_size, noise_mask=mask)
         ins.append(np.append(x, eos_id))
         tgts.append(np.append(y[:-1], eos_id))                          # T5's targets: no closing sentinel
     shape = tokens.shape[:-1]
@@ -150,7 +150,7 @@ def t5_span_corrupt(tokens, rng, *, vocab_size: int, eos_id: int = 1, noise_dens
 def t5_reconstruct(inputs, targets, vocab_size: int) -> np.ndarray:
     """The raw tokens [L] from one row of ``t5_span_corrupt``'s (inputs, targets) (EOS stripped)."""
     inputs, targets = np.asarray(inputs, np.int64)[:-1], np.asarray(targets, np.int64)[:-1]
-    return packing.t5_uncorrupt(inputs, targets, vocab_size)
+    return packing.sentinel_span_restore(inputs, targets, vocab_size)
 
 
 def t5_batch(tokens, rng, *, vocab_size: int, eos_id: int = 1, pad_id: int = 0, noise_density: float = 0.15,

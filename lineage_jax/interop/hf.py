@@ -26,9 +26,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
+import yaml
 
 from lineage_jax.config import Config, ConfigError, DataConfig, MeshConfig, ModelConfig, validate
+from lineage_jax.models.gpt import GPT, padded_vocab
+from lineage_jax.train import checkpoint as ckpt
+from lineage_jax.train.setup import build
 
 SUPPORTED = "gpt2 (GPT2LMHeadModel / GPT2Model)"
 # Other families live in their own modules, each exposing
@@ -135,7 +141,6 @@ def replace_fields(cfg, overrides: dict, path: Path):
 def stack_layers(layers: list[dict], scan: bool) -> dict:
     """Per-layer parameter trees -> the model's layout: stacked on a leading axis under ``blocks``
     (scanned) or one ``blocks_{i}`` per layer."""
-    import jax
     if scan:
         return {"blocks": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
     return {f"blocks_{i}": layer for i, layer in enumerate(layers)}
@@ -143,7 +148,6 @@ def stack_layers(layers: list[dict], scan: bool) -> dict:
 
 def unstack_layers(host: dict, n_layers: int) -> list[dict]:
     """The inverse of ``stack_layers``: one parameter tree per layer."""
-    import jax
     if "blocks" in host:
         return [jax.tree.map(lambda x, i=i: x[i], host["blocks"]) for i in range(n_layers)]
     return [host[f"blocks_{i}"] for i in range(n_layers)]
@@ -166,10 +170,6 @@ def load(path: str | Path, **overrides: Any):
     """A Hugging Face GPT-2 directory -> ``(GPT(cfg), params)`` with ``model.apply({"params": params}, ids)``
     giving logits [B, T, V]. ``overrides`` replace ModelConfig fields (``scan_layers``, ``attn_chunks``,
     ``vocab_multiple``, ``dtype``, ...); the architecture fields come from config.json."""
-    import flax.linen as nn
-    import jax
-    from lineage_jax.models.gpt import GPT, padded_vocab
-
     path = Path(path)
     hf = _read_config(path)
     if hf["model_type"] != "gpt2":
@@ -248,16 +248,14 @@ def hf_config(mc: ModelConfig) -> dict:
 def save(model, params, path: str | Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` (float32) that ``GPT2LMHeadModel.from_pretrained`` loads
     with no missing or unexpected keys. ``params`` may be scanned (``blocks``) or not (``blocks_{i}``)."""
-    import jax
-    from safetensors.numpy import save_file
-
-    from lineage_jax.models.gpt import GPT
     if not isinstance(model, GPT):
         for name in dict.fromkeys(FAMILIES.values()):
             family = importlib.import_module(name)
             if family.handles(model):
                 return family.save(model, params, Path(path))
         raise InteropError(f"save: no Hugging Face writer for {type(model).__name__}")
+    from safetensors.numpy import save_file
+
     mc: ModelConfig = model.cfg
     H, K = mc.heads, mc.width // mc.heads
     host = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
@@ -287,11 +285,6 @@ def convert_to_run_dir(hf_dir: str | Path, run_dir: str | Path, *, tokenizer: st
     fields for ``load`` (e.g. ``context=4096`` for a Llama whose max_position_embeddings is larger than
     the KV cache you want).
     """
-    import jax
-    import yaml
-    from lineage_jax.train import checkpoint as ckpt
-    from lineage_jax.train.setup import build
-
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     model, params = load(hf_dir, **overrides)
     if tokenizer is None:

@@ -25,30 +25,30 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lineage_jax.config import ConfigError
+from lineage_jax.config import BERT_ACTIVATIONS, BertConfig, ConfigError
 from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields
+from lineage_jax.models.bert import Bert
 
 SKIPPED = ("bert.pooler.", "cls.seq_relationship.", "bert.embeddings.position_ids")
 
 
 def handles(model) -> bool:
-    from lineage_jax.models.bert import Bert
     return isinstance(model, Bert)
 
 
 def _config(hf: dict, path: Path, overrides: dict):
-    from lineage_jax.models.bert import ACTIVATIONS, BertConfig
-
     checks = (("position_embedding_type", "absolute"), ("is_decoder", False), ("add_cross_attention", False),
               ("tie_word_embeddings", True))
     for key, want in checks:
         if hf.get(key, want) != want:
             raise InteropError(f"{path}: {key}={hf[key]!r} is not supported (only {want!r}, as in BERT)")
     act = hf.get("hidden_act", "gelu")
-    if act not in ACTIVATIONS:
-        raise InteropError(f"{path}: hidden_act={act!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+    if act not in BERT_ACTIVATIONS:
+        raise InteropError(f"{path}: hidden_act={act!r} is not supported; supported: {', '.join(BERT_ACTIVATIONS)}")
     try:
         cfg = BertConfig(vocab_size=int(hf["vocab_size"]), width=int(hf["hidden_size"]),
                          heads=int(hf["num_attention_heads"]), layers=int(hf["num_hidden_layers"]),
@@ -67,10 +67,6 @@ def _config(hf: dict, path: Path, overrides: dict):
 def load(path: Path, hf: dict, **overrides: Any):
     """A BertForMaskedLM / BertForPreTraining directory -> ``(Bert(cfg), params)``; ``overrides`` replace
     ``BertConfig`` fields (``dtype``, ``param_dtype``, ``dropout``)."""
-    import jax
-    import jax.numpy as jnp
-    from lineage_jax.models.bert import Bert
-
     cfg = _config(hf, path, overrides)
     raw = {k[:-len("gamma")] + "weight" if k.endswith("LayerNorm.gamma") else
            k[:-len("beta")] + "bias" if k.endswith("LayerNorm.beta") else k: v for k, v in read_tensors(path).items()}
@@ -143,7 +139,6 @@ def hf_config(cfg) -> dict:
 def save(model, params, path: Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` (float32) that ``BertForMaskedLM.from_pretrained`` loads
     with no missing or unexpected keys (the decoder weight is tied, so not stored)."""
-    import jax
     from safetensors.numpy import save_file
 
     cfg = model.cfg

@@ -32,10 +32,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from lineage_jax.config import Config, ConfigError, ModelConfig, ffn_dim, validate
 from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields, stack_layers, unstack_layers
+from lineage_jax.models.gpt import padded_vocab
+from lineage_jax.models.llama import Llama
 
 TYPES = ("llama", "mistral", "mixtral")
 # Hugging Face defaults where a config.json leaves a field out (LlamaConfig / MistralConfig / MixtralConfig)
@@ -46,7 +50,6 @@ _ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "mixtral"
 
 
 def handles(model) -> bool:
-    from lineage_jax.models.llama import Llama
     return isinstance(model, Llama)
 
 
@@ -153,11 +156,6 @@ def _layer(get, has, i: int, mc: ModelConfig) -> dict:
 def load(path: Path, hf: dict, **overrides: Any):
     """A Hugging Face Llama / Mistral / Mixtral directory -> ``(Llama(cfg), params)``; ``overrides`` replace
     ModelConfig fields (``context``, ``scan_layers``, ``attn_chunks``, ``vocab_multiple``, ``dtype``, ...)."""
-    import flax.linen as nn
-    import jax
-    from lineage_jax.models.gpt import padded_vocab
-    from lineage_jax.models.llama import Llama
-
     path = Path(path)
     mc = model_config(hf, path, overrides)
     raw = read_tensors(path)
@@ -238,7 +236,6 @@ def save(model, params, path: Path, model_type: str | None = None) -> None:
     """Write ``config.json`` + ``model.safetensors`` (float32) that ``LlamaForCausalLM`` (``model_type``
     llama, the default for a dense model), ``MistralForCausalLM`` (mistral) or ``MixtralForCausalLM`` (an MoE
     model) load with no missing or unexpected keys. ``params`` may be scanned or not."""
-    import jax
     from safetensors.numpy import save_file
 
     mc: ModelConfig = model.cfg

@@ -27,10 +27,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lineage_jax.config import ConfigError
+from lineage_jax.config import T5_FEED_FORWARD, ConfigError, T5Config
 from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields
+from lineage_jax.models.t5 import T5
 
 # Copies of shared.weight older checkpoints carry, and a cross-attention bias table T5 never uses.
 _COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -38,20 +41,18 @@ _UNUSED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weig
 
 
 def handles(model) -> bool:
-    from lineage_jax.models.t5 import T5
     return isinstance(model, T5)
 
 
 def _config(hf: dict, path: Path, tied: bool, overrides: dict):
-    from lineage_jax.models.t5 import FEED_FORWARD, T5Config
-
     for key, want in (("is_decoder", False), ("is_encoder_decoder", True)):
         if hf.get(key, want) != want:
             raise InteropError(f"{path}: {key}={hf[key]!r} is not supported (only {want!r}: "
                                f"T5ForConditionalGeneration)")
     ff = hf.get("feed_forward_proj", "relu")
-    if ff not in FEED_FORWARD:
-        raise InteropError(f"{path}: feed_forward_proj={ff!r} is not supported; supported: {', '.join(FEED_FORWARD)}")
+    if ff not in T5_FEED_FORWARD:
+        raise InteropError(f"{path}: feed_forward_proj={ff!r} is not supported; "
+                           f"supported: {', '.join(T5_FEED_FORWARD)}")
     scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
     try:
         cfg = T5Config(vocab_size=int(hf["vocab_size"]), d_model=int(hf["d_model"]), d_kv=int(hf["d_kv"]),
@@ -73,10 +74,6 @@ def _config(hf: dict, path: Path, tied: bool, overrides: dict):
 def load(path: Path, hf: dict, **overrides: Any):
     """A T5ForConditionalGeneration directory -> ``(T5(cfg), params)``; ``overrides`` replace ``T5Config``
     fields (``dtype``, ``param_dtype``, ``dropout``)."""
-    import jax
-    import jax.numpy as jnp
-    from lineage_jax.models.t5 import T5
-
     tensors = {k: v for k, v in read_tensors(path).items() if k not in _UNUSED}
     if "shared.weight" not in tensors:
         raise InteropError(f"{path}: no shared.weight; supported: T5ForConditionalGeneration checkpoints")
@@ -160,7 +157,6 @@ def hf_config(cfg) -> dict:
 def save(model, params, path: Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` (float32) that ``T5ForConditionalGeneration.from_pretrained``
     loads with no missing or unexpected keys; an untied head is written as ``lm_head.weight``."""
-    import jax
     from safetensors.numpy import save_file
 
     cfg = model.cfg

@@ -1,6 +1,7 @@
 """Models: Flax linen modules used purely, parameters annotated with logical axis names."""
 from lineage_jax.config import ModelConfig
 from lineage_jax.models.gpt import GPT, count_params
+from lineage_jax.models.llama import Llama
 
 
 def build(cfg: ModelConfig):
@@ -10,9 +11,8 @@ def build(cfg: ModelConfig):
     [B, T, V] (``(logits, cache)`` with a cache), so training, sampling and parallel/ treat them alike.
     """
     if cfg.arch == "llama":
-        from lineage_jax.models.llama import Llama
         return Llama(cfg)
     return GPT(cfg)
 
 
-__all__ = ["GPT", "build", "count_params"]
+__all__ = ["GPT", "Llama", "build", "count_params"]

@@ -14,54 +14,19 @@ on the attention probabilities is left out.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lineage_jax.attention.mha import attention, padding_mask
-from lineage_jax.config import ConfigError
+from lineage_jax.config import BertConfig
 from lineage_jax.nn import Dense, constrain, layer_norm, linear, param
 
-# Hugging Face ``hidden_act`` names -> the function (BERT's own "gelu" is the exact erf form).
+# Hugging Face ``hidden_act`` names (``BERT_ACTIVATIONS``) -> the function (BERT's own "gelu" is the exact erf form).
 ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False),
                "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
                "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
                "relu": jax.nn.relu}
-
-
-@dataclasses.dataclass(frozen=True)
-class BertConfig:
-    vocab_size: int = 30522
-    width: int = 768                 # hidden_size, D
-    heads: int = 12                  # H; head dim K = D / H
-    layers: int = 12
-    mlp_dim: int = 3072              # intermediate_size, F
-    max_positions: int = 512
-    type_vocab_size: int = 2
-    layernorm_eps: float = 1e-12
-    hidden_act: str = "gelu"
-    dropout: float = 0.0
-    init_std: float = 0.02
-    pad_token_id: int = 0            # kept for the Hugging Face config; the model does not use it
-    dtype: str = "float32"           # compute dtype
-    param_dtype: str = "float32"     # storage dtype of parameters
-
-    def __post_init__(self):
-        for key in ("vocab_size", "width", "heads", "layers", "mlp_dim", "max_positions", "type_vocab_size"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"BertConfig.{key}={v!r}: must be a positive integer")
-        if self.width % self.heads:
-            raise ConfigError(f"BertConfig.width={self.width} is not divisible by heads={self.heads}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"BertConfig.hidden_act={self.hidden_act!r}: allowed {', '.join(ACTIVATIONS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"BertConfig.dropout={self.dropout}: must be in [0, 1)")
-        for key in ("dtype", "param_dtype"):
-            if getattr(self, key) not in ("float32", "bfloat16", "float16"):
-                raise ConfigError(f"BertConfig.{key}={getattr(self, key)!r}: float32, bfloat16 or float16")
 
 
 class BertLayer(nn.Module):

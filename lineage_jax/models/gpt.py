@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from lineage_jax.config import ModelConfig, ffn_dim
 from lineage_jax.attention.backend import attend_causal
+from lineage_jax.moe import MoEFeedForward
 from lineage_jax.nn import Dense, GeluMLP, cached_attention, constrain, hooks, layer_norm, linear, param
 
 
@@ -75,7 +76,6 @@ class MoEMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        from lineage_jax.moe import MoEFeedForward
         c = self.cfg
         y, m = MoEFeedForward(c.experts, ffn_dim(c), router=c.moe_router, backend=c.moe_backend, k=c.moe_k,
                               capacity_factor=c.capacity_factor, gshard_aux_weight=c.moe_aux_weight,

@@ -38,6 +38,7 @@ from lineage_jax.attention.mha import attention as grouped_attention
 from lineage_jax.attention.positions import rope_rotate_half
 from lineage_jax.config import ModelConfig, ffn_dim
 from lineage_jax.models.gpt import REMAT_POLICIES, padded_vocab
+from lineage_jax.models.mixtral import SparseMoE
 from lineage_jax.attention.backend import attend_causal
 from lineage_jax.nn import Dense, RMSNorm, SwiGLU, constrain, hooks, linear, param
 
@@ -106,7 +107,6 @@ class LlamaBlock(nn.Module):
             x = x + y
         a = rms_norm("mlp_norm", c)(x)
         if c.moe_every:
-            from lineage_jax.models.mixtral import SparseMoE
             x = x + SparseMoE(c, self.deterministic, name="moe")(a)
         else:
             x = x + swiglu(c, self.deterministic)(a)

@@ -22,66 +22,14 @@ norm — except on the attention probabilities, where it is left out.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lineage_jax.attention.mha import attention, causal_mask, combine_masks, padding_mask
 from lineage_jax.attention.positions import t5_bias
-from lineage_jax.config import ConfigError
+from lineage_jax.config import T5Config
 from lineage_jax.nn import Dense, constrain, linear, param
-
-FEED_FORWARD = ("relu", "gated-gelu")
-
-
-@dataclasses.dataclass(frozen=True)
-class T5Config:
-    vocab_size: int = 32128
-    d_model: int = 512               # D
-    d_kv: int = 64                   # K, need not be D / H
-    d_ff: int = 2048                 # F
-    num_heads: int = 8               # H
-    num_layers: int = 6              # encoder layers
-    num_decoder_layers: int | None = None   # None: as many as the encoder
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    layer_norm_epsilon: float = 1e-6
-    feed_forward_proj: str = "relu"
-    tie_word_embeddings: bool = True        # output projection = the shared embedding table
-    scale_decoder_outputs: bool = True      # multiply the decoder output by d_model^-1/2 (T5 v1.0)
-    dropout: float = 0.0
-    init_factor: float = 1.0
-    pad_token_id: int = 0                   # also the decoder start token, as in T5
-    eos_token_id: int = 1
-    dtype: str = "float32"                  # compute dtype
-    param_dtype: str = "float32"            # storage dtype of parameters
-
-    def __post_init__(self):
-        for key in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers",
-                    "relative_attention_num_buckets", "relative_attention_max_distance"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"T5Config.{key}={v!r}: must be a positive integer")
-        if self.num_decoder_layers is not None and (not isinstance(self.num_decoder_layers, int)
-                                                    or self.num_decoder_layers < 1):
-            raise ConfigError(f"T5Config.num_decoder_layers={self.num_decoder_layers!r}: a positive integer or None")
-        if self.relative_attention_num_buckets < 4:
-            raise ConfigError(f"T5Config.relative_attention_num_buckets={self.relative_attention_num_buckets}: "
-                              f"at least 4 (two sides, each with exact and log-spaced buckets)")
-        if self.feed_forward_proj not in FEED_FORWARD:
-            raise ConfigError(f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: allowed {', '.join(FEED_FORWARD)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"T5Config.dropout={self.dropout}: must be in [0, 1)")
-        for key in ("dtype", "param_dtype"):
-            if getattr(self, key) not in ("float32", "bfloat16", "float16"):
-                raise ConfigError(f"T5Config.{key}={getattr(self, key)!r}: float32, bfloat16 or float16")
-
-    @property
-    def decoder_layers(self) -> int:
-        return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
-
 
 class T5LayerNorm(nn.Module):
     """y = x · rsqrt(mean(x²) + ε) · g (Raffel et al. 2020, §2.1: "no additive bias"); statistics in float32."""
@@ -234,4 +182,4 @@ def shift_right(labels: jax.Array, start_id: int = 0, pad_id: int = 0) -> jax.Ar
     return jnp.where(shifted == -100, pad_id, shifted)
 
 
-__all__ = ["FEED_FORWARD", "T5", "T5Config", "T5LayerNorm", "shift_right"]
+__all__ = ["T5", "T5Config", "T5LayerNorm", "shift_right"]

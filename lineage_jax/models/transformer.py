@@ -20,7 +20,6 @@ the whole loop in one compiled program of fixed shape. Every parameter carries l
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -31,33 +30,8 @@ from jax import lax
 
 from lineage_jax.attention.mha import attention, causal_mask, padding_mask
 from lineage_jax.attention.positions import sinusoidal
+from lineage_jax.config import TransformerConfig
 from lineage_jax.nn import Dense, constrain, layer_norm, linear, param
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-    """Sizes of the encoder-decoder; the defaults are the paper's base model (Table 3)."""
-    vocab_size: int = 37000        # V: shared source/target vocabulary (the paper's BPE)
-    d_model: int = 512             # D
-    heads: int = 8                 # H (head dim K = D / H)
-    d_ff: int = 2048               # F: inner width of the feed-forward network
-    encoder_layers: int = 6        # N
-    decoder_layers: int = 6
-    dropout: float = 0.1           # P_drop
-    max_len: int = 512             # longest source or target the position table is checked against
-    pad_id: int = 0
-    layernorm_eps: float = 1e-5
-    dtype: str = "float32"         # compute
-    param_dtype: str = "float32"   # storage
-
-    def __post_init__(self):
-        for f in ("vocab_size", "d_model", "heads", "d_ff", "encoder_layers", "decoder_layers", "max_len"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"TransformerConfig.{f}={getattr(self, f)}: must be at least 1")
-        if self.d_model % self.heads or self.d_model % 2:
-            raise ValueError(f"TransformerConfig: d_model={self.d_model} must be even and divisible by heads={self.heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TransformerConfig.dropout={self.dropout}: must be in [0, 1)")
 
 
 def _dtypes(c: TransformerConfig):

@@ -6,9 +6,10 @@ or by the ``tokenizers`` library) or a SentencePiece ``.model`` (``spm.py``).
 """
 import os
 
-from lineage_jax.tokenize.base import Tokenizer, check_text
+from lineage_jax.tokenize.base import ENDOFTEXT, Tokenizer, check_text
 from lineage_jax.tokenize.byte import ByteTokenizer
-from lineage_jax.tokenize.bytelevel import train_bpe
+from lineage_jax.tokenize.bytelevel import load_tokenizer_json, train_bpe
+from lineage_jax.tokenize.spm import SentencePieceTokenizer
 
 
 def load(path: str) -> Tokenizer:
@@ -18,16 +19,13 @@ def load(path: str) -> Tokenizer:
         if os.path.exists(os.path.join(path, "tokenizer.json")):
             path = os.path.join(path, "tokenizer.json")
         elif any(f.endswith(".model") for f in os.listdir(path)):
-            from lineage_jax.tokenize.spm import SentencePieceTokenizer
             return SentencePieceTokenizer.from_file(path)
         else:
             raise ValueError(f"{path}: no tokenizer.json or SentencePiece .model file in this directory")
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such tokenizer file or directory")
     if path.endswith(".model"):
-        from lineage_jax.tokenize.spm import SentencePieceTokenizer
         return SentencePieceTokenizer.from_file(path)
-    from lineage_jax.tokenize.bytelevel import load_tokenizer_json
     return load_tokenizer_json(path)
 
 
@@ -41,4 +39,4 @@ def get_tokenizer(spec: str) -> Tokenizer:
                      f"(a directory with tokenizer.json or a SentencePiece .model)")
 
 
-__all__ = ["Tokenizer", "ByteTokenizer", "get_tokenizer", "load", "check_text", "train_bpe"]
+__all__ = ["ENDOFTEXT", "Tokenizer", "ByteTokenizer", "get_tokenizer", "load", "check_text", "train_bpe"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
+ENDOFTEXT = "<|endoftext|>"   # GPT-2's document separator; every tokenizer's default special token
+
 
 @runtime_checkable
 class Tokenizer(Protocol):

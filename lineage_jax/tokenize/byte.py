@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from lineage_jax.tokenize.base import check_text
-
-ENDOFTEXT = "<|endoftext|>"
+from lineage_jax.tokenize.base import ENDOFTEXT, check_text
 
 
 class ByteTokenizer:

@@ -51,11 +51,9 @@ import json
 import os
 from typing import Iterable, Mapping, Sequence
 
-from lineage_jax.tokenize.base import check_text
+from lineage_jax.tokenize.base import ENDOFTEXT, check_text
 from lineage_jax.tokenize.byte import _decode_bytes     # valid UTF-8 (surrogates kept), else errors="replace"
 from lineage_jax.tokenize.sennrich import merge_word
-
-ENDOFTEXT = "<|endoftext|>"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 

@@ -20,9 +20,7 @@ import io
 import os
 from typing import Iterable, Sequence
 
-from lineage_jax.tokenize.base import check_text
-
-ENDOFTEXT = "<|endoftext|>"
+from lineage_jax.tokenize.base import ENDOFTEXT, check_text
 
 
 def _spm():

@@ -39,7 +39,8 @@ Clipping: optax's ``clip_by_global_norm`` would see only this device's shards, s
 clips by hand with the *global* norm (per-leaf squared norms, each divided by the number of
 devices holding a copy, all-reduced once: replicated leaves count once) — the same formula
 as optax — and then runs the configured optimizer built without its clip
-(``make_optimizer(clip_norm=0)``, whose state is the tail of the configured chain's).
+(``make_optimizer(clip_norm=0)``), on the configured chain's state less the clip's entry, which
+``clip_slot`` finds by structure wherever the chain puts the clip.
 The update is applied to this device's optimizer-state shard (ZeRO-1/2: slice the gradient
 and parameter, update, all-gather the new parameter).
 
@@ -241,6 +242,28 @@ def global_norm(L: Layout, grads, names) -> jax.Array:
     return jnp.sqrt(total)
 
 
+def clip_slot(full, inner) -> int | None:
+    """Which entry of the chain state ``full`` is ``clip_by_global_norm``'s: the ``EmptyState`` whose
+    removal leaves the structure of ``inner``, the same chain's state without the clip (None: no clip)."""
+    want = jax.tree.structure(inner)
+    if jax.tree.structure(full) == want:
+        return None
+    for i, entry in enumerate(full):
+        if isinstance(entry, optax.EmptyState) and jax.tree.structure(without_slot(full, i)) == want:
+            return i
+    raise ValueError(f"the optimizer state {jax.tree.structure(full)} is not {want} plus a clip's empty state")
+
+
+def without_slot(state: tuple, i: int | None) -> tuple:
+    """The chain state less entry ``i`` (all of it for None)."""
+    return state if i is None else state[:i] + state[i + 1:]
+
+
+def with_slot(inner: tuple, i: int | None, entry) -> tuple:
+    """``without_slot``'s inverse: ``entry`` back at ``i``."""
+    return inner if i is None else tuple(inner[:i]) + (entry,) + tuple(inner[i:])
+
+
 def make_explicit_train_step(setup):
     """``train_step(state, batch) -> (state, metrics)``: one ``shard_map`` over ``setup.mesh``."""
     cfg, model, L = setup.cfg, setup.model, Layout(setup)
@@ -248,6 +271,8 @@ def make_explicit_train_step(setup):
     hook_fns = L.hooks()
     clip = cfg.optim.clip_norm
     tx = make_optimizer(dataclasses.replace(cfg.optim, clip_norm=0.0), cfg.train.steps, decay_mask)
+    abstract = setup.abstract_state()
+    slot = clip_slot(abstract.opt_state, jax.eval_shape(tx.init, abstract.params))
     grad_accum, dropout = cfg.train.grad_accum, cfg.model.dropout > 0
     base_key = jax.random.key(cfg.train.seed)
     tp = _one(L.tp) if L.tp else None
@@ -282,9 +307,8 @@ def make_explicit_train_step(setup):
         g_loc = unflat(grads, [L.slice_to(g, nm, "grads", "opt_state") for g, nm in zip(leaves(grads), names)])
         p_loc = unflat(state.params, [L.slice_to(p, nm, "params", "opt_state")
                                       for p, nm in zip(leaves(state.params), names)])
-        inner = state.opt_state[1:] if clip > 0 else state.opt_state
-        updates, new_inner = tx.update(g_loc, inner, p_loc)
-        opt_state = (state.opt_state[0],) + tuple(new_inner) if clip > 0 else new_inner
+        updates, new_inner = tx.update(g_loc, without_slot(state.opt_state, slot), p_loc)
+        opt_state = with_slot(new_inner, slot, None if slot is None else state.opt_state[slot])
         p_new = optax.apply_updates(p_loc, updates)
         params = unflat(p_new, [L.gather_to(p, nm, "opt_state", "params") for p, nm in zip(leaves(p_new), names)])
 

@@ -24,6 +24,7 @@ from lineage_jax import models
 from lineage_jax.models import GPT
 from lineage_jax.nn import collective_hooks
 from lineage_jax.optim import make_optimizer, make_schedule
+from lineage_jax.train.explicit import make_explicit_train_step
 from lineage_jax.train.state import TrainState
 from lineage_jax.train.step import decay_mask, make_eval_step, make_train_step
 
@@ -87,7 +88,12 @@ class Setup:
 
 
 def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
-    """Everything a run needs, checked before anything compiles."""
+    """Everything a run needs, checked before anything compiles.
+
+    ``config.validate`` has checked all that the config alone decides; the checks here need the
+    devices: the batch over the data-parallel devices, the sequence over a (possibly ``-1``) tensor
+    axis, every parameter dimension over the mesh axes its logical names map to.
+    """
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = parallel.resolve_mesh_shape(dataclasses.asdict(cfg.mesh), len(devices))
     mesh = parallel.make_mesh(mesh_shape, devices)
@@ -104,9 +110,6 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     if cfg.parallel.precision != "fp32":  # the policy names the dtypes; the model follows it
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, dtype=jnp.dtype(policy.compute_dtype).name, param_dtype=jnp.dtype(policy.param_dtype).name))
-    if cfg.parallel.form == "shard_map" and cfg.model.dropout > 0:
-        raise parallel.MeshError("parallel.form=shard_map does not support model.dropout > 0 yet (each device would "
-                                 "draw the same mask for its shard); use parallel.form=gspmd or model.dropout=0")
     model = models.build(cfg.model)
     dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
@@ -146,7 +149,6 @@ def compile_all(setup: Setup) -> None:
                               dropout=cfg.model.dropout > 0, schedule=setup.schedule,
                               grad_sharding=setup.grad_sharding, loss_scale_period=cfg.parallel.loss_scale_period)
     if cfg.parallel.form == "shard_map":   # the same step, every collective written out
-        from lineage_jax.train.explicit import make_explicit_train_step
         step_fn = make_explicit_train_step(setup)
     replicated = NamedSharding(setup.mesh, P())
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from lineage_jax.attention.mha import attention, causal_mask, segment_mask
 from lineage_jax.data.pipeline.packing import (IGNORE, bert_mask, pack, packed_targets, random_spans_noise_mask,
-                                               t5_span_corrupt, t5_uncorrupt, tokenize_and_pack)
+                                               sentinel_span_corrupt, sentinel_span_restore, tokenize_and_pack)
 from lineage_jax.tokenize import ByteTokenizer
 from lineage_jax.train.step import cross_entropy
 
@@ -139,13 +139,13 @@ def test_t5_span_corruption_statistics_sentinels_and_reconstruction():
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
         spans += (edges[1::2] - edges[::2]).tolist()
         assert not mask[0]                                               # a non-noise span first
-        inputs, targets = t5_span_corrupt(x, rng, vocab_size=vocab, noise_mask=mask)
+        inputs, targets = sentinel_span_corrupt(x, rng, vocab_size=vocab, noise_mask=mask)
         k = len(edges) // 2
         sentinels = vocab - 1 - np.arange(k + 1)
         assert inputs[inputs >= vocab - 200].tolist() == sentinels[:k].tolist()
         assert targets[targets >= vocab - 200].tolist() == sentinels.tolist() and targets[0] == vocab - 1
         assert inputs.size + targets.size == L + 2 * k + 1                # each span: one sentinel in each, +1 closing
-        np.testing.assert_array_equal(t5_uncorrupt(inputs, targets, vocab), x)
+        np.testing.assert_array_equal(sentinel_span_restore(inputs, targets, vocab), x)
     assert abs(np.mean(noise) - 0.15) < 0.005
     assert abs(np.mean(spans) - 3.0) < 0.1
 
@@ -155,10 +155,10 @@ def test_t5_span_corruption_statistics_sentinels_and_reconstruction():
 def test_t5_span_corruption_round_trips(length, seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 900, length)
-    inputs, targets = t5_span_corrupt(x, rng, vocab_size=1000)
-    np.testing.assert_array_equal(t5_uncorrupt(inputs, targets, 1000), x)
+    inputs, targets = sentinel_span_corrupt(x, rng, vocab_size=1000)
+    np.testing.assert_array_equal(sentinel_span_restore(inputs, targets, 1000), x)
 
 
 def test_t5_rejects_tokens_that_collide_with_sentinels():
     with pytest.raises(ValueError):
-        t5_span_corrupt(np.full(20, 999), np.random.default_rng(0), vocab_size=1000)
+        sentinel_span_corrupt(np.full(20, 999), np.random.default_rng(0), vocab_size=1000)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lineage_jax.config import ConfigError
-from lineage_jax.models.bert import Bert, BertConfig
+from lineage_jax.config import BERT_ACTIVATIONS, ConfigError
+from lineage_jax.models.bert import ACTIVATIONS, Bert, BertConfig
 
 CFG = BertConfig(vocab_size=77, width=36, heads=3, layers=3, mlp_dim=52, max_positions=24, type_vocab_size=3,
                  init_std=0.3)
@@ -119,3 +119,7 @@ def test_sharded_by_its_logical_names_on_8_devices_equals_one_device():
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         got = jax.jit(lambda p, x, m: Bert(CFG).apply({"params": p}, x, m))(placed, x, mask)
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_every_configurable_activation_has_a_function():
+    assert tuple(ACTIVATIONS) == BERT_ACTIVATIONS    # the config's allowed names are the model's functions

@@ -25,7 +25,7 @@ tokens in round(noise / 3) spans (mean span length 3), alternating with non-nois
 starting with a non-noise one (T5's ``random_spans_noise_mask``). Each noise span is
 replaced in the inputs by one sentinel — vocab−1 for the first, vocab−2 for the next, … —
 and the targets are each sentinel followed by the span it replaced, then one closing
-sentinel. ``t5_uncorrupt`` inverts it exactly.
+sentinel. ``sentinel_span_restore`` inverts it exactly.
 """
 from __future__ import annotations
 
@@ -172,10 +172,12 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator, noise_density
     return np.repeat(flags, interleaved)
 
 
-def t5_span_corrupt(tokens: np.ndarray, rng: np.random.Generator, *, vocab_size: int,
-                    noise_density: float = 0.15, mean_span_length: float = 3.0,
-                    noise_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """T5's span corruption of a 1-D ``tokens``: (inputs, targets), int64.
+def sentinel_span_corrupt(tokens: np.ndarray, rng: np.random.Generator, *, vocab_size: int,
+                          noise_density: float = 0.15, mean_span_length: float = 3.0,
+                          noise_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Span corruption of one 1-D row as the paper's Figure 2 draws it (Raffel et al. 2020): (inputs,
+    targets), int64, with a closing sentinel and no EOS (T5's own format, EOS and no closing sentinel, is
+    ``lineage_jax.data.objectives.t5_span_corrupt``).
 
     inputs: the tokens with each noise span replaced by its sentinel (vocab−1, vocab−2, …);
     targets: sentinel₁ span₁ sentinel₂ span₂ … sentinel_{k+1}. Tokens must lie below
@@ -195,8 +197,8 @@ def t5_span_corrupt(tokens: np.ndarray, rng: np.random.Generator, *, vocab_size:
     return inputs, np.append(targets, sentinels[-1])
 
 
-def t5_uncorrupt(inputs: np.ndarray, targets: np.ndarray, vocab_size: int) -> np.ndarray:
-    """The original sequence from ``t5_span_corrupt``'s (inputs, targets)."""
+def sentinel_span_restore(inputs: np.ndarray, targets: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The original sequence from ``sentinel_span_corrupt``'s (inputs, targets)."""
     spans: dict[int, list[int]] = {}
     expect = vocab_size - 1                                              # the next sentinel in order
     for t in np.asarray(targets, np.int64).tolist():

@@ -46,7 +46,12 @@ from lineage_jax.data.pipeline import langid
 from lineage_jax.data.pipeline.dedup import exact_dedup, near_dedup
 from lineage_jax.data.pipeline.packing import pack
 from lineage_jax.data.pipeline.quality import QualityConfig, clean_document, quality_reasons
+from lineage_jax.data.prepared import PreparedTokens, dataset_dir
+from lineage_jax.data.sources import _quiet_tfds, expand_text_files
 from lineage_jax.data.stdlib_docs import stable_unit_hash
+from lineage_jax.tokenize import get_tokenizer
+from lineage_jax.tokenize.byte import ByteTokenizer
+from lineage_jax.tokenize.bytelevel import ByteLevelBPETokenizer
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -89,7 +94,6 @@ class PrepareConfig:
 
 def read_documents(inputs: Sequence[str], text_key: str = "text") -> tuple[list[str], list[str]]:
     """(documents, their sources): a file is one document, a ``.jsonl`` line is one (``path:line``)."""
-    from lineage_jax.data.sources import expand_text_files
     try:
         files = expand_text_files(list(inputs))
     except FileNotFoundError as e:
@@ -124,8 +128,6 @@ def encode_documents(docs: Sequence[str], tokenizer, fast: bool = True) -> tuple
     """Each document's ids (no eos), and which path encoded them: ``tokenizers`` (Rust) for a
     byte-level BPE, ``bytes`` for the byte tokenizer, else ``teaching`` (``tokenizer.encode``).
     Documents with lone surrogates (which ``tokenizers`` refuses) go through ``encode``."""
-    from lineage_jax.tokenize.byte import ByteTokenizer
-    from lineage_jax.tokenize.bytelevel import ByteLevelBPETokenizer
     if fast and isinstance(tokenizer, ByteTokenizer):
         return [np.frombuffer(d.encode("utf-8", errors="surrogatepass"), np.uint8).astype(np.int32)
                 for d in docs], "bytes"
@@ -178,10 +180,8 @@ def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareCon
     cfg = cfg.validate()
     languages = langid.parse_languages(cfg.languages)
     out = Path(out_dir).expanduser()
-    from lineage_jax.data.prepared import PreparedTokens, dataset_dir
     if dataset_dir(out).exists() and not cfg.overwrite:
         raise ConfigError(f"--out {out_dir}: already holds a prepared dataset; pass --overwrite or pick a new directory")
-    from lineage_jax.tokenize import get_tokenizer
     try:
         tokenizer = get_tokenizer(cfg.tokenizer)
     except ValueError as e:
@@ -282,8 +282,6 @@ def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareCon
 
 def _write(out: Path, builder_cls, splits: dict, meta: dict, overwrite: bool) -> None:
     """Write the TFDS dataset quietly (no TFDS banner on stdout: ``--json`` prints there)."""
-    from lineage_jax.data.prepared import dataset_dir
-    from lineage_jax.data.sources import _quiet_tfds
     if overwrite and dataset_dir(out).exists():
         shutil.rmtree(dataset_dir(out))
     out.mkdir(parents=True, exist_ok=True)

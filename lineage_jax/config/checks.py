@@ -1,0 +1,47 @@
+"""``validate``: each section's own checks, then the checks that relate sections, all in one place.
+
+Plain Python, before JAX starts or anything compiles. What needs the devices (the batch over the
+data-parallel devices, sizes over a ``-1`` axis, parameter dims over the mesh) is checked by
+``lineage_jax/train/setup.py`` once the mesh exists.
+"""
+from __future__ import annotations
+
+from lineage_jax.config.errors import ConfigError, divisors
+from lineage_jax.config.sections import Config
+
+
+def validate(cfg: Config) -> None:
+    """ConfigError (one line) for the first problem: a section's own, then one across sections."""
+    cfg.validate()
+    cross_section(cfg)
+
+
+def cross_section(cfg: Config) -> None:
+    """The checks that relate two sections; each section is already valid by itself."""
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    if not 0 <= cfg.optim.warmup_steps <= t.steps:
+        raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps}: must be in [0, train.steps={t.steps}]")
+    if cfg.data.prepared_dir:
+        meta = cfg.data.prepared_meta()
+        if meta["seq_len"] != m.context:
+            raise ConfigError(f"data.prepared_dir was packed at --seq-len {meta['seq_len']}: "
+                              f"set model.context={meta['seq_len']}")
+        if meta.get("vocab_size", 0) > m.vocab_size:
+            raise ConfigError(f"data.prepared_dir was tokenized with a vocabulary of {meta['vocab_size']}: "
+                              f"set model.vocab_size >= {meta['vocab_size']}")
+    expert = cfg.mesh.expert
+    if expert > 1 or expert == -1:
+        if not m.moe_every:
+            raise ConfigError(f"mesh.expert={expert}: expert parallelism needs MoE layers (model.moe_every > 0)")
+        if m.moe_backend != "capacity":
+            raise ConfigError(f"mesh.expert={expert}: expert parallelism needs model.moe_backend=capacity "
+                              f"(fixed-size buffers for the all-to-all), not {m.moe_backend}")
+        if expert > 1 and m.experts % expert:
+            raise ConfigError(f"mesh.expert={expert} does not divide model.experts={m.experts}; "
+                              f"allowed: {divisors(m.experts)}")
+    if m.moe_every and p.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel=true with MoE layers is not supported (each sequence is "
+                          "one routing group); set model.moe_every=0 or parallel.sequence_parallel=false")
+    if p.form == "shard_map" and m.dropout > 0:
+        raise ConfigError("parallel.form=shard_map does not support model.dropout > 0 yet (each device would "
+                          "draw the same mask for its shard); use parallel.form=gspmd or model.dropout=0")
