@@ -30,7 +30,7 @@ def _init_devices(n: int | None) -> None:
 
 
 def _user_errors():
-    from lineage_jax.train.checkpoint import CheckpointError
+    from lineage_jax.runs.checkpoint import CheckpointError
     from lineage_jax.interop import InteropError
     from lineage_jax.train.loop import RunDirError
     from parallel import MeshError

@@ -289,7 +289,7 @@ def convert_to_run_dir(hf_dir: str | Path, run_dir: str | Path, *, tokenizer: st
     """
     import jax
     import yaml
-    from lineage_jax.train import checkpoint as ckpt
+    from lineage_jax.runs import checkpoint as ckpt
     from lineage_jax.train.setup import build
 
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)

@@ -20,7 +20,7 @@ from lineage_jax.config import Config
 from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
 from lineage_jax.data.loader import check_prepared_tokenizer
 from lineage_jax.tokenize import get_tokenizer
-from lineage_jax.train import checkpoint as ckpt
+from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build, compile_all
 
 

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the whole TrainState plus a JSON sidecar (data position, config).
+"""Orbax checkpoints of a run directory: the whole train state plus a JSON sidecar (data position, step).
 
 No pickle anywhere: arrays go through Orbax's tensorstore format, metadata through JSON.
 Restoring takes an abstract target (shapes, dtypes, shardings), so a checkpoint written
