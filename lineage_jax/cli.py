@@ -30,7 +30,7 @@ def _init_devices(n: int | None) -> None:
 
 
 def _user_errors():
-    from lineage_jax.train.checkpoint import CheckpointError
+    from lineage_jax.runs.checkpoint import CheckpointError
     from lineage_jax.interop import InteropError
     from lineage_jax.train.loop import RunDirError
     from parallel import MeshError
@@ -59,34 +59,26 @@ def cmd_train(args) -> int:
 
 
 def _check_sample_args(args) -> list[str]:
-    """Validate ``lineage sample`` flags before JAX loads; returns the prompts."""
+    """Validate ``lineage sample`` flags before JAX loads (each value by ``decode.args``' rules); returns the prompts."""
+    from lineage_jax.decode.args import SamplingError, check
     sampling = [f for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p))
                 if v is not None]
     if args.strategy != "sample" and sampling:
         raise ConfigError(f"{', '.join(sampling)}: only with --strategy sample (not {args.strategy})")
-    if args.temperature is not None and args.temperature < 0:
-        raise ConfigError(f"--temperature={args.temperature}: must be >= 0 (0 = greedy)")
-    if args.top_k is not None and args.top_k < 0:
-        raise ConfigError(f"--top-k={args.top_k}: must be >= 0 (0 = off)")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise ConfigError(f"--top-p={args.top_p}: must be in (0, 1]")
-    if args.num_beams < 1:
-        raise ConfigError(f"--num-beams={args.num_beams}: must be at least 1")
+    given = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p),
+                               ("gamma", args.gamma)) if v is not None}
+    try:
+        check(max_new_tokens=args.max_new_tokens, strategy=args.strategy, num_beams=args.num_beams,
+              batch_size=args.batch_size, block_size=args.block_size, num_samples=args.num_samples, **given)
+    except SamplingError as e:
+        raise ConfigError(e.as_flag()) from None
     if args.num_beams > 1 and args.strategy != "beam":
         raise ConfigError(f"--num-beams={args.num_beams}: only with --strategy beam")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size={args.batch_size}: must be at least 1")
-    if args.block_size < 1:
-        raise ConfigError(f"--block-size={args.block_size}: must be at least 1")
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples={args.num_samples}: must be at least 1")
     if args.num_samples > 1 and args.strategy != "sample":
         raise ConfigError(f"--num-samples={args.num_samples}: only with --strategy sample (not {args.strategy})")
     if args.gamma is not None and args.draft_run_dir is None:
         raise ConfigError(f"--gamma={args.gamma}: only with --draft-run-dir (speculative decoding)")
     if args.draft_run_dir is not None:
-        if args.gamma is not None and args.gamma < 1:
-            raise ConfigError(f"--gamma={args.gamma}: must be at least 1 (draft tokens proposed per target call)")
         if args.strategy == "beam":
             raise ConfigError("--draft-run-dir: speculative decoding is for --strategy greedy or sample, not beam")
         if args.num_samples > 1:
@@ -97,7 +89,7 @@ def _check_sample_args(args) -> list[str]:
         if not os.path.isfile(draft_yaml):
             raise ConfigError(f"--draft-run-dir={args.draft_run_dir}: no config.yaml there (not a run directory)")
         target_yaml = os.path.join(args.run_dir, "config.yaml")
-        if os.path.isfile(target_yaml):   # a missing target run is reported by load_run
+        if os.path.isfile(target_yaml):   # a missing target run is reported by load_for_inference
             d, t = load_config(draft_yaml, []), load_config(target_yaml, [])
             if (d.model.vocab_size, d.data.tokenizer) != (t.model.vocab_size, t.data.tokenizer):
                 raise ConfigError(f"--draft-run-dir={args.draft_run_dir}: vocabulary {d.model.vocab_size} "
@@ -123,43 +115,31 @@ def _check_sample_args(args) -> list[str]:
 def cmd_sample(args) -> int:
     prompts = _check_sample_args(args)
     _init_devices(args.devices)
-    from lineage_jax import sample as smp
+    from lineage_jax import decode
     temperature = 0.8 if args.temperature is None else args.temperature
-    top_k, top_p = args.top_k or 0, 1.0 if args.top_p is None else args.top_p
+    kw = dict(strategy=args.strategy, temperature=temperature, top_k=args.top_k or 0,
+              top_p=1.0 if args.top_p is None else args.top_p, seed=args.seed)
+    _, model, params, tokenizer = decode.load_for_inference(args.run_dir)
+    many = len(prompts) > 1 and not args.no_progress
     if args.draft_run_dir is not None:                                  # speculative decoding
-        cfg, model, params = smp.load_run(args.run_dir)
-        _, d_model, d_params = smp.load_run(args.draft_run_dir)
-        from lineage_jax.tokenize import get_tokenizer
-        results = smp.speculative_prompts((model, params), (d_model, d_params), get_tokenizer(cfg.data.tokenizer),
-                                          prompts, args.max_new_tokens, 4 if args.gamma is None else args.gamma,
-                                          strategy=args.strategy, temperature=temperature, top_k=top_k, top_p=top_p,
-                                          seed=args.seed, progress=len(prompts) > 1 and not args.no_progress)
-        for r in results:
-            print(json.dumps(r) if args.json else r["text"] + "\n")
-        return 0
-    if (args.prompts_file is not None or args.num_samples > 1) and args.strategy != "beam":   # paged engine
-        cfg, model, params = smp.load_run(args.run_dir)
-        from lineage_jax.tokenize import get_tokenizer
-        results = smp.serve_prompts(model, params, get_tokenizer(cfg.data.tokenizer), prompts, args.max_new_tokens,
-                                    strategy=args.strategy, temperature=temperature, top_k=top_k, top_p=top_p,
-                                    seed=args.seed, slots=args.batch_size, block_size=args.block_size,
-                                    num_samples=args.num_samples, progress=not args.no_progress)
-        for r in results:
-            print(json.dumps(r) if args.json else r["text"] + "\n")
-        return 0
-    if len(prompts) == 1 and not args.json and args.strategy != "beam":   # stream one prompt's text
+        _, d_model, d_params, _ = decode.load_for_inference(args.draft_run_dir)
+        results = decode.speculative_prompts((model, params), (d_model, d_params), tokenizer, prompts,
+                                             args.max_new_tokens, 4 if args.gamma is None else args.gamma,
+                                             progress=many, **kw)
+    elif (args.prompts_file is not None or args.num_samples > 1) and args.strategy != "beam":   # paged engine
+        results = decode.serve_prompts(model, params, tokenizer, prompts, args.max_new_tokens, slots=args.batch_size,
+                                       block_size=args.block_size, num_samples=args.num_samples,
+                                       progress=not args.no_progress, **kw)
+    elif len(prompts) == 1 and not args.json and args.strategy != "beam":   # stream one prompt's text
         print(prompts[0], end="", flush=True)
-        smp.sample_run(args.run_dir, prompts[0], args.max_new_tokens, seed=args.seed, top_k=top_k, top_p=top_p,
-                       temperature=0.0 if args.strategy == "greedy" else temperature,
-                       stream=lambda piece: print(piece, end="", flush=True))
+        decode.generate_text(model, params, tokenizer, prompts[0], args.max_new_tokens, seed=args.seed,
+                             temperature=0.0 if args.strategy == "greedy" else temperature, top_k=kw["top_k"],
+                             top_p=kw["top_p"], stream=lambda piece: print(piece, end="", flush=True))
         print()
         return 0
-    cfg, model, params = smp.load_run(args.run_dir)
-    from lineage_jax.tokenize import get_tokenizer
-    results = smp.sample_prompts(model, params, get_tokenizer(cfg.data.tokenizer), prompts, args.max_new_tokens,
-                                 strategy=args.strategy, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 num_beams=args.num_beams, seed=args.seed, batch_size=args.batch_size,
-                                 progress=len(prompts) > 1 and not args.no_progress)
+    else:
+        results = decode.sample_prompts(model, params, tokenizer, prompts, args.max_new_tokens,
+                                        num_beams=args.num_beams, batch_size=args.batch_size, progress=many, **kw)
     for r in results:
         print(json.dumps(r) if args.json else r["text"] + "\n")
     return 0
@@ -307,10 +287,9 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
 
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
-    for flag in ("max_new_tokens", "steps"):
-        if getattr(args, flag, 1) < 1:
-            print(f"error: --{flag.replace('_', '-')}={getattr(args, flag)}: must be at least 1", file=sys.stderr)
-            return 2
+    if getattr(args, "steps", 1) < 1:
+        print(f"error: --steps={args.steps}: must be at least 1", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except ConfigError as e:

@@ -24,7 +24,7 @@ def test_train_then_sample(tmp_path, capsys):
 
 
 def test_sample_bad_input_is_one_line(tmp_path, capsys):
-    cases = [(["--prompt", "a"], "no checkpoint in"), (["--temperature", "-1"], "--temperature=-1.0: must be >= 0"),
+    cases = [(["--prompt", "a"], "nothing: no such directory"), (["--temperature", "-1"], "--temperature=-1.0: must be >= 0"),
              (["--prompt", ""], "--prompt is empty"), (["--max-new-tokens", "0"], "--max-new-tokens=0")]
     for extra, message in cases:
         assert cli.main(["sample", "--run-dir", str(tmp_path / "nothing"), *extra]) == 2

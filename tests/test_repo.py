@@ -28,7 +28,6 @@ LAYERS = [
     {"decode"},                                  # sampling a model: never builds an optimiser
     {"train"},                                   # the pure step, its state, the loop
     {"interop"},                                 # Hugging Face checkpoints in and out (writes run dirs)
-    {"sample"},                                  # TODO(issue 14): to decode/
     {"lessons", "bench"},
     {"commands"},                                # one module per CLI subcommand
     {"cli"},
@@ -44,7 +43,7 @@ def imports(path: Path):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "lineage_jax":   # from lineage_jax import models, sample
+            if node.module == "lineage_jax":   # from lineage_jax import models, decode
                 yield from (f"lineage_jax.{a.name}" for a in node.names)
             else:
                 yield node.module
@@ -81,11 +80,8 @@ def layering_violations(root: Path) -> list[str]:
     return bad
 
 
-PENDING = {"train/loop.py: train (row 6) imports lineage_jax.sample (row 8)"}   # TODO(issue 14): sampling to decode/
-
-
 def test_packages_import_only_lower_layers():
-    assert [v for v in layering_violations(ROOT) if v not in PENDING] == []
+    assert layering_violations(ROOT) == []
 
 
 def test_layering_check_sees_imports_inside_functions(tmp_path):

@@ -74,7 +74,7 @@ def cached_vs_recompute(mcfg, *, new: int = 256, batch: int = 4, prompt: int = 1
     import numpy as np
 
     from lineage_jax.decode import kv_cache as kc
-    from lineage_jax.sample import generate_recompute
+    from lineage_jax.decode.generation import generate_recompute
     mcfg = dataclasses.replace(mcfg, context=max(mcfg.context, prompt + new))
     model, params = _model(mcfg)
     rng = np.random.default_rng(0)
@@ -127,7 +127,7 @@ def speculative(mcfg, *, gamma: int = GAMMA, prompts: int = 8, new: int = 96, in
     import numpy as np
 
     from lineage_jax.decode.speculative import expected_tokens_per_call, speculative_generate
-    from lineage_jax.sample import CachedLM
+    from lineage_jax.decode.cached_lm import CachedLM
     mcfg = dataclasses.replace(mcfg, init_std=init_std, scan_layers=False, dropout=0.0)
     target, t_params = _model(mcfg)
     draft, _ = _model(dataclasses.replace(mcfg, layers=1))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lineage_jax.decode.args import check
 from lineage_jax.decode.filters import sample as sample_logits
 from lineage_jax.decode.paged import (BlockAllocator, PagedError, SeqBlocks, blocks_for, copy_blocks, init_pool,
                                      paged_forward)
@@ -131,7 +132,7 @@ class ContinuousBatcher:
         self.alloc = BlockAllocator(self.N)
         self.pool = init_pool(c, self.N, self.bs)
         self.key = jax.random.key(0) if key is None else key
-        self.kw = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+        self.kw = check(temperature=temperature, top_k=top_k, top_p=top_p)
         self.eos_id = eos_id
         self.waiting: deque[_Request] = deque()
         self.seqs: dict[int, Sequence] = {}

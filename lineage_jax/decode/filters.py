@@ -27,7 +27,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["greedy", "temperature", "top_k_filter", "top_p_filter", "sample"]
+from lineage_jax.decode.args import check
+
+__all__ = ["greedy", "temperature", "top_k_filter", "top_p_filter", "filter_logits", "sample"]
 
 
 def greedy(logits: jax.Array) -> jax.Array:
@@ -69,22 +71,29 @@ def top_p_filter(logits: jax.Array, p) -> jax.Array:
     return jnp.where(remove, -jnp.inf, logits)
 
 
+def filter_logits(logits: jax.Array, *, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """The one filter chain: temperature, then top-k, then top-p (HF's order), in float32.
+
+    ``temperature == 0`` returns the logits unfiltered (greedy reads their argmax); ``top_k == 0``
+    and ``top_p == 1`` switch those filters off. The settings are checked by ``decode.args.check``
+    and must be Python numbers (they choose the program); close over them under jit.
+    """
+    kw = check(temperature=temperature, top_k=top_k, top_p=top_p)
+    logits = logits.astype(jnp.float32)
+    if kw["temperature"] == 0:
+        return logits
+    logits = logits / kw["temperature"]
+    if kw["top_k"] > 0:
+        logits = top_k_filter(logits, kw["top_k"])
+    if kw["top_p"] < 1.0:
+        logits = top_p_filter(logits, kw["top_p"])
+    return logits
+
+
 def sample(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0) -> jax.Array:
-    """Draw token ids [...] from logits [..., V]: temperature, then top-k, then top-p (HF's order).
-
-    ``temperature == 0`` is greedy decoding; ``top_k == 0`` and ``top_p == 1`` switch those filters off.
-    The three settings must be Python numbers (they choose the program); close over them under jit.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature}: must be >= 0 (0 = greedy)")
-    if not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"top_p={top_p}: must be in [0, 1]")
+    """Draw token ids [...] from logits [..., V] through ``filter_logits``; ``temperature == 0`` is greedy."""
+    filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
-        return greedy(logits)
-    logits = logits.astype(jnp.float32) / temperature
-    if top_k > 0:
-        logits = top_k_filter(logits, top_k)
-    if top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+        return greedy(filtered)
+    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)

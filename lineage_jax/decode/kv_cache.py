@@ -23,6 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lineage_jax.decode.args import check
 from lineage_jax.decode.filters import sample as sample_logits
 
 __all__ = ["KVCache", "init_cache", "prefill", "decode_step", "generate_cached", "compile_count"]
@@ -119,5 +120,6 @@ def generate_cached(model, params, prompts, lengths, max_new_tokens, *, key, tem
         raise ValueError(f"prompts [B, P] and lengths [B]; got {prompts.shape} and {lengths.shape}")
     if prompts.shape[1] > model.cfg.context:
         raise ValueError(f"prompt length {prompts.shape[1]} exceeds model.context={model.cfg.context}")
-    return _generate(model, params, prompts, lengths, jnp.int32(max_new_tokens), key, temperature=float(temperature),
-                     top_k=int(top_k), top_p=float(top_p), eos_id=None if eos_id is None else int(eos_id))
+    kw = check(temperature=temperature, top_k=top_k, top_p=top_p)
+    return _generate(model, params, prompts, lengths, jnp.int32(max_new_tokens), key, **kw,
+                     eos_id=None if eos_id is None else int(eos_id))

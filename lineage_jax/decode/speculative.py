@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lineage_jax.decode.args import check
+
 __all__ = ["speculative_step", "speculative_generate", "expected_tokens_per_call", "acceptance_rate"]
 
 
@@ -101,10 +103,8 @@ def speculative_generate(key: jax.Array, draft_fn: Callable, target_fn: Callable
     at most ``max_new_tokens`` (fewer if ``eos_id`` is emitted). ``counters``: target_calls,
     draft_tokens_proposed, draft_tokens_accepted.
     """
-    if gamma < 1:
-        raise ValueError(f"gamma={gamma}: must be >= 1")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature}: must be >= 0 (0 = greedy)")
+    kw = check(gamma=gamma, temperature=temperature)
+    gamma, temperature = kw["gamma"], kw["temperature"]
     greedy = temperature == 0
     tokens = [int(t) for t in np.asarray(prompt).reshape(-1)]
     if not tokens:

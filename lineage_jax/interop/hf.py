@@ -33,7 +33,7 @@ import yaml
 
 from lineage_jax.config import Config, ConfigError, DataConfig, MeshConfig, ModelConfig, validate
 from lineage_jax.models.gpt import GPT, padded_vocab
-from lineage_jax.train import checkpoint as ckpt
+from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build
 
 SUPPORTED = "gpt2 (GPT2LMHeadModel / GPT2Model)"

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from lineage_jax.config import Config
 from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
 from lineage_jax.data.loader import check_prepared_tokenizer
+from lineage_jax.decode.generation import generate_text
 from lineage_jax.tokenize import get_tokenizer
-from lineage_jax.train import checkpoint as ckpt
+from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build, compile_all
 
 
@@ -166,7 +167,6 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
                "eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
                "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir)}
     if sample_chars:
-        from lineage_jax.sample import generate_text
         summary["sample"] = generate_text(setup.model, state.params, tokenizer, prompt="def ",
                                           max_new_tokens=sample_chars, temperature=0.8, seed=cfg.train.seed)
     return summary

@@ -11,7 +11,7 @@ from lineage_jax import cli
 from lineage_jax.config import load_config
 from lineage_jax.decode import kv_cache as kc
 from lineage_jax.models import GPT
-from lineage_jax.sample import generate_recompute
+from lineage_jax.decode.generation import generate_recompute
 
 SMALL = ["model.layers=2", "model.width=32", "model.heads=2", "model.context=24", "model.attn_chunks=2"]
 LENGTHS = np.array([5, 9, 2], np.int32)   # right-padded prompts of different lengths

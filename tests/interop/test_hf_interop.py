@@ -122,18 +122,18 @@ def test_errors_are_one_line(tmp_path):
 
 
 def test_convert_to_run_dir_samples(tmp_path):
-    from lineage_jax.sample import load_run, sample_run
+    from lineage_jax.decode import generate_text, load_for_inference
 
     shape = dict(n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=257)
     theirs = torch_model(3, **shape)
     theirs.save_pretrained(tmp_path / "hf", safe_serialization=True)
     run_dir = hf.convert_to_run_dir(tmp_path / "hf", tmp_path / "run")
-    cfg, model, params = load_run(run_dir)
+    cfg, model, params, tokenizer = load_for_inference(run_dir)
     assert cfg.model.vocab_size == 257 and cfg.data.tokenizer == "byte"
     ids = random_ids(257, B=1, T=16, seed=2)
     ours = np.asarray(model.apply({"params": jax.device_get(params)}, ids))
     assert float(np.abs(ours - torch_logits(theirs, ids)).max()) <= TOL
-    text = sample_run(run_dir, "ab", 3, temperature=0)
+    text = generate_text(model, params, tokenizer, "ab", 3, temperature=0)
     assert text.startswith("ab")
     # greedy continuation equals transformers' own argmax, token by token
     toks = [97, 98]

@@ -171,14 +171,14 @@ def test_convert_to_run_dir_samples_and_fine_tunes(tmp_path):
     """``convert_to_run_dir`` -> ``lineage sample --run-dir ... --json`` (a subprocess) continues greedily as
     transformers does, token by token; ``lineage train`` resumes the converted run (fine-tuning)."""
     from lineage_jax.config import load_config
-    from lineage_jax.sample import load_run
+    from lineage_jax.decode import load_for_inference
     from lineage_jax.tokenize import get_tokenizer
 
     shape = {**ODD, "vocab_size": 300, "max_position_embeddings": 16, "num_hidden_layers": 2}
     theirs = torch_model("llama", 3, **shape, num_key_value_heads=2, tie_word_embeddings=False)
     theirs.save_pretrained(tmp_path / "hf", safe_serialization=True)
     run_dir = hf.convert_to_run_dir(tmp_path / "hf", tmp_path / "run")
-    cfg, model, params = load_run(run_dir)
+    cfg, model, params, _ = load_for_inference(run_dir)
     assert (cfg.model.arch, cfg.model.kv_heads, cfg.model.tied, cfg.data.tokenizer) == ("llama", 2, False, "byte")
     ids = random_ids(300, B=1, seed=2)[:, :16]
     ours = np.asarray(jax.jit(model.apply)({"params": jax.device_get(params)}, ids))
@@ -201,18 +201,18 @@ def test_convert_to_run_dir_samples_and_fine_tunes(tmp_path):
                                                         "train.ckpt_every=2", "train.log_every=1"])
     summary = train(tuned, progress=False, sample_chars=0)
     assert np.isfinite(summary["final_loss"])
-    _, _, tuned_params = load_run(run_dir)
+    _, _, tuned_params, _ = load_for_inference(run_dir)
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), tuned_params, params)
     assert 0 < max(jax.tree.leaves(moved)) < 0.05   # two small steps away from the converted weights, not a fresh init
 
 
 def test_convert_mixtral_to_run_dir(tmp_path):
-    from lineage_jax.sample import load_run
+    from lineage_jax.decode import load_for_inference
 
     shape = {**ODD, "vocab_size": 300, "max_position_embeddings": 16, "num_hidden_layers": 2}
     theirs = torch_model("mixtral", 4, **shape, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
     theirs.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    cfg, model, params = load_run(hf.convert_to_run_dir(tmp_path / "hf", tmp_path / "run"))
+    cfg, model, params, _ = load_for_inference(hf.convert_to_run_dir(tmp_path / "hf", tmp_path / "run"))
     m = cfg.model
     assert (m.arch, m.moe_every, m.experts, m.moe_backend) == ("llama", 1, 4, "dropless")
     ids = random_ids(300, B=1, seed=2)[:, :16]

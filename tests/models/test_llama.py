@@ -15,7 +15,7 @@ from lineage_jax.decode import kv_cache as kc
 from lineage_jax.models import build
 from lineage_jax.models.llama import Llama
 from lineage_jax.models.mixtral import load_balancing_loss, mixtral_route
-from lineage_jax.sample import generate_recompute
+from lineage_jax.decode.generation import generate_recompute
 
 # odd shapes: K = 8, G = 3 query heads per key/value head, F not a multiple of D
 BASE = ModelConfig(arch="llama", vocab_size=61, context=16, layers=2, width=48, heads=6, kv_heads=2, mlp_dim=72,

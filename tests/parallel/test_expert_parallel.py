@@ -117,7 +117,7 @@ def test_grouped_routing_is_each_sequence_routed_alone():
 def test_moe_kv_cache_equals_recompute_when_capacity_does_not_bind():
     from lineage_jax.decode.kv_cache import generate_cached
     from lineage_jax.models import GPT
-    from lineage_jax.sample import generate_recompute
+    from lineage_jax.decode.generation import generate_recompute
     c = ModelConfig(vocab_size=40, context=24, layers=2, width=16, heads=2, moe_every=2, experts=4,
                     capacity_factor=4.0, attn_chunks=1)           # C = T: nothing can drop
     model = GPT(c)

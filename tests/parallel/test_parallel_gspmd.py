@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lineage_jax.config import load_config
-from lineage_jax.train import checkpoint as ckpt
+from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build
 from lineage_jax.train.step import make_loss_fn
 

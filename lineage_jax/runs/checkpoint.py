@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the whole TrainState plus a JSON sidecar (data position, config).
+"""Orbax checkpoints of a run directory: the whole train state plus a JSON sidecar (data position, step).
 
 No pickle anywhere: arrays go through Orbax's tensorstore format, metadata through JSON.
 Restoring takes an abstract target (shapes, dtypes, shardings), so a checkpoint written
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -41,3 +42,13 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tupl
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                      meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
+    """Only the ``params`` subtree of the state saved at ``step`` (Orbax partial restore: the optimizer
+    state, step and loss scale are never read), placed as the shardings of ``abstract_params``; each
+    array keeps the dtype it was saved in."""
+    args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), abstract_params)
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params}, restore_args={"params": args}, partial_restore=True)))
+    return out["state"]["params"]

@@ -1,0 +1,49 @@
+"""A trained run, loaded for inference only: its config, model, parameters and tokenizer.
+
+Only the parameters are read from the checkpoint (``runs.checkpoint.restore_params``); no
+optimizer, train state or mesh is built. The model computes in ``model.dtype`` as configured
+(a run trained under ``parallel.precision`` bf16/fp16 keeps its float32 master weights and samples
+in float32).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lineage_jax import models
+from lineage_jax.config import Config, load_config
+from lineage_jax.runs import checkpoint as ckpt
+from lineage_jax.tokenize import Tokenizer, get_tokenizer
+
+__all__ = ["load_for_inference"]
+
+
+def _latest(run_dir: Path) -> int:
+    """The latest checkpoint step, or one line saying what is missing: the directory, its config, a checkpoint."""
+    hint = f"train first (lineage train run_dir={run_dir}) or pass the run_dir of a trained run"
+    if not run_dir.is_dir():
+        raise ckpt.CheckpointError(f"run_dir {run_dir}: no such directory; {hint}")
+    if not (run_dir / "config.yaml").is_file():
+        raise ckpt.CheckpointError(f"run_dir {run_dir}: no config.yaml there (not a run directory); {hint}")
+    step = ckpt.latest_step(run_dir)
+    if step is None:
+        raise ckpt.CheckpointError(f"no checkpoint in {run_dir}/checkpoints; {hint}")
+    return step
+
+
+def load_for_inference(run_dir: str | Path) -> tuple[Config, nn.Module, object, Tokenizer]:
+    """(config, model, params, tokenizer) of the latest checkpoint in ``run_dir``, params on one device."""
+    run_dir = Path(run_dir)
+    step = _latest(run_dir)
+    cfg = load_config(str(run_dir / "config.yaml"), [])
+    model = models.build(cfg.model)
+    dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
+    shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)))["params"]
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
+    with ckpt.manager(run_dir, create=False, async_save=False) as mngr:
+        params = ckpt.restore_params(mngr, step, abstract)
+    return cfg, model, params, get_tokenizer(cfg.data.tokenizer)
