@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from lineage_jax.config import ConfigError, load_config
+from lineage_jax.config import ConfigError, UserError, load_config
 
 DEFAULT_CONFIG = "tiny"
 
@@ -27,14 +27,6 @@ def _init_devices(n: int | None) -> None:
     jax.config.update("jax_num_cpu_devices", n)
     if jax.default_backend() == "cpu" and jax.device_count() != n:
         raise ConfigError(f"--devices={n}: JAX already initialised with {jax.device_count()} devices")
-
-
-def _user_errors():
-    from lineage_jax.runs.checkpoint import CheckpointError
-    from lineage_jax.interop import InteropError
-    from lineage_jax.train.loop import RunDirError
-    from parallel import MeshError
-    return ConfigError, MeshError, RunDirError, CheckpointError, InteropError, FileNotFoundError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -290,16 +282,12 @@ def main(argv=None) -> int:
     if getattr(args, "steps", 1) < 1:
         print(f"error: --steps={args.steps}: must be at least 1", file=sys.stderr)
         return 2
+    from parallel import MeshError   # parallel/ knows nothing of lineage_jax: its own kind
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (UserError, MeshError) as e:   # one line for what a user can fix; a bug stays a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # one line for the errors a user can fix; a traceback for bugs
-        if isinstance(e, _user_errors()):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         return 130
 

@@ -62,3 +62,34 @@ def test_overrides_may_follow_flags():
         assert e.code == 2
     else:
         raise AssertionError("an unknown flag must still be refused")
+
+
+def test_every_user_error_kind_is_one_line_and_a_bug_stays_a_traceback(monkeypatch, capsys):
+    """One exception type for what a user can fix (``UserError``): the CLI prints it in one line,
+    exit 2; any other exception, a builtin FileNotFoundError or ValueError included, is a bug."""
+    import pytest
+
+    from lineage_jax.attention.backend import AttentionBackendError
+    from lineage_jax.config import ConfigError, MissingFileError, UserError
+    from lineage_jax.decode.args import SamplingError
+    from lineage_jax.interop import InteropError
+    from lineage_jax.runs.checkpoint import CheckpointError
+    from lineage_jax.train.loop import RunDirError
+    kinds = [ConfigError, MissingFileError, SamplingError, InteropError, CheckpointError, RunDirError,
+             AttentionBackendError]
+    for kind in kinds:
+        assert issubclass(kind, UserError), kind
+
+    def raising(exc):
+        def cmd(args):
+            raise exc
+        monkeypatch.setattr(cli, "cmd_train", cmd)
+        return cli.main(["train"])
+
+    for kind in kinds:
+        exc = kind("top_p", 0.0, "must be in (0, 1]") if kind is SamplingError else kind("top_p=0.0: must be in (0, 1]")
+        assert raising(exc) == 2
+        assert capsys.readouterr().err == "error: top_p=0.0: must be in (0, 1]\n"
+    for bug in (FileNotFoundError("internal path"), ValueError("a bug"), KeyError("x")):
+        with pytest.raises(type(bug)):
+            raising(bug)

@@ -25,13 +25,14 @@ import jax.numpy as jnp
 
 from lineage_jax.attention import mha
 from lineage_jax.attention.flash import flash_attention
+from lineage_jax.config.errors import UserError
 from lineage_jax.nn.attention import causal_attention
 
 IMPLEMENTATIONS = ("auto", "naive", "xla", "flash", "cudnn", "pallas")
 PALLAS_BLOCK = 128       # the Pallas kernels' tiles: lengths must be multiples of this
 
 
-class AttentionBackendError(ValueError):
+class AttentionBackendError(UserError, ValueError):
     """An attention request a kernel cannot run, stated in one line."""
 
 

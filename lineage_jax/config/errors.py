@@ -1,9 +1,23 @@
-"""The one error a config raises, and the helper its messages share."""
+"""The errors a user can fix, and the helpers their messages share.
+
+``UserError`` is the one base: raised at the source with a one-line message (what is wrong,
+what is allowed), printed by the CLI as ``error: …`` with exit code 2. Anything else is a bug
+and stays a traceback. Each package's own kind (``CheckpointError``, ``SamplingError``, …)
+subclasses it, and also the builtin it always was (``ValueError``, ``FileNotFoundError``).
+"""
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix, stated in one line."""
+
+
+class ConfigError(UserError, ValueError):
     """A config problem, stated in one line: the key, the bad value, what is allowed."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A path the user named (a text file, a dataset, a run directory) that is not there."""
 
 
 def divisors(n: int) -> str:

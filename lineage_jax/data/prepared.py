@@ -24,6 +24,8 @@ from typing import Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lineage_jax.config.errors import MissingFileError
+
 FEATURES = ("tokens", "segment_ids", "positions", "document")
 NAME = "prepared_tokens"
 
@@ -74,7 +76,7 @@ def read_prepared(out_dir: str | Path) -> tuple[dict[str, dict[str, np.ndarray]]
     Raises FileNotFoundError (one line) when ``out_dir`` holds no prepared dataset."""
     path = dataset_dir(out_dir)
     if not (path / "dataset_info.json").is_file():
-        raise FileNotFoundError(f"{out_dir}: no prepared dataset here (expected {NAME}/{PreparedTokens.VERSION}/; "
+        raise MissingFileError(f"{out_dir}: no prepared dataset here (expected {NAME}/{PreparedTokens.VERSION}/; "
                                 f"make one with `lineage data prepare --out {out_dir}`)")
     builder = tfds.builder_from_directory(str(path))
     meta = dict(builder.info.metadata or {})

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Sequence
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from lineage_jax.config import DataConfig
+from lineage_jax.config import DataConfig, MissingFileError
 from lineage_jax.data.stdlib_docs import PY_CONFIG, StdlibDocs, stable_unit_hash
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,9 @@ def expand_text_files(specs: Sequence[str]) -> list[Path]:
         elif path.is_file():
             matches = [path]
         else:
-            raise FileNotFoundError(f"data.text_files: '{spec}' does not exist")
+            raise MissingFileError(f"data.text_files: '{spec}' does not exist")
         if not matches:
-            raise FileNotFoundError(f"data.text_files: '{spec}' matches no files")
+            raise MissingFileError(f"data.text_files: '{spec}' matches no files")
         files.extend(matches)
     return list(dict.fromkeys(p.resolve() for p in files))  # de-duplicated, order kept
 

@@ -6,12 +6,14 @@ import math
 import numbers
 from typing import Any, Callable
 
+from lineage_jax.config.errors import UserError
+
 __all__ = ["SamplingError", "check", "STRATEGIES"]
 
 STRATEGIES = ("greedy", "sample", "beam")
 
 
-class SamplingError(ValueError):
+class SamplingError(UserError, ValueError):
     """A sampling argument outside its rule, in one line: ``name=value: rule``."""
 
     def __init__(self, name: str, value: Any, rule: str):

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import yaml
 
-from lineage_jax.config import Config, ConfigError, DataConfig, MeshConfig, ModelConfig, validate
+from lineage_jax.config import Config, ConfigError, DataConfig, MeshConfig, ModelConfig, UserError, validate
 from lineage_jax.models.gpt import GPT, padded_vocab
 from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build
@@ -49,7 +49,7 @@ _BUFFERS = (".attn.bias", ".attn.masked_bias")    # causal-mask buffers some old
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")     # what our MLP computes (tanh approximation)
 
 
-class InteropError(ValueError):
+class InteropError(UserError, ValueError):
     """A checkpoint this module cannot read or write, stated in one line."""
 
 

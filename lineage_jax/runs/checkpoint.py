@@ -12,8 +12,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lineage_jax.config.errors import UserError
 
-class CheckpointError(FileNotFoundError):
+
+class CheckpointError(UserError, FileNotFoundError):
     """A missing or unusable checkpoint, stated in one line."""
 
 

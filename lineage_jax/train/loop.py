@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from lineage_jax.config import Config
+from lineage_jax.config import Config, UserError
 from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
 from lineage_jax.data.loader import check_prepared_tokenizer
 from lineage_jax.decode.generation import generate_text
@@ -25,7 +25,7 @@ from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build, compile_all
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError, ValueError):
     """The run directory holds something this config cannot continue."""
 
 

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lineage_jax.config import ConfigError
+from lineage_jax.config import ConfigError, MissingFileError
 from lineage_jax.data.pipeline import langid
 from lineage_jax.data.pipeline.dedup import exact_dedup, near_dedup
 from lineage_jax.data.pipeline.packing import pack
@@ -96,8 +96,8 @@ def read_documents(inputs: Sequence[str], text_key: str = "text") -> tuple[list[
     """(documents, their sources): a file is one document, a ``.jsonl`` line is one (``path:line``)."""
     try:
         files = expand_text_files(list(inputs))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(str(e).replace("data.text_files", "--inputs")) from None
+    except MissingFileError as e:
+        raise MissingFileError(str(e).replace("data.text_files", "--inputs")) from None
     docs, srcs = [], []
     for path in files:
         try:
