@@ -1,6 +1,7 @@
 """Bad configs end in one line naming the key and what is allowed, before anything compiles."""
 import dataclasses
 import json
+import re
 
 import pytest
 import yaml
@@ -132,3 +133,13 @@ def test_encoder_configs_validate_themselves():
                         (lambda: TransformerConfig(d_model=30, heads=4), r"must be even and divisible by heads=4")):
         with pytest.raises(ConfigError, match=match):
             make()
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.inf", "optim.lr=.nan", "optim.clip_norm=.nan", "optim.eps=.nan",
+                                      "optim.weight_decay=.inf", "model.init_std=.inf", "model.rope_theta=.inf",
+                                      "parallel.loss_scale_init=.inf"])
+def test_non_finite_numbers_are_refused_by_name(override):
+    """``x <= 0`` is False for NaN: every float is checked for finiteness before any rule (issue 15, cause 2)."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=(inf|nan): must be a finite number$"):
+        load_config("tiny", [override])

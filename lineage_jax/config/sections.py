@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,15 @@ class Config:
     SECTIONS = ("model", "data", "optim", "train", "mesh", "parallel")
 
     def validate(self) -> None:
-        """Each section's own checks (the cross-section ones are ``checks.cross_section``)."""
+        """Every number finite, then each section's own checks (the cross-section ones are
+        ``checks.cross_section``). ``x <= 0`` is False for NaN, so finiteness is checked once,
+        here, for every float field, before any rule compares it."""
+        for name in self.SECTIONS:
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{name}.{f.name}={value}: must be a finite number")
         for name in self.SECTIONS:
             getattr(self, name).validate()
         if not self.run_dir:
