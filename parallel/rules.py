@@ -20,9 +20,11 @@ and an unknown one is an error wherever it appears. Mesh axes: ``data``, ``fsdp`
   the expert axis like any batch axis; dispatched buffers [groups, experts, capacity, embed]
   are resharded from groups to experts (``expert_group`` → (data, fsdp)): one all-to-all
   there and one back.
-- ZeRO-1/2/3 over ``fsdp`` (Rajbhandari et al. 2020): ``embed`` → fsdp in the optimizer
-  state (1), also the gradients (2), also the parameters at rest (3). Compute keeps
-  ``embed`` unsharded, so a stage-3 layer's parameters are all-gathered where it runs.
+- ZeRO-1/2/3 (Rajbhandari et al. 2020) over the whole data-parallel group, as DeepSpeed
+  partitions: ``embed`` → every live one of (data, fsdp) in the optimizer state (1), also the
+  gradients (2), also the parameters at rest (3). Compute keeps ``embed`` unsharded, so a
+  stage-3 layer's parameters are all-gathered where it runs. ``data`` and ``fsdp`` thus differ
+  only in name; a stage on a multi-device mesh without either (e.g. tensor only) is refused.
 - Megatron tensor parallel (Shoeybi et al. 2019): ``heads``, ``mlp``, ``vocab`` → tensor.
 - Megatron sequence parallel (Korthikanti et al. 2022): ``seq`` → tensor as well.
 
@@ -45,7 +47,7 @@ Rules = tuple[tuple[str, Any], ...]
 
 DATA_PARALLEL: Rules = (("batch", ("data", "fsdp", "expert")), ("expert_group", ("data", "fsdp")))
 EXPERT: Rules = (("expert", "expert"),)
-ZERO: Rules = (("embed", "fsdp"),)
+ZERO_AXES = ("data", "fsdp")   # the data-parallel axes ZeRO partitions over (not expert: expert weights use it)
 TENSOR: Rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
 SEQUENCE: Rules = (("seq", "tensor"),)
 
@@ -67,7 +69,8 @@ class Strategy:
 
 
 def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence_parallel: bool = False) -> Strategy:
-    """Compose the tables for a mesh: DP always; ZeRO over fsdp by stage; EP if expert > 1; TP (+SP) if tensor > 1."""
+    """Compose the tables for a mesh: DP always; ZeRO over data × fsdp by stage; EP if expert > 1;
+    TP (+SP) if tensor > 1."""
     if zero_stage not in (0, 1, 2, 3):
         raise MeshError(f"zero_stage={zero_stage}: allowed 0, 1, 2, 3")
     if sequence_parallel and mesh_shape.get("tensor", 1) == 1:
@@ -77,7 +80,12 @@ def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence
         compute = compute + EXPERT
     if mesh_shape.get("tensor", 1) > 1:
         compute = compute + TENSOR + (SEQUENCE if sequence_parallel else ())
-    sharded = compute + ZERO
+    zero_axes = tuple(a for a in ZERO_AXES if mesh_shape.get(a, 1) > 1)
+    if zero_stage and not zero_axes and math.prod(mesh_shape.values()) > 1:
+        raise MeshError(f"parallel.zero_stage={zero_stage} partitions over the data-parallel axes mesh.data × "
+                        f"mesh.fsdp, which are 1 here; give one of them the devices (e.g. mesh.fsdp=-1) or set "
+                        f"parallel.zero_stage=0")
+    sharded = compute + ((("embed", _one(zero_axes)),) if zero_axes else ())
     return Strategy(compute=complete(compute),
                     params=complete(sharded if zero_stage >= 3 else compute),
                     opt_state=complete(sharded if zero_stage >= 1 else compute),
@@ -105,6 +113,11 @@ def check_rules(rules: Rules, what: str = "sharding rules", every: bool = True) 
     if every and missing:
         raise MeshError(f"{what}: no rule for logical axes {', '.join(missing)}; list every name of "
                         f"parallel/axes.py (None: replicated)")
+
+
+def _one(axes: tuple[str, ...]):
+    """A rule's target: the axis name itself for one axis."""
+    return axes[0] if len(axes) == 1 else axes
 
 
 def _mesh_axes(target) -> tuple[str, ...]:

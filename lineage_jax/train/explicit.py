@@ -10,7 +10,7 @@ hook's logical axis names:
 hook                                   explicit form
 =====================================  ======================================================
 parameter read (``param``)             ZeRO-3: ``zero3_gather`` over the axes sharding it at
-                                       rest only (fsdp), per layer inside the scan
+                                       rest only (data × fsdp), per layer inside the scan
 column-parallel input (``dense_in``)   ``megatron_f``; with SP ``sp_gather`` (sequence)
 row-parallel output (``dense_out``)    ``megatron_g``; with SP ``sp_scatter`` (sequence)
 token embedding (``embed``)            ``vocab_parallel_embed``; with SP a masked local lookup
@@ -25,11 +25,12 @@ loss (here, not in the model)          ``vocab_parallel_cross_entropy`` on vocab
 so every collective of the step is written here or in parallel/collectives.py. After the
 backward pass the gradients are reduced explicitly, per leaf, from the rule tables:
 
-* leaves gathered by ``zero3_gather`` arrive reduce-scattered (summed) over fsdp: divide;
+* leaves gathered by ``zero3_gather`` arrive reduce-scattered (summed) over ZeRO's axes
+  (every live one of data × fsdp, as the rule tables say): divide;
 * expert weights, sharded over the expert axis (a batch axis too), arrive summed over it
   (each device's experts served every device's tokens; the all-to-all's transpose brought
   their cotangents home): divide;
-* ZeRO-2 leaves are reduce-scattered over fsdp here (``lax.psum_scatter``);
+* ZeRO-2 leaves are reduce-scattered over those axes here (``lax.psum_scatter``);
 * the rest is averaged over the remaining data axes with ``dp_mean_grads`` (one flat
   bucket, so DP moves the parameter bytes once);
 * with sequence parallelism, parameters replicated over tensor (norms, row-parallel biases,
@@ -198,7 +199,7 @@ def reduce_grads(L: Layout, grads, names):
     """Local gradients of the local mean loss -> the global mean gradient, laid out by the grads table.
 
     Every leaf is divided by the number of batch devices once: by the sum's size where
-    zero3_gather or ZeRO-2 already summed over fsdp, by ``dp_mean_grads`` over the rest."""
+    zero3_gather or ZeRO-2 already summed over ZeRO's axes, by ``dp_mean_grads`` over the rest."""
     leaves, treedef = jax.tree.flatten(grads)
     groups: dict[tuple, list[int]] = {}
     for i, (g, nm) in enumerate(zip(leaves, names)):

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from parallel.report import theory
 from parallel.report.collectives import collectives_by_op, scale_by_trip_count, summarize
 from parallel.report.memory import memory, param_table, replicated_warnings, tree_bytes_per_device
+from parallel.rules import ZERO_AXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,9 +24,10 @@ class ReportInputs:
     the measured optimizer bytes. ``mesh_shape``: {axis: size} (``mesh.shape``).
 
     ZeRO theory (with ``stage``): ``n_shards`` (the N of the formulas and the n of the
-    communication theory) defaults to the ``fsdp`` axis size when it is > 1 (the axis ZeRO
-    shards state over), else to all non-``tensor`` devices (the data-parallel degree). With
-    tensor parallelism the theory is per tensor-parallel rank: Ψ/T parameters each.
+    communication theory) defaults, for stages 1-3, to ``data`` × ``fsdp`` (the data-parallel
+    axes ZeRO shards state over, ``parallel.rules.ZERO_AXES``), and for stage 0 to all
+    non-``tensor`` devices (those the gradient all-reduce spans). With tensor parallelism the
+    theory is per tensor-parallel rank: Ψ/T parameters each.
     ``param_bytes``, ``grad_bytes``, ``opt_bytes_per_param`` as in ``theory.zero_theory_bytes``.
 
     ``trip_count`` as in ``collectives.collectives`` (None: static counts, plus a per-execution
@@ -82,11 +84,15 @@ def _zero_theory(table, mesh_shape: Mapping[str, int], i: ReportInputs) -> dict:
     """``n_shards``, ``memory_theory`` and ``comm_theory`` of the parameter table.
 
     Model parallelism (tensor; expert, for expert weights) splits Ψ before ZeRO sees it: the
-    theory is per model-parallel rank. Expert weights are data-parallel over N/expert devices.
+    theory is per model-parallel rank. Expert weights are data-parallel over data × fsdp: the
+    ZeRO group, and at stage 0 the N/expert devices that share each expert. At stages 1-3 the
+    dense gradients' extra all-reduce over ``expert`` (a batch axis outside ZeRO's group) is
+    not counted.
     """
     tensor, ep = mesh_shape.get("tensor", 1), mesh_shape.get("expert", 1)
-    zero_axis = mesh_shape.get("fsdp", 1) > 1
-    n = i.n_shards or (mesh_shape["fsdp"] if zero_axis else max(1, math.prod(mesh_shape.values()) // tensor))
+    zero = i.stage > 0
+    n = i.n_shards or (math.prod(mesh_shape.get(a, 1) for a in ZERO_AXES) if zero
+                       else max(1, math.prod(mesh_shape.values()) // tensor))
     per_rank = lambda r: -(-math.prod(r["shape"]) // math.prod(  # noqa: E731
         mesh_shape.get(a, 1) for a in r.get("mesh_axes", ()) if a in ("tensor", "expert")))
     is_expert = lambda r: "expert" in r.get("mesh_axes", ())  # noqa: E731
@@ -94,7 +100,7 @@ def _zero_theory(table, mesh_shape: Mapping[str, int], i: ReportInputs) -> dict:
     psi_expert = sum(per_rank(r) for r in table if is_expert(r))
     comm = theory.comm_theory_bytes(psi_dense * i.grad_bytes, i.stage, n)
     if psi_expert:
-        n_e = n if zero_axis else max(1, n // ep)
+        n_e = n if zero else max(1, n // ep)
         comm = {k: v + theory.comm_theory_bytes(psi_expert * i.grad_bytes, i.stage, n_e)[k] for k, v in comm.items()}
     return {"n_shards": n, "comm_theory": comm,
             "memory_theory": theory.zero_theory_bytes(psi_dense + psi_expert, i.stage, n, i.param_bytes,

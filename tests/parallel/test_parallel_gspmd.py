@@ -12,6 +12,7 @@ from lineage_jax.config import load_config
 from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build
 from lineage_jax.train.step import make_loss_fn
+from parallel import MeshError, strategy_for
 
 MODEL = ["model.layers=2", "model.width=64", "model.heads=8", "model.context=32", "model.attn_chunks=2",
          "model.vocab_multiple=8", "model.scan_layers=true", "train.batch_size=8", "train.steps=20",
@@ -27,6 +28,10 @@ STRATEGIES = {
     "FSDPxTP":    ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=4", "parallel.zero_stage=3"],
     "DPxFSDPxTP": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "parallel.zero_stage=3",
                    "parallel.sequence_parallel=true"],
+    # ZeRO partitions over every data-parallel axis (data × fsdp), not over fsdp alone
+    "ZeRO-1/data":      ["mesh.data=8", "mesh.fsdp=1", "mesh.tensor=1", "parallel.zero_stage=1"],
+    "ZeRO-3/data":      ["mesh.data=8", "mesh.fsdp=1", "mesh.tensor=1", "parallel.zero_stage=3"],
+    "ZeRO-2/data×fsdp": ["mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1", "parallel.zero_stage=2"],
 }
 
 
@@ -107,6 +112,27 @@ def test_strategies_really_shard():
     assert spec(STRATEGIES["TP"], "params", *q) == P(None, None, "tensor", None)
     assert spec(STRATEGIES["FSDPxTP"], "params", *q) == P(None, "fsdp", "tensor", None)
     assert spec(STRATEGIES["TP"], "params", "wte") == P("tensor", None)
+    # data=8: ZeRO shards over data as it would over fsdp (a stage never silently does nothing)
+    assert spec(STRATEGIES["ZeRO-1/data"], "opt_state", *q) == P(None, "data", None, None)
+    assert spec(STRATEGIES["ZeRO-1/data"], "params", *q) == P(None, None, None, None)
+    assert spec(STRATEGIES["ZeRO-3/data"], "params", *q) == P(None, "data", None, None)
+    assert spec(STRATEGIES["ZeRO-3/data"], "grads", *q) == P(None, "data", None, None)
+    mixed = ("data", "fsdp")                    # data=2 × fsdp=4: one dimension over all 8 devices
+    assert spec(STRATEGIES["ZeRO-2/data×fsdp"], "grads", *q) == P(None, mixed, None, None)
+    assert spec(STRATEGIES["ZeRO-2/data×fsdp"], "opt_state", *q) == P(None, mixed, None, None)
+    assert spec(STRATEGIES["ZeRO-2/data×fsdp"], "params", *q) == P(None, None, None, None)
+    assert spec(STRATEGIES["DPxFSDPxTP"], "params", *q) == P(None, mixed, "tensor", None)
+
+
+def test_zero_without_a_data_parallel_axis_is_refused():
+    """Nothing to partition over on a multi-device mesh: an error naming the fix, not a no-op."""
+    refused = r"zero_stage=1 partitions over .*mesh\.data × mesh\.fsdp.*mesh\.fsdp=-1"
+    with pytest.raises(MeshError, match=refused):
+        build(load_config("tiny", MODEL + ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=8", "parallel.zero_stage=1"]),
+              compile_steps=False)
+    with pytest.raises(MeshError, match=refused):        # expert is a batch axis, but expert weights use it
+        strategy_for({"data": 1, "fsdp": 1, "expert": 8, "tensor": 1}, zero_stage=1)
+    assert strategy_for({"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}, zero_stage=3).zero_stage == 3   # 1 device
 
 
 def test_bf16_policy_tracks_one_device_within_a_looser_bound(reference):

@@ -15,17 +15,40 @@ STAGES = {0: ["mesh.data=8"], 1: ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_s
           3: ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3"]}
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_param_and_optimizer_bytes_match_the_zero_formula(stage):
+# ZeRO partitions over every data-parallel axis: data=8, or data=2 × fsdp=4, shard as fsdp=8 does
+OVER_DATA = {"data": ["mesh.data=8", "mesh.fsdp=1"], "data×fsdp": ["mesh.data=2", "mesh.fsdp=4"]}
+CASES = {f"ZeRO-{k}/fsdp": (k, over) for k, over in STAGES.items()} | {
+    "ZeRO-1/data": (1, OVER_DATA["data"] + ["parallel.zero_stage=1"]),
+    "ZeRO-3/data": (3, OVER_DATA["data"] + ["parallel.zero_stage=3"]),
+    "ZeRO-3/data/shard_map": (3, OVER_DATA["data"] + ["parallel.zero_stage=3", "parallel.form=shard_map"]),
+    "ZeRO-2/data×fsdp": (2, OVER_DATA["data×fsdp"] + ["parallel.zero_stage=2"])}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_param_and_optimizer_bytes_match_the_zero_formula(case):
     """Ψ params (4 B) + Adam's two f32 moments (K = 8 B): stage 0 holds 12Ψ per device, stage 1
-    4Ψ + 8Ψ/N, stages 2 the same (gradients are transient), stage 3 12Ψ/N (N = 8)."""
-    rep = shard_report(load_config("tiny", MODEL + STAGES[stage]))
+    4Ψ + 8Ψ/N, stages 2 the same (gradients are transient), stage 3 12Ψ/N, with N = data × fsdp
+    = 8 on every mesh: measured by the compiled program's arguments and by the state's shardings."""
+    stage, overrides = CASES[case]
+    rep = shard_report(load_config("tiny", MODEL + overrides))
+    assert rep["n_shards"] == 8
     theory = rep["theory_bytes"]["params"] + rep["theory_bytes"]["opt_state"]
     measured = rep["memory"]["arguments"] - 8 * 17 * 4           # compiled arguments less the token batch
     assert abs(measured / theory - 1) < 0.05, (measured, theory)
     psi = rep["n_params"]
     expected = {0: 12 * psi, 1: 4 * psi + 8 * psi / 8, 2: 4 * psi + 8 * psi / 8, 3: 12 * psi / 8}[stage]
     assert abs(theory / expected - 1) < 1e-9
+    opt, params = rep["per_device_bytes"]["opt_state"], rep["per_device_bytes"]["params"]
+    assert abs(opt / rep["theory_bytes"]["opt_state"] - 1) < 0.05, (opt, rep["theory_bytes"]["opt_state"])
+    assert abs(opt / (8 * psi / (8 if stage else 1)) - 1) < 0.05            # 1/8 of stage 0's 8Ψ
+    assert abs(params / (4 * psi / (8 if stage == 3 else 1)) - 1) < 0.05
+
+
+def test_zero_stage_without_data_parallel_axes_exits_2_before_compiling(capsys):
+    assert cli.main(["shard-report", *MODEL, "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=8",
+                     "parallel.zero_stage=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mesh.data × mesh.fsdp" in err and "mesh.fsdp=-1" in err
 
 
 def test_data_parallel_gradient_traffic_is_one_parameter_reduction():
