@@ -42,6 +42,9 @@ def cross_section(cfg: Config) -> None:
     if m.moe_every and p.sequence_parallel:
         raise ConfigError("parallel.sequence_parallel=true with MoE layers is not supported (each sequence is "
                           "one routing group); set model.moe_every=0 or parallel.sequence_parallel=false")
+    if p.form == "shard_map" and t.nan_policy == "skip":
+        raise ConfigError("train.nan_policy=skip is implemented for parallel.form=gspmd; with shard_map use "
+                          "train.nan_policy=stop (or parallel.precision=fp16, whose loss scaling skips such steps)")
     if p.form == "shard_map" and m.dropout > 0:
         raise ConfigError("parallel.form=shard_map does not support model.dropout > 0 yet (each device would "
                           "draw the same mask for its shard); use parallel.form=gspmd or model.dropout=0")

@@ -14,6 +14,8 @@ from typing import Any
 from lineage_jax.config.errors import ConfigError, divisors, one_of, positive
 from lineage_jax.config.models import ModelConfig
 
+NAN_POLICIES = ("stop", "skip")
+
 FORMS = ("gspmd", "shard_map")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
@@ -86,6 +88,10 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
+    # a step whose loss or gradients are not finite: "stop" after nan_patience in a row (none of them
+    # checkpointed), or "skip" its update (parameters and optimiser state untouched, as fp16 loss scaling does)
+    nan_policy: str = "stop"
+    nan_patience: int = 3
 
     def validate(self) -> None:
         positive({"train.steps": self.steps, "train.batch_size": self.batch_size, "train.grad_accum": self.grad_accum,
@@ -96,6 +102,8 @@ class TrainConfig:
                               f"{self.batch_size}; allowed: {divisors(self.batch_size)}")
         if self.eval_every < 0:
             raise ConfigError(f"train.eval_every={self.eval_every}: must be >= 0 (0 disables eval)")
+        one_of("train.nan_policy", self.nan_policy, NAN_POLICIES)
+        positive({"train.nan_patience": self.nan_patience})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +124,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ParallelConfig:
-    zero_stage: int = 0            # over mesh.fsdp: 1 optimizer state, 2 + gradients, 3 + parameters (FSDP)
+    zero_stage: int = 0            # over mesh.data × mesh.fsdp: 1 optimizer state, 2 + gradients, 3 + parameters (FSDP)
     form: str = "gspmd"            # gspmd (jit + sharding rules) | shard_map (explicit collectives)
     sequence_parallel: bool = False  # Megatron-SP: norm/dropout regions sharded along the sequence
     precision: str = "fp32"        # fp32 | bf16 (f32 master weights) | fp16 (+ dynamic loss scaling)

@@ -25,6 +25,16 @@ from lineage_jax.runs import checkpoint as ckpt
 from lineage_jax.train.setup import build, compile_all
 
 
+class NonFiniteError(UserError, ArithmeticError):
+    """Training stopped: ``train.nan_patience`` steps in a row had a non-finite loss or gradient."""
+
+
+def _finite(metrics) -> bool:
+    """Whether a step's loss and gradient norm are finite (one small device-to-host copy)."""
+    loss, norm = jax.device_get((metrics["loss"], metrics["grad_norm"]))
+    return bool(np.isfinite(loss) and np.isfinite(norm))
+
+
 class RunDirError(UserError, ValueError):
     """The run directory holds something this config cannot continue."""
 
@@ -124,13 +134,20 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
                desc=f"train {run_dir.name}")
     if progress and start:
         tqdm.write(f"resumed from step {start} (data position {position})")
-    window, t_window, rows, step = [], time.perf_counter(), [], start
+    window, t_window, rows, step, bad_run = [], time.perf_counter(), [], start, 0
     try:
         for step in range(start, min(cfg.train.steps, stop_at or cfg.train.steps)):
             state, metrics = setup.train_step(state, setup.put_batch(draw(train_data, position, B)))
             position += B
             window.append(metrics)
             done = step + 1
+            bad_run = 0 if _finite(metrics) else bad_run + 1   # skip policy: the update was not applied
+            if bad_run and cfg.train.nan_policy == "stop" and bad_run >= cfg.train.nan_patience:
+                raise NonFiniteError(
+                    f"training stopped at step {done}: loss or gradients not finite for {bad_run} steps in a row "
+                    f"(train.nan_patience={cfg.train.nan_patience}); none of them was checkpointed, the latest "
+                    f"checkpoint is step {mngr.latest_step()}; lower optim.lr, raise optim.warmup_steps, or set "
+                    f"train.nan_policy=skip")
             if done % cfg.train.log_every == 0 or done == cfg.train.steps or done == 1:
                 window = jax.device_get(window)
                 dt = time.perf_counter() - t_window
@@ -143,13 +160,14 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row.get('lr', 0):.2e}",
                                 tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 window, t_window = [], time.perf_counter()
-            if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or done == stop_at:
+            saving = done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or done == stop_at
+            if saving and not (bad_run and cfg.train.nan_policy == "stop"):   # a non-finite state is never saved
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done})
             bar.update(1)
     except KeyboardInterrupt:
         try:  # save the last completed step unless the interrupt hit mid-update
             done = int(jax.device_get(state.step))
-            if done * B == position and done > (mngr.latest_step() or 0):
+            if done * B == position and done > (mngr.latest_step() or 0) and not bad_run:
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done})
         except Exception:  # noqa: BLE001 - the donated state may be gone; the last checkpoint stands
             pass

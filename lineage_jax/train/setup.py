@@ -147,7 +147,8 @@ def compile_all(setup: Setup) -> None:
     cfg = setup.cfg
     step_fn = make_train_step(setup.model, setup.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
                               dropout=cfg.model.dropout > 0, schedule=setup.schedule,
-                              grad_sharding=setup.grad_sharding, loss_scale_period=cfg.parallel.loss_scale_period)
+                              grad_sharding=setup.grad_sharding, loss_scale_period=cfg.parallel.loss_scale_period,
+                              skip_nonfinite=cfg.train.nan_policy == "skip")
     if cfg.parallel.form == "shard_map":   # the same step, every collective written out
         step_fn = make_explicit_train_step(setup)
     replicated = NamedSharding(setup.mesh, P())

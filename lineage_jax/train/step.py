@@ -144,7 +144,7 @@ def loss_and_grads(loss_fn: Callable, params, batch: Batch, rng, *, grad_accum: 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
                     dropout: bool = False, schedule: Callable | None = None, grad_sharding=None,
-                    loss_scale_period: int = 2000):
+                    loss_scale_period: int = 2000, skip_nonfinite: bool = False):
     """Close over the model and optimizer; return the pure ``train_step(state, batch)``.
 
     With ``grad_accum = A`` the batch's B rows are split into A micro-batches of B/A rows
@@ -158,7 +158,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed:
     Mixed precision (Micikevicius et al. 2018): the model computes in its ``dtype``; the loss
     is multiplied by ``state.loss_scale`` before differentiation and the gradients divided
     by it after; with a dynamic scale (fp16) a step whose gradients are not finite leaves
-    parameters and optimizer state untouched and halves the scale.
+    parameters and optimizer state untouched and halves the scale. ``skip_nonfinite``
+    (``train.nan_policy=skip``) does the same for any step whose loss or gradients are not
+    finite, at every precision.
     """
     loss_fn = make_loss_fn(model, dropout)
     base_key = jax.random.key(seed)
@@ -173,11 +175,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, seed:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **moe}
-        if ls.dynamic:   # static (Python) switch: fp32/bf16 programs carry no overflow checks
-            finite = precision.all_finite(grads)
+        if ls.dynamic or skip_nonfinite:   # static switches: other programs carry no checks
+            finite = precision.all_finite(grads) & jnp.isfinite(loss)
             params, opt_state = precision.select_update(finite, (params, opt_state), (state.params, state.opt_state))
-            ls = precision.adjust(ls, finite, period=loss_scale_period)
-            metrics.update(loss_scale=ls.scale, skipped_steps=ls.skipped)
+            if ls.dynamic:
+                ls = precision.adjust(ls, finite, period=loss_scale_period)
+                metrics.update(loss_scale=ls.scale, skipped_steps=ls.skipped)
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, loss_scale=ls), metrics
