@@ -21,7 +21,7 @@ from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
 from lineage_jax.data.loader import check_prepared_tokenizer
 from lineage_jax.decode.generation import generate_text
 from lineage_jax.tokenize import get_tokenizer
-from lineage_jax.runs import checkpoint as ckpt
+from lineage_jax.runs import atomic, checkpoint as ckpt
 from lineage_jax.train.setup import build, compile_all
 
 
@@ -93,11 +93,31 @@ def _mean(values):
     return float(m) if m.ndim == 0 else [float(x) for x in m]
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+def read_metrics(path: Path, note=None) -> list[dict]:
+    """The rows of ``metrics.jsonl``. A torn last line (what a kill mid-append leaves) is dropped,
+    with a ``note``; a damaged line before the last is a one-line RunDirError naming it."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise RunDirError(f"{path}: line {i + 1} is not JSON; fix or remove the file") from None
+            if note is not None:
+                note(f"{path.name}: dropped a torn last line (an interrupted write): {line[:60]!r}")
+    return rows
+
+
+def _truncate_metrics(path: Path, step: int, note=None) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again), atomically."""
     if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
+        rows = [r for r in read_metrics(path, note) if r["step"] <= step]
+        atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at: int | None = None) -> dict:
@@ -127,8 +147,8 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     else:
         state, meta = ckpt.restore(mngr, start, setup.abstract_state())
         position = int(meta["data_position"])
-        _truncate_metrics(metrics_path, start)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _truncate_metrics(metrics_path, start, note=tqdm.write)
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"train {run_dir.name}")
@@ -169,6 +189,10 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
             done = int(jax.device_get(state.step))
             if done * B == position and done > (mngr.latest_step() or 0) and not bad_run:
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done})
+                if window:   # the saved step's row, so every saved step has one
+                    window = jax.device_get(window)
+                    _append_jsonl(metrics_path, [{"step": done, **{k: _mean([m[k] for m in window]) for k in window[0]},
+                                                  "tokens_per_s": len(window) * B * T / (time.perf_counter() - t_window)}])
         except Exception:  # noqa: BLE001 - the donated state may be gone; the last checkpoint stands
             pass
         tqdm.write(f"interrupted; rerun the same command to resume from step {mngr.latest_step()}")
@@ -178,7 +202,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
         mngr.wait_until_finished()
         mngr.close()
 
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    history = read_metrics(metrics_path)
     plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
     summary = {"steps": int(jax.device_get(state.step)), "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None,
@@ -208,5 +232,6 @@ def plot_losses(history: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic.replacing(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
