@@ -119,3 +119,16 @@ def test_stale_tmp_directories_are_removed_when_a_run_starts(trained, tmp_path):
     (run / "checkpoints" / "4.orbax-checkpoint-tmp-123" / "state").mkdir(parents=True)
     assert train(run, 4) == 0
     assert not list((run / "checkpoints").glob("*.orbax-checkpoint-tmp-*"))
+
+
+def test_a_checkpoint_without_digest_is_still_checked_for_finiteness():
+    """Checkpoints saved before digests existed: non-finite params or optimiser state are refused."""
+    from lineage_jax.runs.checkpoint import _problem, digest
+    good = {"params": {"w": np.ones(3, np.float32)}, "opt_state": ({"mu": np.zeros(3, np.float32)},), "step": 1}
+    assert _problem(good, {}) is None and _problem(good, {"digest": digest(good)}) is None
+    for item in ("params", "opt_state"):
+        bad = jax.tree.map(np.array, good)                  # a copy
+        leaf = bad["params"]["w"] if item == "params" else bad["opt_state"][0]["mu"]
+        leaf[1] = np.inf if item == "params" else np.nan
+        assert _problem(bad, {}) == f"{item} not finite"
+        assert _problem(bad, {"digest": digest(good)}) == f"digest mismatch: {item}"
