@@ -21,8 +21,8 @@ from lineage_jax.tokenize import Tokenizer, get_tokenizer
 __all__ = ["load_for_inference"]
 
 
-def _latest(run_dir: Path) -> int:
-    """The latest checkpoint step, or one line saying what is missing: the directory, its config, a checkpoint."""
+def _latest(run_dir: Path) -> None:
+    """Nothing if ``run_dir`` holds a checkpoint, else one line saying what is missing: the directory, its config, a checkpoint."""
     hint = f"train first (lineage train run_dir={run_dir}) or pass the run_dir of a trained run"
     if not run_dir.is_dir():
         raise ckpt.CheckpointError(f"run_dir {run_dir}: no such directory; {hint}")
@@ -31,13 +31,13 @@ def _latest(run_dir: Path) -> int:
     step = ckpt.latest_step(run_dir)
     if step is None:
         raise ckpt.CheckpointError(f"no checkpoint in {run_dir}/checkpoints; {hint}")
-    return step
 
 
 def load_for_inference(run_dir: str | Path) -> tuple[Config, nn.Module, object, Tokenizer]:
-    """(config, model, params, tokenizer) of the latest checkpoint in ``run_dir``, params on one device."""
+    """(config, model, params, tokenizer) of the newest good checkpoint in ``run_dir`` (a damaged newer one
+    is named on stderr and left in place for the training run to set aside), params on one device."""
     run_dir = Path(run_dir)
-    step = _latest(run_dir)
+    _latest(run_dir)
     cfg = load_config(str(run_dir / "config.yaml"), [])
     model = models.build(cfg.model)
     dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
@@ -45,5 +45,5 @@ def load_for_inference(run_dir: str | Path) -> tuple[Config, nn.Module, object, 
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
     with ckpt.manager(run_dir, create=False, async_save=False) as mngr:
-        params = ckpt.restore_params(mngr, step, abstract)
+        _, params, _ = ckpt.restore_latest_good(mngr, abstract, params_only=True, move_bad=False)
     return cfg, model, params, get_tokenizer(cfg.data.tokenizer)

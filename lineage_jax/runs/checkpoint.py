@@ -3,13 +3,27 @@
 No pickle anywhere: arrays go through Orbax's tensorstore format, metadata through JSON.
 Restoring takes an abstract target (shapes, dtypes, shardings), so a checkpoint written
 under one mesh restores directly into another.
+
+Integrity (issue 15): ``save`` puts a SHA-256 per top-level item (params, opt_state, other) of the
+host copy of the state into the JSON ``meta``; ``restore_latest_good`` recomputes it on what was
+restored and checks that params and optimiser state are finite. A step whose restore raises, whose
+digest differs or whose values are not finite is damaged: it is named in one line and moved to
+``checkpoints-corrupt/`` beside ``checkpoints/``, so Orbax's ``latest_step`` and ``max_to_keep``
+rotation only ever count the good ones (and a resumed run saves that step anew); with
+``train.nan_policy`` no non-finite state is saved in the first place, so rotation never drops the
+last good checkpoint for an unverified one. If no step is good, nothing is moved and a
+``CheckpointError`` says so: a run never starts from scratch over existing checkpoints.
 """
 from __future__ import annotations
 
+import hashlib
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from lineage_jax.config.errors import UserError
@@ -20,14 +34,35 @@ class CheckpointError(UserError, FileNotFoundError):
 
 
 def manager(run_dir: str | Path, *, keep: int = 3, async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
+    """A writing manager (``create``) first removes the ``*.orbax-checkpoint-tmp-*`` leftovers of a killed save."""
     directory = Path(run_dir).absolute() / "checkpoints"
+    if create and directory.is_dir():
+        for tmp in directory.glob("*.orbax-checkpoint-tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                            enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(directory, options=options)
 
 
+def digest(state: Any) -> dict:
+    """{item: {"sha256", "layout"}} for params, opt_state and other (every other leaf): a SHA-256 over each
+    leaf's path, dtype, shape and bytes in flattening order, and one over the paths/dtypes/shapes alone."""
+    groups: dict[str, tuple[Any, Any]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
+        top = getattr(path[0], "name", getattr(path[0], "key", None)) if path else None
+        data, layout = groups.setdefault(top if top in ("params", "opt_state") else "other",
+                                         (hashlib.sha256(), hashlib.sha256()))
+        a = np.ascontiguousarray(leaf)
+        head = f"{jax.tree_util.keystr(path[1:])}|{a.dtype}|{a.shape};".encode()
+        layout.update(head)
+        data.update(head)
+        data.update(a.tobytes())
+    return {k: {"sha256": d.hexdigest(), "layout": s.hexdigest()} for k, (d, s) in groups.items()}
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-    """Start an (async) save of ``state`` and ``meta`` at ``step``."""
+    """Start an (async) save of ``state`` and ``meta`` (plus the state's ``digest``) at ``step``."""
+    meta = {**meta, "digest": digest(state)}
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
 
@@ -46,11 +81,86 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tupl
     return out["state"], out["meta"]
 
 
-def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
+def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -> tuple[Any, dict]:
     """Only the ``params`` subtree of the state saved at ``step`` (Orbax partial restore: the optimizer
     state, step and loss scale are never read), placed as the shardings of ``abstract_params``; each
-    array keeps the dtype it was saved in."""
+    array keeps the dtype it was saved in. Returned with the step's meta."""
     args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), abstract_params)
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": abstract_params}, restore_args={"params": args}, partial_restore=True)))
-    return out["state"]["params"]
+        item={"params": abstract_params}, restore_args={"params": args}, partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    return out["state"]["params"], out["meta"]
+
+
+def _problem(state: Any, meta: dict) -> str | None:
+    """Why a restored (state, meta) is not the state that was saved, or None. Items whose layout differs
+    from the saved one (a restore into other dtypes) are checked for finiteness only."""
+    if not isinstance(meta, dict):
+        return f"meta is {type(meta).__name__}, not a JSON object"
+    saved, now = meta.get("digest") or {}, digest(state)
+    changed = [k for k, d in now.items() if k in saved and saved[k]["layout"] == d["layout"]
+               and saved[k]["sha256"] != d["sha256"]]
+    if changed:
+        return f"digest mismatch: {', '.join(changed)}"
+    host = jax.device_get(state)
+    for item in ("params", "opt_state"):
+        tree = host.get(item) if isinstance(host, dict) else getattr(host, item, None)
+        leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+        if not all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact)):
+            return f"{item} not finite"
+    return None
+
+
+def _steps(directory: Path) -> list[int]:
+    """Every step directory, newest first (an empty or uncommitted one included: Orbax lists those too)."""
+    return sorted((int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) \
+        if directory.is_dir() else []
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract: Any, *, params_only: bool = False,
+                        move_bad: bool = True, log: Callable[[str], None] | None = None) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of the newest checkpoint that restores and verifies (``params_only``: the
+    params, via ``restore_params``), or None when there is none at all. Each damaged newer step is
+    named through ``log`` (one line, stderr by default) and, with ``move_bad``, moved out of Orbax's
+    sight to ``checkpoints-corrupt/<step>-<reason>``; if every step is damaged nothing is moved and a
+    one-line ``CheckpointError`` names them."""
+    log = log or (lambda line: print(line, file=sys.stderr))
+    directory = Path(mngr.directory)
+    bad: list[tuple[int, str]] = []
+    for step in _steps(directory):
+        try:
+            state, meta = (restore_params if params_only else restore)(mngr, step, abstract)
+            reason = _problem({"params": state} if params_only else state, meta)
+        except Exception as e:  # noqa: BLE001 - any failure to read a step makes that step unusable
+            while e.__cause__ is not None:      # Orbax wraps TensorStore's own (informative) error
+                e = e.__cause__
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or ['no message'])[0][:200]}"
+        if reason is None:
+            if bad:
+                _set_aside(mngr, bad, move_bad, log)
+                log(f"falling back to step {step}, the newest good checkpoint in {directory}")
+            return step, state, meta
+        bad.append((step, reason))
+    if bad:
+        reasons = "; ".join(f"step {s}: {r}" for s, r in bad)
+        raise CheckpointError(f"no usable checkpoint in {directory} ({reasons}); move {directory} away "
+                              f"to start {directory.parent} afresh")
+    return None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, bad: list[tuple[int, str]], move: bool, log) -> None:
+    directory = Path(mngr.directory)
+    for step, reason in bad:
+        where = ""
+        if move:
+            slug = "".join(c if c.isalnum() else "-" for c in reason.split(":")[0])[:40].strip("-").lower()
+            dest = directory.parent / "checkpoints-corrupt" / f"{step}-{slug}"
+            n = 1
+            while dest.exists():
+                dest, n = dest.with_name(f"{step}-{slug}-{n}"), n + 1
+            dest.parent.mkdir(exist_ok=True)
+            (directory / str(step)).rename(dest)
+            where = f"; moved to {dest}"
+        log(f"checkpoint step {step} in {directory} is damaged ({reason}){where}")
+    if move:
+        mngr.reload()

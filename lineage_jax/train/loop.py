@@ -8,6 +8,7 @@ the continued run is the run that was never stopped.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -139,13 +140,13 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     run_dir.mkdir(parents=True, exist_ok=True)
     mngr = ckpt.manager(run_dir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
     metrics_path = run_dir / "metrics.jsonl"
-    start = mngr.latest_step()
-    if start is None:
+    restored = ckpt.restore_latest_good(mngr, setup.abstract_state(), log=lambda m: tqdm.write(m, file=sys.stderr))
+    if restored is None:
         state = setup.init_state(jax.random.key(cfg.train.seed))
         position, start = 0, 0
         metrics_path.unlink(missing_ok=True)
     else:
-        state, meta = ckpt.restore(mngr, start, setup.abstract_state())
+        start, state, meta = restored
         position = int(meta["data_position"])
         _truncate_metrics(metrics_path, start, note=tqdm.write)
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
