@@ -28,21 +28,23 @@ def trained(tmp_path_factory):
     return run
 
 
-def largest(step_dir):
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+def data_files(step_dir):
+    """Every array data file of the step (OCDBT's ``d/`` folders; which of them the manifest
+    references varies from save to save, so every one is damaged)."""
+    return [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
 def flip(step_dir):
-    path = largest(step_dir)
-    data = bytearray(path.read_bytes())
-    for at in range(len(data) // 16, len(data), len(data) // 8):      # 8 places: params and optimiser state
-        data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
-    path.write_bytes(bytes(data))
+    for path in data_files(step_dir):
+        data = bytearray(path.read_bytes())
+        for at in range(len(data) // 16, len(data), len(data) // 8):      # 8 places in each file
+            data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
+        path.write_bytes(bytes(data))
 
 
 def truncate(step_dir):
-    path = largest(step_dir)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for path in data_files(step_dir):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def empty_dir(step_dir):
