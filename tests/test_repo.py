@@ -109,3 +109,10 @@ def test_lineage_index_points_at_real_files():
     assert len(paths) > 10
     missing = [p for p in paths if not (ROOT / p).is_file()]
     assert not missing, missing
+
+
+def test_every_package_directory_is_a_regular_package():
+    """An installed (non-editable or editable) copy finds only packages with an __init__.py."""
+    dirs = [d for top in ("lineage_jax", "parallel") for d in [ROOT / top, *(ROOT / top).rglob("*")]
+            if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))]
+    assert [str(d.relative_to(ROOT)) for d in dirs if not (d / "__init__.py").is_file()] == []
