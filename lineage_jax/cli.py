@@ -282,12 +282,17 @@ def main(argv=None) -> int:
     if getattr(args, "steps", 1) < 1:
         print(f"error: --steps={args.steps}: must be at least 1", file=sys.stderr)
         return 2
-    from parallel import MeshError   # parallel/ knows nothing of lineage_jax: its own kind
     try:
         return args.func(args)
-    except (UserError, MeshError) as e:   # one line for what a user can fix; a bug stays a traceback
+    except UserError as e:   # one line for what a user can fix; a bug stays a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from parallel import MeshError   # parallel/'s own kind (it knows nothing of lineage_jax); imported
+        if isinstance(e, MeshError):     # only here, since parallel/ imports JAX and listings must not
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130
 
