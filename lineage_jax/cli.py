@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar over --prompts-file")
-    p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming text")
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming text (text, tokens, "
+                        "new_tokens, prompt_tokens, prompt_tokens_kept, stop_reason: eos|max_new_tokens|context)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="benchmarks: train (default: tokens/s, FLOPs, MFU, compile times of the "
