@@ -137,6 +137,20 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _check_plot_out(out: str | None) -> None:
+    """``bench --out``: refused in one line before any work unless it is a new or existing .png file whose
+    directory exists (the plot is written only after minutes of measuring)."""
+    if out is None:
+        return
+    if os.path.isdir(out):
+        raise ConfigError(f"--out={out}: is a directory; give a .png file path (e.g. {os.path.join(out, 'plot.png')})")
+    if not out.lower().endswith(".png"):
+        raise ConfigError(f"--out={out}: the plot is a PNG; give a path ending in .png")
+    parent = os.path.dirname(out) or "."
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out={out}: directory {parent} does not exist; create it or pick another path")
+
+
 def cmd_bench(args) -> int:
     from lineage_jax.commands import BENCH_TARGETS
     if args.target is not None and "=" in args.target:   # argparse took the first override for a target
@@ -144,6 +158,7 @@ def cmd_bench(args) -> int:
     target = args.target or "train"
     if target not in BENCH_TARGETS:
         raise ConfigError(f"lineage bench {target}: unknown target; allowed: {', '.join(BENCH_TARGETS)}")
+    _check_plot_out(args.out)
     if target == "train":
         cfg = load_config(args.config, args.overrides)
         _init_devices(args.devices)
@@ -224,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar over --prompts-file")
-    p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming text")
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming text (text, tokens, "
+                        "new_tokens, prompt_tokens, prompt_tokens_kept, stop_reason: eos|max_new_tokens|context)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="benchmarks: train (default: tokens/s, FLOPs, MFU, compile times of the "

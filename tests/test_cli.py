@@ -25,7 +25,9 @@ def test_train_then_sample(tmp_path, capsys):
 
 def test_sample_bad_input_is_one_line(tmp_path, capsys):
     cases = [(["--prompt", "a"], "nothing: no such directory"), (["--temperature", "-1"], "--temperature=-1.0: must be >= 0"),
-             (["--prompt", ""], "--prompt is empty"), (["--max-new-tokens", "0"], "--max-new-tokens=0")]
+             (["--prompt", ""], "--prompt is empty"), (["--max-new-tokens", "0"], "--max-new-tokens=0"),
+             (["--temperature", "nan"], "--temperature=nan: must be >= 0 and finite"),
+             (["--temperature", "inf"], "--temperature=inf: must be >= 0 and finite")]
     for extra, message in cases:
         assert cli.main(["sample", "--run-dir", str(tmp_path / "nothing"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -42,6 +44,22 @@ def test_bench_json(capsys):
         assert r[variant]["compile_s"] > 0 and r[variant]["cost_analysis_flops"] > 0
     assert 0.5 < r["unrolled"]["cost_over_formula"] < 2.0 and r["scan"]["cost_over_formula"] is None
     assert r["flops_per_token"] == 6 * r["matmul_params"] + 12 * 1 * 2 * 16 * 32
+
+
+def test_bench_out_is_checked_before_any_work(tmp_path):
+    """``bench TARGET --out``: a directory, a missing parent or a non-PNG name is one line (exit 2)
+    before JAX is even imported, for every target (the plot is written after minutes of measuring)."""
+    cases = [(str(tmp_path), "is a directory"), (str(tmp_path / "no" / "p.png"), "does not exist"),
+             (str(tmp_path / "plot.txt"), "ending in .png")]
+    script = ("import sys; from lineage_jax import cli; rc = cli.main(sys.argv[1:]); "
+              "print(rc, 'jax' in sys.modules)")
+    for target in ("gemm", "attention", "train"):
+        for out, message in cases:
+            r = subprocess.run([sys.executable, "-c", script, "bench", target, "--quick", "--out", out],
+                               capture_output=True, text=True)
+            assert r.stdout.split() == ["2", "False"], (target, out, r.stdout, r.stderr)
+            err = r.stderr.strip().splitlines()
+            assert len(err) == 1 and f"--out={out}" in err[0] and message in err[0], err
 
 
 def test_python_dash_m_entry_point():

@@ -8,7 +8,11 @@ names its paper.
 * ``kv_cache``, ``paged``, ``batching``: the KV cache, PagedAttention and continuous batching;
 * ``speculative``, ``cached_lm``: speculative decoding (Leviathan et al. 2023; Chen et al. 2023), with KV caches;
 * ``self_consistency``: majority vote over sampled reasoning paths (Wang et al. 2023);
-* ``load``, ``generation``, ``prompts``: a run loaded for inference only; generating from it, one prompt or many.
+* ``load``, ``generation``, ``prompts``: a run loaded for inference only; generating from it, one prompt or many
+  (each result says why it stopped and how much of its prompt it kept: ``prompts``' docstring).
+
+Every path draws only ids below ``vocab_limit`` (the tokenizer's vocabulary size, passed explicitly),
+so a model whose ``vocab_size`` is padded past the tokenizer's never emits an id the tokenizer cannot decode.
 
 The names below load their module on first use, so ``lineage_jax.decode.args`` imports without JAX
 (the CLI checks its flags before JAX starts).
@@ -20,9 +24,9 @@ _MODULE = {
     "BeamState": "beam", "beam_init": "beam", "beam_search": "beam", "beam_step": "beam",
     "CachedLM": "cached_lm", "speculative_sample": "cached_lm",
     "filter_logits": "filters", "greedy": "filters", "sample": "filters", "temperature": "filters",
-    "top_k_filter": "filters", "top_p_filter": "filters",
-    "generate": "generation", "generate_beam": "generation", "generate_recompute": "generation",
-    "generate_text": "generation",
+    "top_k_filter": "filters", "top_p_filter": "filters", "vocab_mask": "filters",
+    "extend_sliding": "generation", "generate": "generation", "generate_beam": "generation",
+    "generate_recompute": "generation", "generate_text": "generation", "stop_reason": "generation",
     "load_for_inference": "load",
     "sample_prompts": "prompts", "serve_prompts": "prompts", "speculative_prompts": "prompts",
     "extract_answer": "self_consistency", "majority_vote": "self_consistency",

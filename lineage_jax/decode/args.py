@@ -51,6 +51,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], Callable, str]] = {
     "block_size": _AT_LEAST_1,
     "gamma": (_at_least_1, int, "must be at least 1 (draft tokens proposed per target call)"),
     "strategy": (lambda v: v in STRATEGIES, str, f"allowed: {', '.join(STRATEGIES)}"),
+    # ids >= vocab_limit are never drawn (a model.vocab_size padded past the tokenizer's); None = no limit
+    "vocab_limit": (lambda v: v is None or _at_least_1(v), lambda v: None if v is None else int(v),
+                    "must be None or an integer >= 1 (the tokenizer's vocabulary size)"),
 }
 
 

@@ -45,35 +45,36 @@ def compile_count() -> dict:
     return dict(_TRACES)
 
 
-def _draw(key, seq_ids, steps, logits, temperature, top_k, top_p):
+def _draw(key, seq_ids, steps, logits, temperature, top_k, top_p, vocab_limit):
     """Per-row draws: row r uses fold_in(fold_in(key, seq_ids[r]), steps[r]) on its own [1, V] logits."""
     def one(sid, i, row):
         k = jax.random.fold_in(jax.random.fold_in(key, sid), i)
-        return sample_logits(k, row[None].astype(jnp.float32), temperature=temperature, top_k=top_k, top_p=top_p)[0]
+        return sample_logits(k, row[None].astype(jnp.float32), temperature=temperature, top_k=top_k, top_p=top_p,
+                             vocab_limit=vocab_limit)[0]
     return jax.vmap(one)(seq_ids, steps, logits)
 
 
-_STATIC = ("model", "temperature", "top_k", "top_p")
+_STATIC = ("model", "temperature", "top_k", "top_p", "vocab_limit")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("pool",))
 def _decode(model, params, pool, tables, tokens, positions, active, seq_ids, steps, key, copy_src, copy_dst, *,
-            temperature, top_k, top_p):
+            temperature, top_k, top_p, vocab_limit):
     _TRACES["decode"] += 1
     pool = copy_blocks(pool, copy_src, copy_dst)
     logits, pool = paged_forward(model, params, pool, tables, tokens[:, None], positions[:, None], active[:, None])
-    return _draw(key, seq_ids, steps, logits[:, 0], temperature, top_k, top_p), pool
+    return _draw(key, seq_ids, steps, logits[:, 0], temperature, top_k, top_p, vocab_limit), pool
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("pool",))
-def _prefill(model, params, pool, table, prompt, length, seq_ids, key, *, temperature, top_k, top_p):
+def _prefill(model, params, pool, table, prompt, length, seq_ids, key, *, temperature, top_k, top_p, vocab_limit):
     _TRACES["prefill"] += 1
     T = prompt.shape[1]
     pos = jnp.arange(T, dtype=jnp.int32)[None]
     logits, pool = paged_forward(model, params, pool, table, prompt, pos, pos < length)
     last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, 0, keepdims=False)
     rows = jnp.broadcast_to(last, (seq_ids.shape[0], last.shape[-1]))
-    return _draw(key, seq_ids, jnp.zeros_like(seq_ids), rows, temperature, top_k, top_p), pool
+    return _draw(key, seq_ids, jnp.zeros_like(seq_ids), rows, temperature, top_k, top_p, vocab_limit), pool
 
 
 @dataclass
@@ -117,11 +118,14 @@ class ContinuousBatcher:
 
     ``add(prompt, max_new_tokens, n)`` queues a prompt with n samples and returns their sequence
     ids; ``run(on_finish)`` decodes until every request is done and returns ``{sid: tokens}``
-    (prompt + new tokens, ending at ``eos_id`` when drawn). ``temperature`` 0 is greedy.
+    (prompt + new tokens, ending at ``eos_id`` when drawn). ``temperature`` 0 is greedy; no id >=
+    ``vocab_limit`` (the tokenizer's vocabulary size) is drawn. A sequence stops when it fills the
+    context (its token budget is capped at C minus its prompt at ``add``).
     """
 
     def __init__(self, model, params, *, slots: int = 8, block_size: int = 16, num_blocks: int | None = None,
-                 key=None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None):
+                 key=None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+                 vocab_limit: int | None = None):
         c = model.cfg
         if slots < 1 or block_size < 1:
             raise PagedError(f"slots={slots}, block_size={block_size}: both must be at least 1")
@@ -132,7 +136,7 @@ class ContinuousBatcher:
         self.alloc = BlockAllocator(self.N)
         self.pool = init_pool(c, self.N, self.bs)
         self.key = jax.random.key(0) if key is None else key
-        self.kw = check(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.kw = check(temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=vocab_limit)
         self.eos_id = eos_id
         self.waiting: deque[_Request] = deque()
         self.seqs: dict[int, Sequence] = {}
@@ -159,9 +163,13 @@ class ContinuousBatcher:
 
     def _need(self, P: int, max_new: int, n: int) -> int:
         """Worst-case blocks of a request: its prompt once + each sample's private blocks (COW included)."""
-        return blocks_for(P, self.bs) + n * self._private(P, max_new)
+        return blocks_for(P, self.bs) + n * self._private(P, max_new, n)
 
-    def _private(self, P: int, max_new: int) -> int:
+    def _private(self, P: int, max_new: int, n: int) -> int:
+        """Blocks one sample may still allocate: those past its prompt's, plus (n > 1 only: the prompt's
+        partly filled last block is shared) that block's copy-on-write. One sample shares nothing."""
+        if n == 1:
+            return blocks_for(P + max_new, self.bs) - blocks_for(P, self.bs)
         return blocks_for(P + max_new, self.bs) - P // self.bs
 
     # ------------------------------------------------------------------ scheduling
@@ -191,7 +199,7 @@ class ContinuousBatcher:
             self.stats.prefills += 1
             tables = [first] + [first.fork() for _ in range(n - 1)]
             for j, (s, t) in enumerate(zip(seqs, tables)):
-                s.blocks, s.reserved = t, self._private(P, req.max_new)
+                s.blocks, s.reserved = t, self._private(P, req.max_new, n)
                 self._reserved += s.reserved
                 self.stats.admitted.append(s.sid)
                 s.tokens.append(int(toks[j]))

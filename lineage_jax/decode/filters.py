@@ -9,6 +9,11 @@
   eq. 2): keep the smallest set V^(p) of most probable tokens with sum_{x in V^(p)} P(x) >= p; the
   softmax that follows renormalises it.
 
+Every filter chain starts with the vocabulary limit: a model whose ``vocab_size`` is padded past the
+tokenizer's (GPT-2's 50257 -> 50304 is the usual case) has output rows no tokenizer id names, so
+``vocab_limit`` (the tokenizer's ``vocab_size``, passed by the caller) sets ids >= it to ``-inf``
+before anything else, greedy included: no sampling path can emit an id the tokenizer cannot decode.
+
 Removed tokens get ``-inf``; every filter keeps at least one token. The semantics follow Hugging Face
 ``transformers``' ``TopKLogitsWarper`` / ``TopPLogitsWarper`` with ``min_tokens_to_keep=1``
 (checked in ``tests/decode/test_decode_filters.py``):
@@ -29,7 +34,7 @@ import jax.numpy as jnp
 
 from lineage_jax.decode.args import check
 
-__all__ = ["greedy", "temperature", "top_k_filter", "top_p_filter", "filter_logits", "sample"]
+__all__ = ["greedy", "temperature", "top_k_filter", "top_p_filter", "vocab_mask", "filter_logits", "sample"]
 
 
 def greedy(logits: jax.Array) -> jax.Array:
@@ -40,6 +45,14 @@ def greedy(logits: jax.Array) -> jax.Array:
 def temperature(logits: jax.Array, t) -> jax.Array:
     """Scale logits by 1/t (t > 0; t -> 0 approaches greedy, t > 1 flattens)."""
     return logits / t
+
+
+def vocab_mask(logits: jax.Array, vocab_limit: int | None) -> jax.Array:
+    """Ids >= ``vocab_limit`` (a static Python int; None: no limit) -> -inf, so they are never drawn."""
+    V = logits.shape[-1]
+    if vocab_limit is None or vocab_limit >= V:
+        return logits
+    return jnp.where(jnp.arange(V) < vocab_limit, logits, -jnp.inf)
 
 
 def top_k_filter(logits: jax.Array, k) -> jax.Array:
@@ -71,15 +84,18 @@ def top_p_filter(logits: jax.Array, p) -> jax.Array:
     return jnp.where(remove, -jnp.inf, logits)
 
 
-def filter_logits(logits: jax.Array, *, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-    """The one filter chain: temperature, then top-k, then top-p (HF's order), in float32.
+def filter_logits(logits: jax.Array, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                  vocab_limit: int | None = None) -> jax.Array:
+    """The one filter chain: the vocabulary limit, then temperature, top-k, top-p (HF's order), in float32.
 
-    ``temperature == 0`` returns the logits unfiltered (greedy reads their argmax); ``top_k == 0``
-    and ``top_p == 1`` switch those filters off. The settings are checked by ``decode.args.check``
-    and must be Python numbers (they choose the program); close over them under jit.
+    ``vocab_limit``: ids >= it get -inf (``vocab_mask``; the tokenizer's vocabulary size when the
+    model's is padded past it). ``temperature == 0`` returns the logits otherwise unfiltered (greedy
+    reads their argmax); ``top_k == 0`` and ``top_p == 1`` switch those filters off. The settings are
+    checked by ``decode.args.check`` and must be Python numbers (they choose the program); close over
+    them under jit.
     """
-    kw = check(temperature=temperature, top_k=top_k, top_p=top_p)
-    logits = logits.astype(jnp.float32)
+    kw = check(temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=vocab_limit)
+    logits = vocab_mask(logits.astype(jnp.float32), kw["vocab_limit"])
     if kw["temperature"] == 0:
         return logits
     logits = logits / kw["temperature"]
@@ -91,9 +107,10 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int = 0, top_
 
 
 def sample(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0) -> jax.Array:
-    """Draw token ids [...] from logits [..., V] through ``filter_logits``; ``temperature == 0`` is greedy."""
-    filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+           top_p: float = 1.0, vocab_limit: int | None = None) -> jax.Array:
+    """Draw token ids [...] (< ``vocab_limit``) from logits [..., V] through ``filter_logits``;
+    ``temperature == 0`` is greedy."""
+    filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=vocab_limit)
     if temperature == 0:
         return greedy(filtered)
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)

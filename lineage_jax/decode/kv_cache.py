@@ -70,8 +70,9 @@ def compile_count() -> int:
     return _TRACES["generate_cached"]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p", "eos_id"))
-def _generate(model, params, prompts, lengths, max_new_tokens, key, *, temperature, top_k, top_p, eos_id):
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p", "vocab_limit", "eos_id"))
+def _generate(model, params, prompts, lengths, max_new_tokens, key, *, temperature, top_k, top_p, vocab_limit,
+              eos_id):
     _TRACES["generate_cached"] += 1
     c = model.cfg
     B, P = prompts.shape
@@ -90,7 +91,7 @@ def _generate(model, params, prompts, lengths, max_new_tokens, key, *, temperatu
     def body(s):
         i, cache, last, out, done = s
         tok = sample_logits(jax.random.fold_in(key, i), last.astype(jnp.float32), temperature=temperature,
-                            top_k=top_k, top_p=top_p)
+                            top_k=top_k, top_p=top_p, vocab_limit=vocab_limit)
         live = ~done
         out = out.at[rows, cache.lengths].set(jnp.where(live, tok, out[rows, jnp.minimum(cache.lengths, C - 1)]),
                                               mode="drop")
@@ -106,12 +107,14 @@ def _generate(model, params, prompts, lengths, max_new_tokens, key, *, temperatu
 
 
 def generate_cached(model, params, prompts, lengths, max_new_tokens, *, key, temperature: float = 0.0,
-                    top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None):
+                    top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None, vocab_limit: int | None = None):
     """Right-padded prompts [B, P] + ``lengths`` [B] -> (tokens [B, C], lengths [B]).
 
     Row b of the result holds its prompt and then up to ``max_new_tokens`` new tokens, stopping
     after ``eos_id`` (kept) or at the context C; positions from ``lengths[b]`` on are 0. Step i
-    draws with ``fold_in(key, i)`` through ``decode.filters.sample`` (temperature 0 = greedy).
+    draws with ``fold_in(key, i)`` through ``decode.filters.sample`` (temperature 0 = greedy; no id
+    >= ``vocab_limit``, the tokenizer's vocabulary size). The cache is fixed at C: a row that fills it
+    stops there (``decode.prompts.sample_prompts`` continues such rows with a sliding window).
     ``max_new_tokens`` is traced: any value reuses the same compiled loop.
     """
     prompts = jnp.asarray(prompts, jnp.int32)
@@ -120,6 +123,6 @@ def generate_cached(model, params, prompts, lengths, max_new_tokens, *, key, tem
         raise ValueError(f"prompts [B, P] and lengths [B]; got {prompts.shape} and {lengths.shape}")
     if prompts.shape[1] > model.cfg.context:
         raise ValueError(f"prompt length {prompts.shape[1]} exceeds model.context={model.cfg.context}")
-    kw = check(temperature=temperature, top_k=top_k, top_p=top_p)
+    kw = check(temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=vocab_limit)
     return _generate(model, params, prompts, lengths, jnp.int32(max_new_tokens), key, **kw,
                      eos_id=None if eos_id is None else int(eos_id))

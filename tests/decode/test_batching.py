@@ -142,3 +142,15 @@ def test_requests_that_cannot_be_served_are_refused(gpt):
         eng.add([1, 2], 1, n=3)
     with pytest.raises(PagedError, match="needs .* blocks; the pool has 3"):
         eng.add([1, 2, 3], 20)
+
+
+def test_one_slot_serves_a_prompt_filling_the_context(gpt):
+    """One sample shares no block, so it reserves no copy-on-write block: a single slot's default
+    pool (one full context) holds a prompt of C - 1 tokens (before: refused, one block short)."""
+    model, params = gpt
+    eng = bt.ContinuousBatcher(model, params, slots=1, block_size=4)
+    prompt = _prompts(9, [CTX - 1])[0]
+    [sid] = eng.add(prompt, 5)
+    toks = eng.run()[sid]
+    assert toks[:CTX - 1] == prompt and len(toks) == CTX     # capped at the context: one new token
+    assert eng.alloc.num_free == eng.N and eng._reserved == 0

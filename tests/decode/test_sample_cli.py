@@ -89,3 +89,25 @@ def test_bad_speculative_flags_are_one_line(run_dir, tmp_path, capsys):
         assert cli.main(["sample", "--run-dir", run, "--prompt", "a", *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_json_says_why_it_stopped_and_what_it_kept_of_a_long_prompt(run_dir, tmp_path, capsys):
+    """Context 32, a 50-character prompt, 40 new tokens: --json (greedy, beam) slides the window and
+    gives all 40; the paged engine (--prompts-file) stops at the context and says "context"."""
+    long = "x = [1, 2, 3]\nfor i in range(10):\n    print(i)  # ok"[:50]
+    base = ["sample", "--run-dir", str(run_dir), "--max-new-tokens", "40", "--json", "--no-progress"]
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(long.replace("\n", " ") + "\n")
+    for extra in (["--prompt", long, "--strategy", "greedy"], ["--prompt", long, "--strategy", "beam"],
+                  ["--prompts-file", str(prompts), "--strategy", "greedy"]):
+        capsys.readouterr()
+        assert cli.main([*base, *extra]) == 0
+        [r] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert (r["prompt_tokens"], r["prompt_tokens_kept"]) == (50, 31), extra
+        assert r["stop_reason"] in ("eos", "max_new_tokens", "context") and len(r["tokens"]) == 31 + r["new_tokens"]
+        if "--prompts-file" in extra:
+            assert r["stop_reason"] in ("eos", "context") and r["new_tokens"] == 1
+        elif r["stop_reason"] == "max_new_tokens":
+            assert r["new_tokens"] == 40
+        else:
+            assert r["stop_reason"] == "eos" and r["tokens"][-1] == 256
