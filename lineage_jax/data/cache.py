@@ -64,7 +64,10 @@ def read(path: Path, vocab_size: int, eos_id: int) -> np.ndarray | None:
         log.warning("token cache %s is damaged (%s); deleted, rebuilding it", path, why)
         path.unlink(missing_ok=True)
         return None
-    os.utime(path)                                        # last used: what prune keeps longest
+    try:
+        os.utime(path)                                    # last used: what prune keeps longest
+    except OSError:                                       # a read-only cache is still a cache
+        pass
     return tokens
 
 

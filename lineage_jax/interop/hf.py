@@ -64,9 +64,13 @@ def _read_config(path: Path) -> dict:
         raise InteropError(f"{path}: no config.json (expected a Hugging Face checkpoint: config.json + "
                            f"model.safetensors)")
     try:
-        hf = json.loads(cfg_file.read_text())
+        hf = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InteropError(f"{cfg_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise InteropError(f"{cfg_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(hf, dict):
+        raise InteropError(f"{cfg_file}: expected a JSON object of settings, got a {type(hf).__name__}")
     kind = hf.get("model_type")
     if kind != "gpt2" and kind not in FAMILIES:
         raise InteropError(f"{path}: model_type '{kind}' is not supported; supported: gpt2, "

@@ -130,6 +130,13 @@ def case_convert_incomplete_config(tmp, prepared):
             f"{tmp / 'hf' / 'config.json'}: lacks 'vocab_size'", [tmp / "run"])
 
 
+def case_convert_config_not_an_object(tmp, prepared):
+    (tmp / "hf").mkdir()
+    (tmp / "hf" / "config.json").write_text("[1, 2]", encoding="utf-8")
+    return (["convert", "--from-hf", str(tmp / "hf"), "--run-dir", str(tmp / "run")],
+            str(tmp / "hf" / "config.json"), [tmp / "run"])
+
+
 def case_convert_truncated_safetensors(tmp, prepared):
     from safetensors.numpy import save_file
     (tmp / "hf").mkdir()
