@@ -125,7 +125,6 @@ def read_text_file(path: Path, key: str = "data.text_files") -> str:
                           f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
-
 def describe_files(files: Sequence[Path], most: int = 3) -> str:
     """``'a.txt', 'b.txt' and 3 more``: the files a message names."""
     named = ", ".join(f"'{p}'" for p in files[:most])
