@@ -11,6 +11,7 @@ import os
 import sys
 
 from lineage_jax.config import ConfigError, UserError, load_config
+from lineage_jax.tokenize import get_tokenizer
 
 DEFAULT_CONFIG = "tiny"
 
@@ -37,6 +38,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    get_tokenizer(cfg.data.tokenizer)      # an unknown name or a broken tokenizer file: one line before JAX starts
     _init_devices(args.devices)
     from lineage_jax.train.loop import train
     summary = train(cfg, progress=not args.no_progress, sample_chars=0 if args.no_sample else 300)
@@ -95,6 +97,9 @@ def _check_sample_args(args) -> list[str]:
                 prompts = [line.rstrip("\n") for line in f if line.strip()]
         except OSError as e:
             raise ConfigError(f"--prompts-file={args.prompts_file}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--prompts-file={args.prompts_file}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                              f"save it as UTF-8") from None
         if not prompts:
             raise ConfigError(f"--prompts-file={args.prompts_file}: no prompts (one per line)")
         return prompts

@@ -88,13 +88,14 @@ def test_every_user_error_kind_is_one_line_and_a_bug_stays_a_traceback(monkeypat
     import pytest
 
     from lineage_jax.attention.backend import AttentionBackendError
-    from lineage_jax.config import ConfigError, MissingFileError, UserError
+    from lineage_jax.config import ConfigError, MissingFileError, MissingPackageError, UserError
     from lineage_jax.decode.args import SamplingError
     from lineage_jax.interop import InteropError
     from lineage_jax.runs.checkpoint import CheckpointError
+    from lineage_jax.tokenize import TokenizerError
     from lineage_jax.train.loop import RunDirError
     kinds = [ConfigError, MissingFileError, SamplingError, InteropError, CheckpointError, RunDirError,
-             AttentionBackendError]
+             AttentionBackendError, TokenizerError, MissingPackageError]
     for kind in kinds:
         assert issubclass(kind, UserError), kind
 

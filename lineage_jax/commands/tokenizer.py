@@ -17,6 +17,7 @@ import sys
 import time
 
 from lineage_jax.config import ConfigError
+from lineage_jax.runs import atomic
 
 KINDS = ("bytelevel", "sentencepiece", "sennrich")
 
@@ -103,10 +104,9 @@ def train_tokenizer(args) -> dict:
         symbols = sorted(alphabet) + ["".join(m) for m in merges]
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "merges.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("#version: sennrich-2016 (lineage_jax)\n" + "".join(f"{a} {b}\n" for a, b in merges))
-        with open(os.path.join(args.out, "vocab.json"), "w", encoding="utf-8") as f:
-            json.dump({s: i for i, s in enumerate(dict.fromkeys(symbols))}, f, ensure_ascii=False, indent=0)
+        atomic.write_text(path, "#version: sennrich-2016 (lineage_jax)\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        atomic.write_text(os.path.join(args.out, "vocab.json"), json.dumps(
+            {s: i for i, s in enumerate(dict.fromkeys(symbols))}, ensure_ascii=False, indent=0))
         summary.update(vocab_size=len(dict.fromkeys(symbols)), merges=len(merges), file=path,
                        usable_as="none (teaching tokenizer: whitespace is not kept); use --kind bytelevel")
     summary["seconds"] = round(time.perf_counter() - t0, 3)

@@ -3,7 +3,8 @@
 ``UserError`` is the one base: raised at the source with a one-line message (what is wrong,
 what is allowed), printed by the CLI as ``error: …`` with exit code 2. Anything else is a bug
 and stays a traceback. Each package's own kind (``CheckpointError``, ``SamplingError``, …)
-subclasses it, and also the builtin it always was (``ValueError``, ``FileNotFoundError``).
+subclasses it, and also the builtin it always was (``ValueError``, ``FileNotFoundError``,
+``ImportError`` for ``MissingPackageError``).
 """
 from __future__ import annotations
 
@@ -36,3 +37,7 @@ def one_of(key: str, value: str, allowed) -> None:
     """ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{key}='{value}': allowed {', '.join(allowed)}")
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""

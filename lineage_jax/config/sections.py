@@ -50,8 +50,19 @@ class DataConfig:
         return Path(self.prepared_dir).expanduser() / "prepared_tokens" / "1.0.0" / "metadata.json"
 
     def prepared_meta(self) -> dict:
-        """The metadata (seq_len, tokenizer, vocab_size, eos_id) of ``prepared_dir``'s dataset."""
-        return json.loads(self._prepared_meta_path().read_text())
+        """The metadata (seq_len, tokenizer, vocab_size, eos_id) of ``prepared_dir``'s dataset; a damaged
+        ``metadata.json`` is a one-line ConfigError naming the directory and how to rebuild it."""
+        path = self._prepared_meta_path()
+        damaged = (f"data.prepared_dir={self.prepared_dir}: the prepared dataset is damaged ({path.name} {{}}); "
+                   f"rebuild it with `lineage data prepare --out {self.prepared_dir} --overwrite`")
+        try:
+            meta = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(damaged.format(f"is not JSON: {e}")) from None
+        need = ("seq_len", "vocab_size")                  # what the cross-section checks read
+        if not isinstance(meta, dict) or not all(type(meta.get(k)) is int for k in need):
+            raise ConfigError(damaged.format(f"lacks the integers {', '.join(need)}"))
+        return meta
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -26,6 +24,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from lineage_jax.config import ConfigError, DataConfig
+from lineage_jax.data import cache as token_cache
 from lineage_jax.data.prepared import read_prepared
 from lineage_jax.data.sources import load_documents, resolve_data_dir, source_identity
 from lineage_jax.tokenize import Tokenizer
@@ -61,39 +60,28 @@ def cache_key(data_cfg: DataConfig, tokenizer: Tokenizer) -> dict:
 
 
 def cache_paths(data_cfg: DataConfig, tokenizer: Tokenizer) -> tuple[Path, Path]:
-    """Where the train and eval token arrays of this config are cached (``.npy``)."""
+    """Where the train and eval token arrays of this config are cached (``.npy``; ``data/cache.py``)."""
     key = json.dumps(cache_key(data_cfg, tokenizer), sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    base = resolve_data_dir(data_cfg) / "lineage_jax_tokens" / f"{tokenizer.name}-{digest}"
+    base = token_cache.cache_dir(resolve_data_dir(data_cfg)) / f"{tokenizer.name}-{digest}"
     return Path(f"{base}.train.npy"), Path(f"{base}.eval.npy")
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save via a temporary file + rename, so a crash never leaves a truncated cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def load_splits(data_cfg: DataConfig, tokenizer: Tokenizer) -> TokenSplits:
-    """Train/eval token streams of the configured source; tokenized once, then read from cache.
+    """Train/eval token streams of the configured source; tokenized once, then read from cache (a
+    damaged cache is rebuilt, with a note).
 
     With ``data.prepared_dir`` set: the prepared dataset's rows as streams (``prepared_token_splits``)."""
     if getattr(data_cfg, "prepared_dir", ""):
         return prepared_token_splits(data_cfg.prepared_dir, tokenizer)
     train_path, eval_path = cache_paths(data_cfg, tokenizer)  # a missing text file fails here
-    if train_path.is_file() and eval_path.is_file():
-        return TokenSplits(np.load(train_path), np.load(eval_path))
+    cached = [token_cache.read(p, tokenizer.vocab_size, tokenizer.eos_id) for p in (train_path, eval_path)]
+    if cached[0] is not None and cached[1] is not None:
+        return TokenSplits(*cached)
     docs = load_documents(data_cfg)
     splits = TokenSplits(tokenize_documents(docs.train, tokenizer), tokenize_documents(docs.eval, tokenizer))
-    _save_atomic(train_path, splits.train)
-    _save_atomic(eval_path, splits.eval)
+    token_cache.save(train_path, splits.train)
+    token_cache.save(eval_path, splits.eval)
     log.info("tokenized %d train / %d eval documents into %d / %d tokens (cached at %s)",
              len(docs.train), len(docs.eval), splits.train.size, splits.eval.size, train_path.parent)
     return splits
@@ -108,15 +96,16 @@ class Sampler:
     is position ``i % num_windows`` of epoch ``i // num_windows``.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, max_cached_epochs: int = 4):
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, max_cached_epochs: int = 4, where: str = ""):
         self.tokens = np.asarray(tokens, np.int32).reshape(-1)
         self.seq_len, self.seed = int(seq_len), int(seed)
         if self.seq_len < 1:
             raise ValueError(f"seq_len={seq_len}: must be at least 1")
         self.num_windows = (self.tokens.size - 1) // self.seq_len
-        if self.num_windows < 1:
-            raise ValueError(f"too little data: {self.tokens.size} tokens, but one sequence of seq_len={self.seq_len} "
-                             f"needs at least {self.seq_len + 1}; add text or lower model.context")
+        if self.num_windows < 1:     # a user's data (``where``: which source and split), not a bug
+            raise ConfigError(f"too little data{' in ' + where if where else ''}: {self.tokens.size} tokens, but one "
+                              f"sequence of seq_len={self.seq_len} needs at least {self.seq_len + 1}; add text or "
+                              f"lower model.context" + (" (or raise data.eval_fraction)" if "eval" in where else ""))
         self._offsets = np.arange(self.seq_len + 1)
         self._orders: OrderedDict[int, np.ndarray] = OrderedDict()
         self._max_cached = max_cached_epochs
@@ -195,9 +184,9 @@ class PackedSampler(Sampler):
     """``Sampler`` over packed rows: ``batch`` is ``Sampler(packed_stream(rows), L)``'s, window w
     being row w; ``batch_with_segments`` adds what packed training needs (see its docstring)."""
 
-    def __init__(self, rows: dict, seed: int, eos_id: int, max_cached_epochs: int = 4):
+    def __init__(self, rows: dict, seed: int, eos_id: int, max_cached_epochs: int = 4, where: str = ""):
         tokens = np.asarray(rows["tokens"], np.int32)
-        super().__init__(packed_stream(tokens, eos_id), tokens.shape[1], seed, max_cached_epochs)
+        super().__init__(packed_stream(tokens, eos_id), tokens.shape[1], seed, max_cached_epochs, where)
         self.segment_ids = np.asarray(rows["segment_ids"], np.int32)
         self.positions = np.asarray(rows["positions"], np.int32)
 

@@ -24,9 +24,10 @@ from typing import Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lineage_jax.config.errors import MissingFileError
+from lineage_jax.config.errors import ConfigError, MissingFileError
 
 FEATURES = ("tokens", "segment_ids", "positions", "document")
+META_KEYS = ("seq_len", "tokenizer", "tokenizer_name", "vocab_size", "eos_id")   # what prepare writes
 NAME = "prepared_tokens"
 
 
@@ -73,20 +74,32 @@ def dataset_dir(out_dir: str | Path) -> Path:
 def read_prepared(out_dir: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """({split: {feature: int32 [rows, seq_len]}}, metadata) of a prepared dataset.
 
-    Raises FileNotFoundError (one line) when ``out_dir`` holds no prepared dataset."""
+    Raises MissingFileError (one line) when ``out_dir`` holds no prepared dataset, and ConfigError
+    (one line, naming the directory and how to rebuild it) when it holds a damaged one: unreadable
+    dataset_info/features/metadata JSON, metadata without its keys, a truncated or corrupt array_record."""
     path = dataset_dir(out_dir)
     if not (path / "dataset_info.json").is_file():
         raise MissingFileError(f"{out_dir}: no prepared dataset here (expected {NAME}/{PreparedTokens.VERSION}/; "
                                 f"make one with `lineage data prepare --out {out_dir}`)")
-    builder = tfds.builder_from_directory(str(path))
-    meta = dict(builder.info.metadata or {})
-    seq_len = int(meta.get("seq_len", 0))
-    out = {}
-    for split in builder.info.splits:
-        source = builder.as_data_source(split)
-        records = source.__getitems__(list(range(len(source)))) if len(source) else []
-        out[split] = {k: (np.stack([r[k] for r in records]).astype(np.int32) if records
-                          else np.zeros((0, seq_len), np.int32)) for k in FEATURES}
+    try:   # the reads below see only files on disk: anything they raise is a damaged dataset, not a bug here
+        builder = tfds.builder_from_directory(str(path))
+        meta = dict(builder.info.metadata or {})
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"metadata.json lacks {', '.join(missing)}")
+        seq_len = int(meta["seq_len"])
+        out = {}
+        for split in builder.info.splits:
+            source = builder.as_data_source(split)
+            records = source.__getitems__(list(range(len(source)))) if len(source) else []
+            out[split] = {k: (np.stack([r[k] for r in records]).astype(np.int32) if records
+                              else np.zeros((0, seq_len), np.int32)) for k in FEATURES}
+            if out[split]["tokens"].shape[1:] != (seq_len,):
+                raise ValueError(f"{split} rows have shape {out[split]['tokens'].shape[1:]}, not ({seq_len},)")
+    except Exception as e:  # noqa: BLE001 - JSON, protobuf, array_record (Riegeli) and shape errors alike
+        detail = " ".join(str(e).split())[:160]
+        raise ConfigError(f"{out_dir}: the prepared dataset is damaged ({type(e).__name__}: {detail}); rebuild it "
+                          f"with `lineage data prepare --out {out_dir} --overwrite`") from e
     return out, meta
 
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Sequence
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from lineage_jax.config import DataConfig, MissingFileError
+from lineage_jax.config import ConfigError, DataConfig, MissingFileError
 from lineage_jax.data.stdlib_docs import PY_CONFIG, StdlibDocs, stable_unit_hash
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,35 @@ def expand_text_files(specs: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in files))  # de-duplicated, order kept
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path, key: str = "data.text_files") -> str:
+    """A text file's contents; ConfigError (one line, naming ``key`` and the file) for a binary file
+    (a NUL byte) or one that is not UTF-8 (e.g. Latin-1)."""
+    raw = path.read_bytes()
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"{key}: '{path}' is a binary file (a NUL byte at byte {nul}), not text; "
+                          f"give UTF-8 text files")
     try:
-        return path.read_text(encoding="utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"data.text_files: '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise ConfigError(f"{key}: '{path}' is not UTF-8 text ({e.reason} at byte {e.start}); "
+                          f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def describe_files(files: Sequence[Path], most: int = 3) -> str:
+    """``'a.txt', 'b.txt' and 3 more``: the files a message names."""
+    named = ", ".join(f"'{p}'" for p in files[:most])
+    return named + (f" and {len(files) - most} more" if len(files) > most else "")
+
+
+def describe_source(data_cfg: DataConfig) -> str:
+    """The configured source in a message's words: ``data.text_files 'a.txt'``, ``data.tfds_name=x``, …"""
+    kind = source_kind(data_cfg)
+    if kind == "prepared":
+        return f"data.prepared_dir={data_cfg.prepared_dir}"
+    if kind == "text_files":
+        return f"data.text_files {describe_files([Path(s) for s in data_cfg.text_files])}"
+    return f"data.tfds_name={data_cfg.tfds_name}" if kind == "tfds" else "the stdlib_docs corpus"
 
 
 def text_file_documents(data_cfg: DataConfig) -> DocSplits:
@@ -126,8 +150,11 @@ def text_file_documents(data_cfg: DataConfig) -> DocSplits:
     files = expand_text_files(data_cfg.text_files)
     if data_cfg.max_docs:
         files = files[:data_cfg.max_docs]
+    if all(p.stat().st_size == 0 for p in files):
+        raise ConfigError(f"data.text_files: {describe_files(files)} "
+                          f"{'is' if len(files) == 1 else 'are'} empty; give files with text to train on")
     if len(files) == 1:
-        text = _read_text(files[0])
+        text = read_text_file(files[0])
         cut = len(text) - max(1, round(len(text) * data_cfg.eval_fraction)) if text else 0
         return DocSplits([text[:cut]], [text[cut:]])
     root = Path(os.path.commonpath(files))  # hash paths relative to it: stable if the tree moves
@@ -137,8 +164,8 @@ def text_file_documents(data_cfg: DataConfig) -> DocSplits:
         eval_files = {min(files, key=unit.__getitem__)}
     if len(eval_files) == len(files):
         eval_files.discard(max(files, key=unit.__getitem__))
-    train = [_read_text(p) for p in files if p not in eval_files]
-    evals = [_read_text(p) for p in files if p in eval_files]
+    train = [read_text_file(p) for p in files if p not in eval_files]
+    evals = [read_text_file(p) for p in files if p in eval_files]
     return DocSplits(train, evals)
 
 

@@ -33,7 +33,7 @@ import yaml
 
 from lineage_jax.config import Config, ConfigError, DataConfig, MeshConfig, ModelConfig, UserError, validate
 from lineage_jax.models.gpt import GPT, padded_vocab
-from lineage_jax.runs import checkpoint as ckpt
+from lineage_jax.runs import atomic, checkpoint as ckpt
 from lineage_jax.train.setup import build
 
 SUPPORTED = "gpt2 (GPT2LMHeadModel / GPT2Model)"
@@ -64,9 +64,13 @@ def _read_config(path: Path) -> dict:
         raise InteropError(f"{path}: no config.json (expected a Hugging Face checkpoint: config.json + "
                            f"model.safetensors)")
     try:
-        hf = json.loads(cfg_file.read_text())
+        hf = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InteropError(f"{cfg_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise InteropError(f"{cfg_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(hf, dict):
+        raise InteropError(f"{cfg_file}: expected a JSON object of settings, got a {type(hf).__name__}")
     kind = hf.get("model_type")
     if kind != "gpt2" and kind not in FAMILIES:
         raise InteropError(f"{path}: model_type '{kind}' is not supported; supported: gpt2, "
@@ -78,7 +82,17 @@ def _family(name: str):
     return importlib.import_module(FAMILIES[name])
 
 
+GPT2_NEEDS = ("vocab_size", "n_positions", "n_layer", "n_embd", "n_head")   # config.json keys with no default
+
+
 def _model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
+    missing = [k for k in GPT2_NEEDS if k not in hf]
+    if missing:
+        raise InteropError(f"{path / 'config.json'}: lacks {', '.join(repr(k) for k in missing)}, which a GPT-2 "
+                           f"config needs (needed: {', '.join(GPT2_NEEDS)})")
+    bad = [k for k in GPT2_NEEDS if isinstance(hf[k], bool) or not isinstance(hf[k], int) or hf[k] < 1]
+    if bad:
+        raise InteropError(f"{path / 'config.json'}: {bad[0]}={hf[bad[0]]!r} must be a positive integer")
     act = hf.get("activation_function", "gelu_new")
     if act not in _TANH_GELU:
         raise InteropError(f"{path}: activation_function '{act}' is not supported; supported: {', '.join(_TANH_GELU)}")
@@ -103,7 +117,7 @@ def _model_config(hf: dict, path: Path, overrides: dict) -> ModelConfig:
 
 
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.is_file():
@@ -120,11 +134,15 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
         if not f.is_file():
             raise InteropError(f"{path}: shard {f.name} listed in model.safetensors.index.json is missing")
         try:
-            with safe_open(str(f), framework="np") as st:
-                out.update({k: st.get_tensor(k) for k in st.keys()})
-        except (TypeError, ValueError):   # e.g. bfloat16, which numpy lacks: read through JAX instead
-            with safe_open(str(f), framework="flax") as st:
-                out.update({k: np.asarray(st.get_tensor(k), np.float32) for k in st.keys()})
+            try:
+                with safe_open(str(f), framework="np") as st:
+                    out.update({k: st.get_tensor(k) for k in st.keys()})
+            except (TypeError, ValueError):   # e.g. bfloat16, which numpy lacks: read through JAX instead
+                with safe_open(str(f), framework="flax") as st:
+                    out.update({k: np.asarray(st.get_tensor(k), np.float32) for k in st.keys()})
+        except SafetensorError as e:          # truncated or garbled: the library's header/coverage checks
+            raise InteropError(f"{f}: not a readable safetensors file ({e}); it may be truncated: download or "
+                               f"export it again") from None
     return out
 
 
@@ -254,7 +272,6 @@ def save(model, params, path: str | Path) -> None:
             if family.handles(model):
                 return family.save(model, params, Path(path))
         raise InteropError(f"save: no Hugging Face writer for {type(model).__name__}")
-    from safetensors.numpy import save_file
 
     mc: ModelConfig = model.cfg
     H, K = mc.heads, mc.width // mc.heads
@@ -264,11 +281,17 @@ def save(model, params, path: str | Path) -> None:
                "transformer.ln_f.weight": host["ln_f"]["scale"], "transformer.ln_f.bias": host["ln_f"]["bias"]}
     for i, layer in enumerate(layers):
         tensors.update({f"transformer.h.{i}.{k}": v for k, v in _layer_to_hf(layer, H, K).items()})
-    path = Path(path)
+    write_checkpoint(Path(path), tensors, hf_config(mc))
+
+
+def write_checkpoint(path: Path, tensors: dict[str, np.ndarray], config: dict) -> None:
+    """``model.safetensors`` (float32, ``format: pt``) then ``config.json`` into ``path``, each written to a
+    temporary file and renamed over the old one, so a kill mid-export never leaves a half-written file."""
+    from safetensors.numpy import save_file
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path / "model.safetensors"),
-              metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(hf_config(mc), indent=2) + "\n")
+    with atomic.replacing(path / "model.safetensors") as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    atomic.write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- a lineage run directory
@@ -302,7 +325,7 @@ def convert_to_run_dir(hf_dir: str | Path, run_dir: str | Path, *, tokenizer: st
     state = state.replace(params=jax.device_put(params, setup.state_sharding.params),
                           opt_state=jax.jit(setup.tx.init, out_shardings=setup.state_sharding.opt_state)(params))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with ckpt.manager(run_dir, keep=cfg.train.keep_checkpoints, async_save=False) as mngr:
         ckpt.save(mngr, 0, state, {"data_position": 0, "step": 0, "source": str(hf_dir.resolve())})
         mngr.wait_until_finished()

@@ -21,7 +21,6 @@ The pooler and the next-sentence head of ``BertForPreTraining`` (``bert.pooler.*
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lineage_jax.config import BERT_ACTIVATIONS, BertConfig, ConfigError
-from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields
+from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields, write_checkpoint
 from lineage_jax.models.bert import Bert
 
 SKIPPED = ("bert.pooler.", "cls.seq_relationship.", "bert.embeddings.position_ids")
@@ -139,8 +138,6 @@ def hf_config(cfg) -> dict:
 def save(model, params, path: Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` (float32) that ``BertForMaskedLM.from_pretrained`` loads
     with no missing or unexpected keys (the decoder weight is tied, so not stored)."""
-    from safetensors.numpy import save_file
-
     cfg = model.cfg
     D = cfg.width
     P = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
@@ -165,7 +162,4 @@ def save(model, params, path: Path) -> None:
     dense("cls.predictions.transform.dense", P["mlm_transform"])
     ln("cls.predictions.transform.LayerNorm", P["mlm_ln"])
     t["cls.predictions.bias"] = P["mlm_bias"]
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, str(path / "model.safetensors"),
-              metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
+    write_checkpoint(Path(path), t, hf_config(cfg))

@@ -28,7 +28,6 @@ interleaved q/k weights; ``attention/positions.py`` has the converter), so no pe
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ import jax
 import numpy as np
 
 from lineage_jax.config import Config, ConfigError, ModelConfig, ffn_dim, validate
-from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields, stack_layers, unstack_layers
+from lineage_jax.interop.hf import (InteropError, read_tensors, replace_fields, stack_layers, unstack_layers,
+                                    write_checkpoint)
 from lineage_jax.models.gpt import padded_vocab
 from lineage_jax.models.llama import Llama
 
@@ -236,8 +236,6 @@ def save(model, params, path: Path, model_type: str | None = None) -> None:
     """Write ``config.json`` + ``model.safetensors`` (float32) that ``LlamaForCausalLM`` (``model_type``
     llama, the default for a dense model), ``MistralForCausalLM`` (mistral) or ``MixtralForCausalLM`` (an MoE
     model) load with no missing or unexpected keys. ``params`` may be scanned or not."""
-    from safetensors.numpy import save_file
-
     mc: ModelConfig = model.cfg
     config = hf_config(mc, model_type)
     H, Hkv, K, V = mc.heads, mc.kv_heads or mc.heads, mc.width // mc.heads, mc.vocab_size
@@ -263,8 +261,4 @@ def save(model, params, path: Path, model_type: str | None = None) -> None:
         else:
             for n in ("gate", "up", "down"):
                 t[p + f"mlp.{n}_proj.weight"] = layer["mlp"][n]["kernel"].T
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, str(path / "model.safetensors"),
-              metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_checkpoint(Path(path), t, config)

@@ -23,7 +23,6 @@ untied exactly when the checkpoint holds an ``lm_head.weight`` different from ``
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lineage_jax.config import T5_FEED_FORWARD, ConfigError, T5Config
-from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields
+from lineage_jax.interop.hf import InteropError, read_tensors, replace_fields, write_checkpoint
 from lineage_jax.models.t5 import T5
 
 # Copies of shared.weight older checkpoints carry, and a cross-attention bias table T5 never uses.
@@ -157,8 +156,6 @@ def hf_config(cfg) -> dict:
 def save(model, params, path: Path) -> None:
     """Write ``config.json`` + ``model.safetensors`` (float32) that ``T5ForConditionalGeneration.from_pretrained``
     loads with no missing or unexpected keys; an untied head is written as ``lm_head.weight``."""
-    from safetensors.numpy import save_file
-
     cfg = model.cfg
     D, H, K = cfg.d_model, cfg.num_heads, cfg.d_kv
     P = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), params)
@@ -187,7 +184,4 @@ def save(model, params, path: Path) -> None:
             t[f"{b}{f}.layer_norm.weight"] = L["ffn_ln"]["scale"]
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = P["lm_head"].T
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, str(path / "model.safetensors"),
-              metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
+    write_checkpoint(Path(path), t, hf_config(cfg))

@@ -51,7 +51,7 @@ import json
 import os
 from typing import Iterable, Mapping, Sequence
 
-from lineage_jax.tokenize.base import ENDOFTEXT, check_text
+from lineage_jax.tokenize.base import ENDOFTEXT, TokenizerError, check_text, write_atomic
 from lineage_jax.tokenize.byte import _decode_bytes     # valid UTF-8 (surrogates kept), else errors="replace"
 from lineage_jax.tokenize.sennrich import merge_word
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -280,8 +280,7 @@ class ByteLevelBPETokenizer:
         if os.path.isdir(path) or not path.endswith(".json"):
             os.makedirs(path, exist_ok=True)
             path = os.path.join(path, "tokenizer.json")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
+        write_atomic(path, self.to_json().encode("utf-8"))
         return path
 
 
@@ -291,31 +290,48 @@ def _escape(s: str) -> str:
 
 
 def load_tokenizer_json(path: str) -> ByteLevelBPETokenizer:
-    """Read a byte-level BPE ``tokenizer.json`` (written by ``tokenizers`` or by ``save``)."""
+    """Read a byte-level BPE ``tokenizer.json`` (written by ``tokenizers`` or by ``save``); a file that is
+    not one (not UTF-8, not JSON, another model type, fields missing) is a one-line ``TokenizerError``."""
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
     where = f"{path}:"
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{where} not a tokenizer.json (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{where} not a tokenizer.json (not valid JSON: {e.msg} at line {e.lineno})") from None
+    if not isinstance(doc, dict):
+        raise TokenizerError(f"{where} not a tokenizer.json (the top level is a {type(doc).__name__}, not an object)")
+    try:
+        return _from_doc(doc, where)
+    except TokenizerError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:   # a field missing or of the wrong kind
+        raise TokenizerError(f"{where} not a byte-level BPE tokenizer.json ({type(e).__name__}: {e})") from None
+
+
+def _from_doc(doc: dict, where: str) -> ByteLevelBPETokenizer:
     model = doc.get("model") or {}
     if model.get("type", "BPE") != "BPE" or "merges" not in model:
-        raise ValueError(f"{where} model.type={model.get('type')!r}: only byte-level BPE tokenizer.json files load here")
+        raise TokenizerError(f"{where} model.type={model.get('type')!r}: only byte-level BPE tokenizer.json files load here")
     for key in ("continuing_subword_prefix", "end_of_word_suffix", "dropout"):
         if model.get(key):
-            raise ValueError(f"{where} model.{key}={model[key]!r} is not supported (byte-level BPE has none)")
+            raise TokenizerError(f"{where} model.{key}={model[key]!r} is not supported (byte-level BPE has none)")
     if model.get("byte_fallback"):
-        raise ValueError(f"{where} model.byte_fallback=true is a SentencePiece-style BPE, not byte-level")
+        raise TokenizerError(f"{where} model.byte_fallback=true is a SentencePiece-style BPE, not byte-level")
     if doc.get("normalizer") is not None:
-        raise ValueError(f"{where} normalizer={doc['normalizer'].get('type')!r} is not supported (byte-level BPE needs none)")
+        raise TokenizerError(f"{where} normalizer={doc['normalizer'].get('type')!r} is not supported (byte-level BPE needs none)")
     post = doc.get("post_processor")
     if post is not None and post.get("type") != "ByteLevel":
-        raise ValueError(f"{where} post_processor={post.get('type')!r} is not supported (it would add tokens)")
+        raise TokenizerError(f"{where} post_processor={post.get('type')!r} is not supported (it would add tokens)")
     pattern, add_prefix_space = _read_pre_tokenizer(doc.get("pre_tokenizer"), where)
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     added, specials = {}, set()
     for t in doc.get("added_tokens") or []:
         if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
-            raise ValueError(f"{where} added token {t['content']!r}: lstrip/rstrip/single_word are not supported")
+            raise TokenizerError(f"{where} added token {t['content']!r}: lstrip/rstrip/single_word are not supported")
         added[t["content"]] = int(t["id"])
         if t.get("special"):
             specials.add(t["content"])
@@ -326,7 +342,7 @@ def load_tokenizer_json(path: str) -> ByteLevelBPETokenizer:
 
 def _read_pre_tokenizer(pre, where) -> tuple[str | None, bool]:
     if pre is None:
-        raise ValueError(f"{where} pre_tokenizer is missing: not a byte-level BPE (expected ByteLevel)")
+        raise TokenizerError(f"{where} pre_tokenizer is missing: not a byte-level BPE (expected ByteLevel)")
     if pre.get("type") == "ByteLevel":
         return (GPT2_PATTERN if pre.get("use_regex", True) else None), bool(pre.get("add_prefix_space"))
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
@@ -334,7 +350,7 @@ def _read_pre_tokenizer(pre, where) -> tuple[str | None, bool]:
             and not steps[1].get("use_regex", True) and steps[0].get("behavior") == "Isolated"
             and not steps[0].get("invert") and "Regex" in steps[0].get("pattern", {})):
         return steps[0]["pattern"]["Regex"], bool(steps[1].get("add_prefix_space"))
-    raise ValueError(f"{where} pre_tokenizer={pre.get('type')!r}: allowed ByteLevel, or Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]")
+    raise TokenizerError(f"{where} pre_tokenizer={pre.get('type')!r}: allowed ByteLevel, or Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]")
 
 
 # -- training ---------------------------------------------------------------------------

@@ -20,21 +20,26 @@ import io
 import os
 from typing import Iterable, Sequence
 
-from lineage_jax.tokenize.base import ENDOFTEXT, check_text
+from lineage_jax.config.errors import MissingPackageError
+from lineage_jax.tokenize.base import ENDOFTEXT, TokenizerError, check_text, write_atomic
 
 
 def _spm():
     try:
         import sentencepiece
-    except ImportError as e:
-        raise ImportError("SentencePiece tokenizers need the 'sentencepiece' package: pip install -e '.[ref]'") from e
+    except ImportError:
+        raise MissingPackageError("SentencePiece tokenizers need the 'sentencepiece' package, which is not "
+                                  "installed: pip install sentencepiece (or pip install -e '.[ref]')") from None
     return sentencepiece
 
 
 class SentencePieceTokenizer:
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, where: str = "SentencePiece model"):
         self.model_proto = bytes(model_proto)
-        self.sp = _spm().SentencePieceProcessor(model_proto=self.model_proto)
+        try:
+            self.sp = _spm().SentencePieceProcessor(model_proto=self.model_proto)
+        except RuntimeError as e:     # the library's parse error: a damaged or foreign .model file
+            raise TokenizerError(f"{where}: not a SentencePiece model ({str(e).splitlines()[0][:120]})") from None
         self.name = "spm-" + hashlib.sha256(self.model_proto).hexdigest()[:12]     # data caches key on it
 
     @classmethod
@@ -43,10 +48,10 @@ class SentencePieceTokenizer:
         if os.path.isdir(path):
             found = sorted(f for f in os.listdir(path) if f.endswith(".model"))
             if len(found) != 1:
-                raise ValueError(f"{path}: expected one SentencePiece .model file, found {found or 'none'}")
+                raise TokenizerError(f"{path}: expected one SentencePiece .model file, found {found or 'none'}")
             path = os.path.join(path, found[0])
         with open(path, "rb") as f:
-            return cls(f.read())
+            return cls(f.read(), where=path)
 
     @property
     def vocab_size(self) -> int:
@@ -80,8 +85,7 @@ class SentencePieceTokenizer:
         if not path.endswith(".model"):
             os.makedirs(path, exist_ok=True)
             path = os.path.join(path, "spm.model")
-        with open(path, "wb") as f:
-            f.write(self.model_proto)
+        write_atomic(path, self.model_proto)
         return path
 
 

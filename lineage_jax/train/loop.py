@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from lineage_jax.config import Config, UserError
 from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
 from lineage_jax.data.loader import check_prepared_tokenizer
+from lineage_jax.data.sources import describe_source
 from lineage_jax.decode.generation import generate_text
 from lineage_jax.tokenize import get_tokenizer
 from lineage_jax.runs import atomic, checkpoint as ckpt
@@ -59,14 +60,17 @@ def samplers(setup, tokenizer) -> tuple[Sampler, Sampler]:
     ``data.segment_mask`` gives ``PackedSampler``s, whose batches carry segment ids, positions
     and loss weights (``draw``), so packed documents never see each other."""
     cfg = setup.cfg
+    src = describe_source(cfg.data)
     if setup.packed:
         packed = load_prepared(cfg.data.prepared_dir)
         check_prepared_tokenizer(packed.meta, tokenizer)
         eos = int(packed.meta["eos_id"])
-        return PackedSampler(packed.train, cfg.train.seed, eos), PackedSampler(packed.eval, cfg.train.seed, eos)
+        return (PackedSampler(packed.train, cfg.train.seed, eos, where=f"{src} (train split)"),
+                PackedSampler(packed.eval, cfg.train.seed, eos, where=f"{src} (eval split)"))
     splits = load_splits(cfg.data, tokenizer)
     T = cfg.model.context
-    return Sampler(splits.train, T, cfg.train.seed), Sampler(splits.eval, T, cfg.train.seed)
+    return (Sampler(splits.train, T, cfg.train.seed, where=f"{src} (train split)"),
+            Sampler(splits.eval, T, cfg.train.seed, where=f"{src} (eval split)"))
 
 
 def draw(sampler: Sampler, position: int, batch_size: int):

@@ -25,16 +25,21 @@ Returns a JSON-able report: ``input_docs``, ``output_docs``, ``removed`` {``exac
 ``near_dup``, ``quality``, ``language``}, ``tokens`` (document tokens with separators, no
 padding), per-stage counts (``stages``), quality reasons and languages tallied, and every
 removed document with its reason (``removed_docs``). Also written to ``out_dir/report.json``,
-with the kept documents' sources in ``out_dir/documents.jsonl``.
+with the kept documents' sources in ``out_dir/documents.jsonl``. The dataset and both files are
+built in a temporary directory inside ``out_dir`` and swapped in only once complete (``staging``),
+so ``--overwrite`` never leaves ``out_dir`` without a whole dataset, old or new.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -46,8 +51,8 @@ from lineage_jax.data.pipeline import langid
 from lineage_jax.data.pipeline.dedup import exact_dedup, near_dedup
 from lineage_jax.data.pipeline.packing import pack
 from lineage_jax.data.pipeline.quality import QualityConfig, clean_document, quality_reasons
-from lineage_jax.data.prepared import PreparedTokens, dataset_dir
-from lineage_jax.data.sources import _quiet_tfds, expand_text_files
+from lineage_jax.data.prepared import NAME, PreparedTokens, dataset_dir
+from lineage_jax.data.sources import _quiet_tfds, expand_text_files, read_text_file
 from lineage_jax.data.stdlib_docs import stable_unit_hash
 from lineage_jax.tokenize import get_tokenizer
 from lineage_jax.tokenize.byte import ByteTokenizer
@@ -100,10 +105,7 @@ def read_documents(inputs: Sequence[str], text_key: str = "text") -> tuple[list[
         raise MissingFileError(str(e).replace("data.text_files", "--inputs")) from None
     docs, srcs = [], []
     for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"--inputs: '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = read_text_file(path, "--inputs")
         if path.suffix != ".jsonl":
             docs.append(text)
             srcs.append(str(path))
@@ -180,6 +182,8 @@ def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareCon
     cfg = cfg.validate()
     languages = langid.parse_languages(cfg.languages)
     out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file; give a directory (it holds the dataset and report.json)")
     if dataset_dir(out).exists() and not cfg.overwrite:
         raise ConfigError(f"--out {out_dir}: already holds a prepared dataset; pass --overwrite or pick a new directory")
     try:
@@ -259,39 +263,62 @@ def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareCon
                                   "padding": int(packed["tokens"].size - n_tok)}
         meta = {"seq_len": cfg.seq_len, "tokenizer": cfg.tokenizer, "tokenizer_name": tokenizer.name,
                 "vocab_size": int(tokenizer.vocab_size), "eos_id": int(eos)}
-        _write(out, PreparedTokens, splits, meta, overwrite=cfg.overwrite)
+        tokens = sum(s["tokens"] for s in split_report.values())
+        stage_rows.append({"stage": "tokenize", "docs_in": len(alive), "tokens": tokens, "path": path})
+        report = {"input_docs": n_in, "output_docs": len(alive),
+                  "removed": {k: stages[k] for k in ("exact_dup", "near_dup", "quality", "language")},
+                  "tokens": tokens, "stages": stage_rows, "quality_reasons": dict(sorted(reasons_tally.items())),
+                  "languages": dict(sorted(language_tally.items())), "splits": split_report,
+                  "tokenizer": {**{k: meta[k] for k in ("tokenizer", "tokenizer_name", "vocab_size", "eos_id")},
+                                "encode_path": path},
+                  "seq_len": cfg.seq_len, "out_dir": str(out), "dataset_dir": str(dataset_dir(out)),
+                  "removed_docs": removed_docs}
+        sources = [{"split": name, "document": d, "source": srcs[alive[i]]}
+                   for name, idx in (("train", train_idx), ("validation", val_idx)) for d, i in enumerate(idx)]
+        with staging(out) as tmp:                            # built beside the old dataset, swapped in when whole
+            nonempty = {k: v for k, v in splits.items() if len(v["tokens"])}   # TFDS refuses an empty split (one
+            _write(tmp, PreparedTokens, nonempty, meta)                         # document: no validation split)
+            (tmp / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            (tmp / "documents.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sources),
+                                                 encoding="utf-8")
         bar.update()
-
-    tokens = sum(s["tokens"] for s in split_report.values())
-    stage_rows.append({"stage": "tokenize", "docs_in": len(alive), "tokens": tokens, "path": path})
-    report = {"input_docs": n_in, "output_docs": len(alive),
-              "removed": {k: stages[k] for k in ("exact_dup", "near_dup", "quality", "language")},
-              "tokens": tokens, "stages": stage_rows, "quality_reasons": dict(sorted(reasons_tally.items())),
-              "languages": dict(sorted(language_tally.items())), "splits": split_report,
-              "tokenizer": {**{k: meta[k] for k in ("tokenizer", "tokenizer_name", "vocab_size", "eos_id")},
-                            "encode_path": path},
-              "seq_len": cfg.seq_len, "out_dir": str(out), "dataset_dir": str(dataset_dir(out)),
-              "removed_docs": removed_docs}
-    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(out / "documents.jsonl", "w", encoding="utf-8") as f:
-        for name, idx in (("train", train_idx), ("validation", val_idx)):
-            for d, i in enumerate(idx):
-                f.write(json.dumps({"split": name, "document": d, "source": srcs[alive[i]]}, ensure_ascii=False) + "\n")
     return report
 
 
-def _write(out: Path, builder_cls, splits: dict, meta: dict, overwrite: bool) -> None:
-    """Write the TFDS dataset quietly (no TFDS banner on stdout: ``--json`` prints there)."""
-    if overwrite and dataset_dir(out).exists():
-        shutil.rmtree(dataset_dir(out))
+OUTPUTS = (NAME, "report.json", "documents.jsonl")    # what prepare puts in --out; swapped in together
+
+
+@contextlib.contextmanager
+def staging(out: Path):
+    """A fresh directory beside ``out``'s dataset to build the new one in; when the block ends without
+    an error, its ``OUTPUTS`` replace ``out``'s (old ones renamed away, new ones renamed in, then the
+    old deleted), so a failure or a kill mid-prepare leaves the old dataset whole and loadable."""
     out.mkdir(parents=True, exist_ok=True)
-    downloads = out / "downloads"
-    existed = downloads.exists()
+    for stale in out.glob(".prepare-*"):       # a killed prepare's leftovers: a half-built new dataset goes,
+        for name in OUTPUTS:                   # an old one moved away but not yet replaced comes back
+            if stale.name.startswith(".prepare-old-") and (stale / name).exists() and not (out / name).exists():
+                os.replace(stale / name, out / name)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prepare-new-", dir=out))
+    try:
+        yield tmp
+        old = Path(tempfile.mkdtemp(prefix=".prepare-old-", dir=out))
+        for name in OUTPUTS:
+            if (out / name).exists():
+                os.replace(out / name, old / name)
+        for name in OUTPUTS:
+            os.replace(tmp / name, out / name)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write(out: Path, builder_cls, splits: dict, meta: dict) -> None:
+    """Write the TFDS dataset quietly (no TFDS banner on stdout: ``--json`` prints there)."""
     with _quiet_tfds():
         builder = builder_cls(splits=splits, metadata=meta, data_dir=str(out), file_format="array_record")
         builder.download_and_prepare()
-    if not existed and downloads.exists():
-        shutil.rmtree(downloads, ignore_errors=True)     # TFDS makes an empty downloads/ folder
+    shutil.rmtree(out / "downloads", ignore_errors=True)     # TFDS makes an empty downloads/ folder
 
 
 __all__ = ["PrepareConfig", "prepare", "read_documents", "encode_documents", "split_indices"]
