@@ -142,3 +142,37 @@ def test_metrics_without_checkpoints_are_not_dropped(tmp_path, capsys):
     assert snapshot(run) == before
     assert train(run, "train.steps=3", flags=["--overwrite"]) == 0
     assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_changed_tokenizer_is_refused_on_resume_and_on_sample(tmp_path, capsys):
+    """Retraining the tokenizer in place used to let its runs resume and sample, decoding ids as other text."""
+    from lineage_jax.decode import load_for_inference
+    from lineage_jax.runs.rundir import RunDirError
+    from lineage_jax.tokenize.bytelevel import train_bpe
+    lines = (ROOT / "scripts" / "langid_text" / "en.txt").read_text(encoding="utf-8").splitlines()
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(lines[:80]), encoding="utf-8")
+    tok, run = tmp_path / "tok", tmp_path / "run"
+    train_bpe([text.read_text(encoding="utf-8")], 300).save(str(tok))
+    data = [f"data.tokenizer={tok}", f"data.text_files=[{text}]", "data.eval_fraction=0.5", "model.vocab_size=300"]
+    assert train(run, *data) == 0
+    load_for_inference(run)                                          # the same tokenizer loads
+    train_bpe([text.read_text(encoding="utf-8")], 290).save(str(tok))   # retrained in place
+    capsys.readouterr()
+    assert train(run, *data, "train.steps=3") == 2
+    line = one_line_error(capsys)
+    assert f"run_dir {run} was trained with another tokenizer (data.tokenizer={tok}" in line, line
+    assert cli.main(["sample", "--run-dir", str(run), "--prompt", "PROMPT"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "another tokenizer" in captured.err       # nothing printed before the error
+    (run / "run.json").unlink()                                      # the checkpoint's meta records it too
+    with pytest.raises(RunDirError, match="checkpoint step 2 was trained with another tokenizer"):
+        load_for_inference(run)
+
+
+def test_sample_without_config_yaml_says_so_and_prints_nothing(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    for run, said in ((tmp_path, "no config.yaml there (not a run directory)"), (tmp_path / "nope", "no such directory")):
+        assert cli.main(["sample", "--run-dir", str(run), "--prompt", "PROMPT"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and f"run_dir {run}: {said}" in captured.err, captured.err
