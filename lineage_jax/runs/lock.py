@@ -35,8 +35,12 @@ class RunDirBusyError(UserError, RuntimeError):
 
 
 def _command() -> str:
-    argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
-    return shlex.join(argv)[:300]
+    """This process's command line as a user typed it (``lineage train …``, ``python -m lineage_jax train …``);
+    a long one keeps its start and its end (where ``run_dir=`` usually is)."""
+    prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    head = ["python", "-m", prog.parent.name] if prog.name == "__main__.py" else [prog.name]
+    line = shlex.join([*head, *sys.argv[1:]])
+    return line if len(line) <= 400 else f"{line[:190]} … {line[-190:]}"
 
 
 def _alive(pid: int) -> bool:

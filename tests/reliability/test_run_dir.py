@@ -176,3 +176,33 @@ def test_sample_without_config_yaml_says_so_and_prints_nothing(tmp_path, capsys)
         assert cli.main(["sample", "--run-dir", str(run), "--prompt", "PROMPT"]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and f"run_dir {run}: {said}" in captured.err, captured.err
+
+
+@pytest.mark.slow
+def test_two_real_training_runs_into_one_run_dir(tmp_path, capsys):
+    """The issue's case: a second `lineage train` while the first trains is refused (it used to interleave
+    metrics); once the first is killed -9, the same command resumes it."""
+    import time
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    first = subprocess.Popen([sys.executable, "-m", "lineage_jax", "train", "--no-progress", "--no-sample", *TINY,
+                              "train.steps=100000", "train.ckpt_every=5", f"run_dir={run}"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (run / "checkpoints" / "5").is_dir():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.2)
+        assert train(run, "train.steps=3") == 2                       # (the old code resumed it at once)
+        line = one_line_error(capsys)
+        assert f"run_dir {run} is in use by another run (pid {first.pid}" in line and "python -m lineage_jax train" in line, line
+        assert line.endswith(f"run_dir={run}); wait for it to end, stop it, or give this run another run_dir"), line
+    finally:
+        first.kill()
+        first.wait()
+    steps = [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines() if r.endswith("}")]
+    assert steps == sorted(set(steps))                       # one writer: no step twice, none out of order
+    from lineage_jax.runs.checkpoint import latest_step
+    end = latest_step(run) + 2
+    assert train(run, f"train.steps={end}") == 0                       # the stale run.lock blocks nothing
+    assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, end + 1))
