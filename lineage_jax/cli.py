@@ -41,7 +41,11 @@ def cmd_train(args) -> int:
     get_tokenizer(cfg.data.tokenizer)      # an unknown name or a broken tokenizer file: one line before JAX starts
     _init_devices(args.devices)
     from lineage_jax.train.loop import train
-    summary = train(cfg, progress=not args.no_progress, sample_chars=0 if args.no_sample else 300)
+    if cfg.optim.warmup_steps > cfg.train.steps:
+        print(f"note: optim.warmup_steps={cfg.optim.warmup_steps} is more than train.steps={cfg.train.steps}: "
+              f"warming up over all {cfg.train.steps} steps", file=sys.stderr)
+    summary = train(cfg, progress=not args.no_progress, sample_chars=0 if args.no_sample else 300,
+                    overwrite=args.overwrite)
     first, final = summary["first_loss"], summary["final_loss"]
     print(f"done: {summary['steps']} steps, loss {first:.3f} -> {final:.3f}"
           + (f" ({100 * (1 - final / first):.0f}% lower)" if first else "")
@@ -219,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-sample", action="store_true", help="skip the sample printed after training")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start run_dir afresh: clear the run's own files there (config, metrics, checkpoints), "
+                        "keep any others")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from the latest checkpoint of a run")

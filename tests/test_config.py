@@ -31,7 +31,7 @@ def test_presets_and_overrides():
     ("model.dtype=float8", r"model.dtype='float8': allowed float32, bfloat16, float16"),
     ("train.grad_accum=3", r"train.grad_accum=3 does not divide train.batch_size=16"),
     ("model.attn_chunks=3", r"model.attn_chunks=3 does not divide model.context=128"),
-    ("optim.warmup_steps=100000", r"optim.warmup_steps=100000: must be in \[0, train.steps"),
+    ("optim.warmup_steps=-1", r"optim.warmup_steps=-1: must be >= 0"),
     ("mesh.data=0", r"mesh.data=0: mesh axis sizes must be positive"),
     ("train.steps", r"must look like section.key=value"),
 ])
@@ -101,7 +101,6 @@ def _prepared(tmp_path, **meta):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["optim.warmup_steps=700", "train.steps=600"], r"optim.warmup_steps=700: must be in \[0, train.steps=600\]"),
     (["mesh.expert=2"], r"mesh.expert=2: expert parallelism needs MoE layers"),
     (["mesh.expert=2", "model.moe_every=1", "model.moe_backend=dropless"], r"needs model.moe_backend=capacity"),
     (["mesh.expert=3", "model.moe_every=1"], r"mesh.expert=3 does not divide model.experts=8"),

@@ -83,7 +83,7 @@ def lr_multiplier(optim_cfg: OptimConfig, total_steps: int) -> Callable[[int], f
     ``max(total_steps, warmup_steps + 1)``, held there after. ``LambdaLR`` evaluates it at
     the count of optimizer steps taken, as optax does, so the first step uses lr(0).
     """
-    W = int(optim_cfg.warmup_steps)
+    W = min(int(optim_cfg.warmup_steps), int(total_steps))      # clamped as make_schedule does
     decay = max(int(total_steps), W + 1) - W
     end = float(optim_cfg.min_lr_ratio)
 

@@ -7,7 +7,8 @@ through the ``tokenizers`` library, the same merges), ``sentencepiece`` (unigram
 (Sennrich et al. 2016 character BPE with ``</w>``: the teaching algorithm; it writes
 ``merges.txt`` and ``vocab.json`` and is not a lossless tokenizer, so training does not take it).
 Inputs are read as by ``lineage data prepare``: text files, directories, globs, ``.jsonl``.
-No JAX here.
+An existing tokenizer in ``--out`` is replaced only with ``--overwrite`` (runs record their tokenizer's
+SHA-256 and refuse a changed one); files are written atomically (``runs.atomic``). No JAX here.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 import sys
 import time
 
-from lineage_jax.config import ConfigError
+from lineage_jax.config import ConfigError, UserError
 from lineage_jax.runs import atomic
 
 KINDS = ("bytelevel", "sentencepiece", "sennrich")
@@ -36,9 +37,22 @@ def register(subparsers) -> None:
     q.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece only")
     q.add_argument("--min-frequency", type=int, default=2, help="bytelevel: stop when the best pair is rarer (2)")
     q.add_argument("--special-tokens", default="<|endoftext|>", help="comma-separated; the first is eos")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace a tokenizer already in --out (runs trained with it will then refuse to resume)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_train)
+
+
+# what a tokenizer directory holds: load() reads tokenizer.json, else the one *.model; sennrich's two files
+FILES = ("tokenizer.json", "spm.model", "merges.txt", "vocab.json")
+
+
+def _existing(out: str) -> list[str]:
+    """The tokenizer files already in ``out`` (any ``*.model`` counts: ``load`` would read it)."""
+    if not os.path.isdir(out):
+        return []
+    return sorted(f for f in os.listdir(out) if f in FILES or f.endswith(".model"))
 
 
 def _check(args) -> list[str]:
@@ -56,7 +70,24 @@ def _check(args) -> list[str]:
         raise ConfigError(f"--model-type={args.model_type}: only with --kind sentencepiece")
     if os.path.isfile(args.out):
         raise ConfigError(f"--out {args.out}: is a file; give a directory")
+    found = _existing(args.out)
+    if found and not args.overwrite:
+        raise ConfigError(f"--out {args.out}: already holds a tokenizer ({', '.join(found)}); runs trained with it "
+                          f"would decode the same ids as other text: give a new --out, or --overwrite to replace it")
     return specials
+
+
+def _write(out: str, files: dict[str, bytes]) -> str:
+    """Write ``files`` into ``out`` atomically (each complete or not there), then remove the tokenizer files
+    of another kind left from before (``load`` would prefer a stale ``tokenizer.json``); the first path."""
+    os.makedirs(out, exist_ok=True)
+    for name, data in files.items():
+        with atomic.replacing(os.path.join(out, name)) as tmp:
+            tmp.write_bytes(data)
+    for name in _existing(out):
+        if name not in files:
+            os.unlink(os.path.join(out, name))
+    return os.path.join(out, next(iter(files)))
 
 
 def _progress(docs, enabled: bool, desc: str):
@@ -68,7 +99,10 @@ def train_tokenizer(args) -> dict:
     """Train as ``args`` says, write it to ``args.out``; a JSON-able summary."""
     specials = _check(args)
     from lineage_jax.data.pipeline.prepare import read_documents
-    docs, _ = read_documents(args.text_files)
+    try:
+        docs, _ = read_documents(args.text_files)
+    except UserError as e:                      # read_documents speaks for `data prepare --inputs`
+        raise type(e)(str(e).replace("--inputs", "--text-files")) from None
     if not any(docs):
         raise ConfigError(f"--text-files {' '.join(args.text_files)}: no text to train on")
     progress = not args.no_progress
@@ -79,7 +113,7 @@ def train_tokenizer(args) -> dict:
         what = "counting words (tokenizers)" if args.fast else "counting words"
         tok = train_bpe(_progress(docs, progress, what), args.vocab_size, special_tokens=specials,
                         min_frequency=args.min_frequency, fast=args.fast)
-        path = tok.save(args.out)
+        path = _write(args.out, {"tokenizer.json": tok.to_json().encode("utf-8")})
         summary.update(vocab_size=tok.vocab_size, merges=len(tok.merges), file=path, fast=args.fast,
                        name=tok.name, usable_as=f"data.tokenizer={args.out}")
     elif args.kind == "sentencepiece":
@@ -90,7 +124,7 @@ def train_tokenizer(args) -> dict:
         except RuntimeError as e:                       # the trainer's own check, e.g. vocabulary too small
             raise ConfigError(f"--kind sentencepiece --vocab-size={args.vocab_size}: "
                               f"{str(e).rsplit('] ', 1)[-1].strip()}") from None
-        path = tok.save(args.out)
+        path = _write(args.out, {"spm.model": tok.model_proto})
         summary.update(vocab_size=tok.vocab_size, model_type=args.model_type, file=path, name=tok.name,
                        usable_as=f"data.tokenizer={args.out}")
     else:
@@ -102,11 +136,9 @@ def train_tokenizer(args) -> dict:
         alphabet = {c for w in freqs for c in w} | {sennrich.EOW}
         merges = sennrich.learn_merges(freqs, max(0, args.vocab_size - len(alphabet)))
         symbols = sorted(alphabet) + ["".join(m) for m in merges]
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "merges.txt")
-        atomic.write_text(path, "#version: sennrich-2016 (lineage_jax)\n" + "".join(f"{a} {b}\n" for a, b in merges))
-        atomic.write_text(os.path.join(args.out, "vocab.json"), json.dumps(
-            {s: i for i, s in enumerate(dict.fromkeys(symbols))}, ensure_ascii=False, indent=0))
+        merges_txt = "#version: sennrich-2016 (lineage_jax)\n" + "".join(f"{a} {b}\n" for a, b in merges)
+        vocab_json = json.dumps({s: i for i, s in enumerate(dict.fromkeys(symbols))}, ensure_ascii=False, indent=0)
+        path = _write(args.out, {"merges.txt": merges_txt.encode("utf-8"), "vocab.json": vocab_json.encode("utf-8")})
         summary.update(vocab_size=len(dict.fromkeys(symbols)), merges=len(merges), file=path,
                        usable_as="none (teaching tokenizer: whitespace is not kept); use --kind bytelevel")
     summary["seconds"] = round(time.perf_counter() - t0, 3)

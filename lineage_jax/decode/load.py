@@ -1,9 +1,10 @@
 """A trained run, loaded for inference only: its config, model, parameters and tokenizer.
 
 Only the parameters are read from the checkpoint (``runs.checkpoint.restore_params``); no
-optimizer, train state or mesh is built. The model computes in ``model.dtype`` as configured
-(a run trained under ``parallel.precision`` bf16/fp16 keeps its float32 master weights and samples
-in float32).
+optimizer, train state or mesh is built. The model computes in ``model.dtype`` as configured (a run
+trained under ``parallel.precision`` bf16/fp16 keeps its float32 master weights and samples in
+float32). A run trained with another tokenizer than the one now at ``data.tokenizer`` (its SHA-256
+is recorded in ``run.json`` and in each checkpoint's meta) is refused in one line.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 
 from lineage_jax import models
 from lineage_jax.config import Config, load_config
-from lineage_jax.runs import checkpoint as ckpt
+from lineage_jax.runs import checkpoint as ckpt, rundir
 from lineage_jax.tokenize import Tokenizer, get_tokenizer
 
 __all__ = ["load_for_inference"]
@@ -39,11 +40,22 @@ def load_for_inference(run_dir: str | Path) -> tuple[Config, nn.Module, object, 
     run_dir = Path(run_dir)
     _latest(run_dir)
     cfg = load_config(str(run_dir / "config.yaml"), [])
+    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    _same_tokenizer(run_dir, rundir.read_record(run_dir).get("tokenizer"), cfg, tokenizer, "")
     model = models.build(cfg.model)
     dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
     shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)))["params"]
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
     with ckpt.manager(run_dir, create=False, async_save=False) as mngr:
-        _, params, _ = ckpt.restore_latest_good(mngr, abstract, params_only=True, move_bad=False)
-    return cfg, model, params, get_tokenizer(cfg.data.tokenizer)
+        step, params, meta = ckpt.restore_latest_good(mngr, abstract, params_only=True, move_bad=False)
+    _same_tokenizer(run_dir, meta.get("tokenizer"), cfg, tokenizer, f"checkpoint step {step} ")
+    return cfg, model, params, tokenizer
+
+
+def _same_tokenizer(run_dir: Path, recorded: dict | None, cfg: Config, tokenizer: Tokenizer, what: str) -> None:
+    """One line if the run was trained with a tokenizer other than ``data.tokenizer`` is now (a retrained
+    tokenizer.json in the same place would decode the same ids as other text)."""
+    problem = rundir.tokenizer_problem(recorded, cfg.data.tokenizer, tokenizer.fingerprint())
+    if problem:
+        raise rundir.RunDirError(f"run_dir {run_dir}: {what}{problem}; put back the tokenizer it was trained with")

@@ -33,13 +33,16 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """Warmup from 0 to ``cfg.lr`` over ``cfg.warmup_steps``, cosine to ``cfg.lr * cfg.min_lr_ratio``
     at ``total_steps``.
 
-    The config allows ``warmup_steps == train.steps`` (warm up for the whole run), which optax
-    rejects (it needs a positive decay length); then the decay is given one step past the end of
-    the run, so every step actually taken (``0 .. total_steps - 1``) still sees the warmup ramp.
+    A warmup longer than the run is clamped to it (a 10-step smoke run of a preset with 50 warmup
+    steps warms up over its 10; the CLI says so). ``warmup_steps == total_steps`` (warm up for the
+    whole run) optax rejects (it needs a positive decay length); then the decay is given one step
+    past the end of the run, so every step actually taken (``0 .. total_steps - 1``) still sees the
+    warmup ramp.
     """
-    decay_steps = max(total_steps, cfg.warmup_steps + 1)
+    warmup = min(cfg.warmup_steps, total_steps)
+    decay_steps = max(total_steps, warmup + 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
         decay_steps=decay_steps, end_value=cfg.lr * cfg.min_lr_ratio)
 
 

@@ -1,7 +1,8 @@
 """The tokenizer interface every tokenizer in the project implements.
 
 A tokenizer maps text to integer ids and back. Models only see ``vocab_size``; the data
-pipeline uses ``encode`` and ``eos_id`` (the document separator); sampling uses ``decode``.
+pipeline uses ``encode`` and ``eos_id`` (the document separator); sampling uses ``decode``; a run records ``fingerprint`` to refuse resuming or
+sampling with a different tokenizer.
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the tokenizer's defining content: equal exactly when the ids mean the same text."""
+        ...
 
 
 def check_text(text) -> str:

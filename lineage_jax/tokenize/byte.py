@@ -5,6 +5,8 @@ text, no training. ``decode(encode(s)) == s`` for every Python string, lone surr
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Sequence
 
 from lineage_jax.tokenize.base import ENDOFTEXT, check_text
@@ -20,6 +22,11 @@ class ByteTokenizer:
     @property
     def vocab_size(self) -> int:
         return 256 + len(self.specials)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what decides the ids: the byte table is fixed, so only the special tokens (a
+        constant for the default ``byte``)."""
+        return hashlib.sha256(json.dumps(["byte", list(self.specials)]).encode("utf-8")).hexdigest()
 
     @property
     def eos_id(self) -> int:

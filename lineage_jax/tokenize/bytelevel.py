@@ -142,11 +142,18 @@ class ByteLevelBPETokenizer:
         what = json.dumps([sorted(self.vocab.items()), self.merges, sorted(self.added_tokens.items()),
                            pattern, add_prefix_space, ignore_merges], ensure_ascii=False)
         self.name = "bpe-" + hashlib.sha256(what.encode("utf-8", errors="surrogatepass")).hexdigest()[:12]
+        self._fingerprint = hashlib.sha256(json.dumps([what, sorted(self.specials)], ensure_ascii=False)
+                                           .encode("utf-8", errors="surrogatepass")).hexdigest()
 
     # -- the protocol -------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
         return max(self.id_to_token) + 1 if self.id_to_token else 0
+
+    def fingerprint(self) -> str:
+        """SHA-256 of everything that decides the ids (vocab, merges, added and special tokens, the split
+        pattern and flags), not of the file's formatting: a run records it to refuse another tokenizer."""
+        return self._fingerprint
 
     @property
     def eos_id(self) -> int:

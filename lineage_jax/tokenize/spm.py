@@ -57,6 +57,10 @@ class SentencePieceTokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the model file's bytes (everything that decides the ids)."""
+        return hashlib.sha256(self.model_proto).hexdigest()
+
     @property
     def eos_id(self) -> int:
         i = self.sp.eos_id()

@@ -1,9 +1,10 @@
 """The training loop: the only place in training with side effects (files, progress bar).
 
-A run directory holds ``config.yaml``, ``metrics.jsonl`` (one JSON object per logged step),
-``checkpoints/`` (Orbax) and ``loss.png``. Rerunning with the same run_dir resumes from the
-latest checkpoint: parameters, optimizer state, step and data position are restored, so
-the continued run is the run that was never stopped.
+A run directory holds ``config.yaml``, ``run.json`` (the tokenizer, by content), ``metrics.jsonl``
+(one JSON object per logged step), ``checkpoints/`` (Orbax) and ``loss.png``. Rerunning with the same
+run_dir resumes from the latest checkpoint: parameters, optimizer state, step and data position are
+restored, so the continued run is the run that was never stopped. One run at a time holds the
+directory (``runs.lock``), and nothing in it that is not the run's own is overwritten (``runs.rundir``).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from lineage_jax.data.loader import check_prepared_tokenizer
 from lineage_jax.data.sources import describe_source
 from lineage_jax.decode.generation import generate_text
 from lineage_jax.tokenize import get_tokenizer
-from lineage_jax.runs import atomic, checkpoint as ckpt
+from lineage_jax.runs import atomic, checkpoint as ckpt, lock, rundir
+from lineage_jax.runs.rundir import RunDirError
 from lineage_jax.train.setup import build, compile_all
 
 
@@ -35,24 +37,6 @@ def _finite(metrics) -> bool:
     """Whether a step's loss and gradient norm are finite (one small device-to-host copy)."""
     loss, norm = jax.device_get((metrics["loss"], metrics["grad_norm"]))
     return bool(np.isfinite(loss) and np.isfinite(norm))
-
-
-class RunDirError(UserError, ValueError):
-    """The run directory holds something this config cannot continue."""
-
-
-def check_resumable(cfg: Config, run_dir: Path) -> None:
-    """A run_dir may be continued with other train/optim settings, but not with another model."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file() or ckpt.latest_step(run_dir) is None:
-        return
-    old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
-    new = cfg.to_dict()["model"]
-    diff = [k for k in new if k in old and old[k] != new[k] and k not in ("scan_layers", "remat", "attn_chunks", "dtype")]
-    if diff:
-        k = diff[0]
-        raise RunDirError(f"run_dir {run_dir} holds a checkpoint of another model (model.{k}: {old[k]} there, "
-                          f"{new[k]} here); use a new run_dir or the same model settings")
 
 
 def samplers(setup, tokenizer) -> tuple[Sampler, Sampler]:
@@ -125,35 +109,66 @@ def _truncate_metrics(path: Path, step: int, note=None) -> None:
         atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at: int | None = None) -> dict:
+def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at: int | None = None,
+          overwrite: bool = False) -> dict:
     """Train (or resume) ``cfg``; return a summary {first_loss, final_loss, eval_loss, steps, ...}.
 
-    ``stop_at`` ends this invocation after that step, checkpointed, as a killed run would end.
+    The run directory is locked for the whole run (``runs.lock``: a second run into it is refused)
+    and checked before anything is written (``runs.rundir.check``); ``overwrite`` starts it afresh,
+    clearing only the run's own files. ``stop_at`` ends this invocation after that step,
+    checkpointed, as a killed run would end.
     """
     run_dir = Path(cfg.run_dir)
-    check_resumable(cfg, run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        rundir.create(run_dir)                          # the one-line refusal, before any other work
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise RunDirError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size} tokens; set model.vocab_size >= {tokenizer.vocab_size}")
+    created = rundir.create(run_dir)
+    try:
+        with lock.hold(run_dir):
+            rundir.check(run_dir, cfg.to_dict()["model"], cfg.data.tokenizer, tokenizer.fingerprint(),
+                         overwrite=overwrite)
+            return _train_locked(cfg, run_dir, tokenizer, progress=progress, sample_chars=sample_chars,
+                                 stop_at=stop_at)
+    finally:
+        if created and not any(run_dir.iterdir()):     # refused or failed before writing: leave no trace
+            run_dir.rmdir()
+
+
+def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, sample_chars: int,
+                  stop_at: int | None) -> dict:
+    """``train`` with ``run_dir`` locked and checked."""
     setup = build(cfg, compile_steps=False)            # mesh/batch/divisibility checks before compiling
     T, B = cfg.model.context, cfg.train.batch_size
     train_data, eval_data = samplers(setup, tokenizer)
 
     compile_all(setup)
-    run_dir.mkdir(parents=True, exist_ok=True)
     mngr = ckpt.manager(run_dir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
     metrics_path = run_dir / "metrics.jsonl"
+    record = {"spec": cfg.data.tokenizer, "sha256": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size}
     restored = ckpt.restore_latest_good(mngr, setup.abstract_state(), log=lambda m: tqdm.write(m, file=sys.stderr))
     if restored is None:
         state = setup.init_state(jax.random.key(cfg.train.seed))
         position, start = 0, 0
+        if metrics_path.is_file() and metrics_path.stat().st_size:   # a run stopped before its first save
+            tqdm.write(f"no checkpoint in {run_dir} yet: starting at step 0; dropping the metrics of unsaved steps",
+                       file=sys.stderr)
         metrics_path.unlink(missing_ok=True)
     else:
         start, state, meta = restored
+        problem = rundir.tokenizer_problem({"spec": "?", **(meta.get("tokenizer") or {})}, cfg.data.tokenizer,
+                                           record["sha256"])
+        if problem:
+            mngr.close()
+            raise RunDirError(f"run_dir {run_dir}: checkpoint step {start} {problem}; use the tokenizer it was "
+                              f"trained with, a new run_dir, or --overwrite to start afresh there")
         position = int(meta["data_position"])
         _truncate_metrics(metrics_path, start, note=tqdm.write)
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic.write_text(run_dir / rundir.RUN_JSON, json.dumps({"tokenizer": record}, indent=1) + "\n")
+    saved_meta = {"tokenizer": {"spec": cfg.data.tokenizer, "sha256": record["sha256"]}}
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"train {run_dir.name}")
@@ -187,13 +202,13 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
                 window, t_window = [], time.perf_counter()
             saving = done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or done == stop_at
             if saving and not (bad_run and cfg.train.nan_policy == "stop"):   # a non-finite state is never saved
-                ckpt.save(mngr, done, state, {"data_position": position, "step": done})
+                ckpt.save(mngr, done, state, {"data_position": position, "step": done, **saved_meta})
             bar.update(1)
     except KeyboardInterrupt:
         try:  # save the last completed step unless the interrupt hit mid-update
             done = int(jax.device_get(state.step))
             if done * B == position and done > (mngr.latest_step() or 0) and not bad_run:
-                ckpt.save(mngr, done, state, {"data_position": position, "step": done})
+                ckpt.save(mngr, done, state, {"data_position": position, "step": done, **saved_meta})
                 if window:   # the saved step's row, so every saved step has one
                     window = jax.device_get(window)
                     _append_jsonl(metrics_path, [{"step": done, **{k: _mean([m[k] for m in window]) for k in window[0]},

@@ -283,3 +283,11 @@ def test_make_optimizer_clip_norm_zero_disables_clipping():
         g = _grads(jax.random.key(int(scale * 100)), params, scale)
         u_clip, cstate = clipped_opt.update(g, cstate, params)
     assert float(jnp.max(jnp.abs(u_clip["kernel"] - u_ref["kernel"]))) > 1e-4
+
+
+def test_a_warmup_longer_than_the_run_is_clamped_to_it():
+    """``lineage train train.steps=10`` on a preset with 50 warmup steps warms up over the 10 (issue 15, 10)."""
+    long, exact = (make_schedule(OptimConfig(lr=1e-3, warmup_steps=w, min_lr_ratio=0.1), 10) for w in (50, 10))
+    lrs = [float(long(s)) for s in range(12)]
+    assert lrs == [float(exact(s)) for s in range(12)]
+    assert lrs[0] == 0.0 and lrs[9] == pytest.approx(0.9e-3)          # the ramp reaches 90% of the peak

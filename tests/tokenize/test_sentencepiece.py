@@ -1,4 +1,5 @@
 """SentencePiece unigram and BPE (Kudo & Richardson 2018) behind the Tokenizer protocol."""
+import hashlib
 import inspect
 
 import pytest
@@ -47,6 +48,7 @@ def test_save_load_and_get_tokenizer(sp, tmp_path):
     for again in (get_tokenizer(str(tmp_path / "spm")), load(path)):
         assert isinstance(again, SentencePieceTokenizer) and again.name == sp.name
         assert again.encode("héllo wörld 😀") == sp.encode("héllo wörld 😀")
+        assert again.fingerprint() == sp.fingerprint() == hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
 def test_bad_input_is_one_clear_line(sp):

@@ -124,3 +124,39 @@ def test_quality_thresholds_parse_by_type():
     assert (q.min_words, q.max_symbol_to_word_ratio, q.reject_lorem_ipsum) == (20, 0.3, False)
     assert q.stop_words == ("der", "die", "das") and q.max_top_ngram_char_frac == {2: 0.5}
     assert np.isclose(quality_config([]).min_mean_word_length, 3.0)
+
+
+def test_an_existing_tokenizer_is_replaced_only_with_overwrite(corpus, tmp_path, capsys):
+    """Retraining into the same --out used to replace the tokenizer that runs trained with (issue 15, cause 4)."""
+    out = tmp_path / "tok"
+    train = ["tokenizer", "train", "--text-files", str(corpus / "doc1.txt"), "--out", str(out), "--no-progress"]
+    assert cli.main([*train, "--vocab-size", "300"]) == 0
+    first = (out / "tokenizer.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*train, "--vocab-size", "280"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--out {out}: already holds a tokenizer (tokenizer.json)" in err, err
+    assert "--overwrite" in err and (out / "tokenizer.json").read_bytes() == first
+    assert cli.main([*train, "--vocab-size", "280", "--overwrite", "--kind", "sennrich"]) == 0
+    assert not (out / "tokenizer.json").exists()            # a stale tokenizer.json would be loaded instead
+    assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "vocab.json"]     # no temporary left
+
+
+def test_missing_text_files_name_the_flag_that_was_given(tmp_path, capsys):
+    assert cli.main(["tokenizer", "train", "--text-files", str(tmp_path / "nope.txt"), "--vocab-size", "300",
+                     "--out", str(tmp_path / "tok"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --text-files") and "--inputs" not in err, err
+
+
+def test_fingerprints_change_with_the_content_only(corpus):
+    from lineage_jax.tokenize import ByteTokenizer
+    from lineage_jax.tokenize.bytelevel import load_tokenizer_json
+    docs = [p.read_text(encoding="utf-8") for p in sorted(corpus.glob("doc*.txt"))]
+    a, b = train_bpe(docs, 300), train_bpe(docs, 290)
+    assert a.fingerprint() != b.fingerprint() and len(a.fingerprint()) == 64
+    assert ByteTokenizer().fingerprint() == get_tokenizer("byte").fingerprint()           # a constant
+    assert ByteTokenizer().fingerprint() not in (a.fingerprint(), ByteTokenizer(["<s>"]).fingerprint())
+    path = a.save(str(Path(corpus).parent / "fp"))
+    Path(path).write_text(json.dumps(json.loads(Path(path).read_text()), indent=4))    # reformatted, same content
+    assert load_tokenizer_json(path).fingerprint() == a.fingerprint()
