@@ -6,8 +6,6 @@ sampling with a different tokenizer.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Protocol, Sequence, runtime_checkable
 
 from lineage_jax.config.errors import ConfigError
@@ -43,19 +41,3 @@ def check_text(text) -> str:
     if isinstance(text, str):
         return text
     raise TypeError(f"tokenizer input must be str, got {type(text).__name__}; decode bytes first (e.g. data.decode('utf-8'))")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: a temporary file beside it, flushed, then renamed over it,
-    so a kill mid-save leaves the old tokenizer file (which runs may use), never half a new one.
-    (``lineage_jax.runs.atomic`` does the same for run files; ``runs`` sits on this package's row.)"""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -51,7 +51,8 @@ import json
 import os
 from typing import Iterable, Mapping, Sequence
 
-from lineage_jax.tokenize.base import ENDOFTEXT, TokenizerError, check_text, write_atomic
+from lineage_jax.runs import atomic
+from lineage_jax.tokenize.base import ENDOFTEXT, TokenizerError, check_text
 from lineage_jax.tokenize.byte import _decode_bytes     # valid UTF-8 (surrogates kept), else errors="replace"
 from lineage_jax.tokenize.sennrich import merge_word
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -287,7 +288,7 @@ class ByteLevelBPETokenizer:
         if os.path.isdir(path) or not path.endswith(".json"):
             os.makedirs(path, exist_ok=True)
             path = os.path.join(path, "tokenizer.json")
-        write_atomic(path, self.to_json().encode("utf-8"))
+        atomic.write_bytes(path, self.to_json().encode("utf-8"))
         return path
 
 

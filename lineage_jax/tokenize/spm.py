@@ -21,7 +21,8 @@ import os
 from typing import Iterable, Sequence
 
 from lineage_jax.config.errors import MissingPackageError
-from lineage_jax.tokenize.base import ENDOFTEXT, TokenizerError, check_text, write_atomic
+from lineage_jax.runs import atomic
+from lineage_jax.tokenize.base import ENDOFTEXT, TokenizerError, check_text
 
 
 def _spm():
@@ -89,7 +90,7 @@ class SentencePieceTokenizer:
         if not path.endswith(".model"):
             os.makedirs(path, exist_ok=True)
             path = os.path.join(path, "spm.model")
-        write_atomic(path, self.model_proto)
+        atomic.write_bytes(path, self.model_proto)
         return path
 
 

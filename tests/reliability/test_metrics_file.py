@@ -57,3 +57,19 @@ def test_interrupted_run_writes_the_row_of_the_step_it_saves(tmp_path, monkeypat
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 4, 5]
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [5]
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    """mkstemp makes 0600 files; an atomic write gives a new file 0666 less the umask and keeps an old one's mode."""
+    import os
+    umask = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "new.yaml", "a: 1\n")
+        assert (tmp_path / "new.yaml").stat().st_mode & 0o777 == 0o644
+        old = tmp_path / "shared.json"
+        old.write_text("{}")
+        old.chmod(0o664)
+        atomic.write_bytes(old, b"[]")
+        assert old.stat().st_mode & 0o777 == 0o664 and old.read_bytes() == b"[]"
+    finally:
+        os.umask(umask)
