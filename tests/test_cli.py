@@ -92,10 +92,11 @@ def test_every_user_error_kind_is_one_line_and_a_bug_stays_a_traceback(monkeypat
     from lineage_jax.decode.args import SamplingError
     from lineage_jax.interop import InteropError
     from lineage_jax.runs.checkpoint import CheckpointError
+    from lineage_jax.runs.lock import RunDirBusyError
     from lineage_jax.tokenize import TokenizerError
-    from lineage_jax.train.loop import RunDirError
+    from lineage_jax.train.loop import NonFiniteError, RunDirError
     kinds = [ConfigError, MissingFileError, SamplingError, InteropError, CheckpointError, RunDirError,
-             AttentionBackendError, TokenizerError, MissingPackageError]
+             AttentionBackendError, TokenizerError, MissingPackageError, RunDirBusyError, NonFiniteError]
     for kind in kinds:
         assert issubclass(kind, UserError), kind
 
