@@ -132,7 +132,9 @@ class ContinuousBatcher:
         self.model, self.params, self.S, self.bs = model, params, int(slots), int(block_size)
         self.C = c.context
         self.nb = blocks_for(self.C, self.bs)                       # table width: one full-context sequence
-        self.N = int(num_blocks) if num_blocks is not None else self.S * self.nb
+        # default pool: every slot a full context, plus one context of shared prompt blocks, so any request
+        # add() admits (n <= slots samples of a prompt, each up to the context) fits on its own
+        self.N = int(num_blocks) if num_blocks is not None else (self.S + 1) * self.nb
         self.alloc = BlockAllocator(self.N)
         self.pool = init_pool(c, self.N, self.bs)
         self.key = jax.random.key(0) if key is None else key

@@ -154,3 +154,14 @@ def test_one_slot_serves_a_prompt_filling_the_context(gpt):
     toks = eng.run()[sid]
     assert toks[:CTX - 1] == prompt and len(toks) == CTX     # capped at the context: one new token
     assert eng.alloc.num_free == eng.N and eng._reserved == 0
+
+
+def test_the_default_pool_serves_as_many_samples_as_slots(gpt):
+    """n = slots samples of a short prompt, each to the full context: their private blocks fill a context
+    each and the shared prompt needs one more (the default pool was one block short: a PagedError)."""
+    model, params = gpt
+    eng = bt.ContinuousBatcher(model, params, slots=2, block_size=4, temperature=1.0, key=jax.random.key(3))
+    sids = eng.add([1, 2], CTX, n=2)
+    out = eng.run()
+    assert sorted(out) == sids and all(len(out[s]) == CTX for s in sids)
+    assert eng.alloc.num_free == eng.N
