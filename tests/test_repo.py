@@ -21,7 +21,8 @@ def test_ci_runs_the_readme_test_command():
 # A new chapter's package takes a row here; an import that points up or sideways fails.
 LAYERS = [
     {"config"},                                  # schema and validation: imports no other package
-    {"nn", "tokenize", "optim", "runs"},         # building blocks, tokenizers, optimisers, run directories
+    {"nn", "tokenize", "optim", "runs",          # building blocks, tokenizers, optimisers, run directories,
+     "foundations"},                             # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout)
     {"attention", "data"},
     {"moe"},
     {"models"},

@@ -38,6 +38,11 @@ class Lesson:
 
 
 LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
+    Lesson("backprop", "1986", "Rumelhart, Hinton & Williams 1986, Learning representations by back-propagating "
+           "errors; Linnainmaa 1970",
+           "the delta rule by hand = a tape autodiff = jax.grad = finite differences (float64, rel. error <= 1e-6); "
+           "it trains XOR and two spirals to 100% training accuracy",
+           "lineage_jax.lessons.backprop"),
     Lesson("translate", "2017", "Vaswani et al. 2017, Attention Is All You Need",
            "an attention-only encoder-decoder learns a translation task: held-out exact match >= 50% (chance <= 1e-4)",
            "lineage_jax.lessons.translate", flags=("task", "steps", "seed", "d_model", "layers")),
