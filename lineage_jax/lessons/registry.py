@@ -48,6 +48,11 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "in a deep plain net sigmoid's gradients vanish (first layer < 1% of the last) and it stalls; ReLU zeroes "
            "~50% of units and trains; the tanh/ReLU steps-to-25%-error ratio is reported beside AlexNet's ~6x",
            "lineage_jax.lessons.relu", flags=("depth", "steps", "seed")),
+    Lesson("dropout", "2014", "Srivastava et al. 2014, Dropout: A Simple Way to Prevent Neural Networks from "
+           "Overfitting",
+           "on a small training set (512 examples, 20% noisy labels) dropout (p = 0.5 on hidden units) shrinks the "
+           "train/test accuracy gap without lowering test accuracy",
+           "lineage_jax.lessons.dropout", flags=("rate", "steps", "seed")),
     Lesson("translate", "2017", "Vaswani et al. 2017, Attention Is All You Need",
            "an attention-only encoder-decoder learns a translation task: held-out exact match >= 50% (chance <= 1e-4)",
            "lineage_jax.lessons.translate", flags=("task", "steps", "seed", "d_model", "layers")),
