@@ -53,6 +53,11 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "on a small training set (512 examples, 20% noisy labels) dropout (p = 0.5 on hidden units) shrinks the "
            "train/test accuracy gap without lowering test accuracy",
            "lineage_jax.lessons.dropout", flags=("rate", "steps", "seed")),
+    Lesson("batchnorm", "2015", "Ioffe & Szegedy 2015, Batch Normalization; Ba, Kiros & Hinton 2016, Layer "
+           "Normalization",
+           "at a high learning rate the BN net reaches the target held-out accuracy in fewer steps than the plain "
+           "net; BN's training mode at batch size 1 is far from its eval mode, LayerNorm's modes are identical",
+           "lineage_jax.lessons.batchnorm", flags=("lrs", "steps", "seed")),
     Lesson("translate", "2017", "Vaswani et al. 2017, Attention Is All You Need",
            "an attention-only encoder-decoder learns a translation task: held-out exact match >= 50% (chance <= 1e-4)",
            "lineage_jax.lessons.translate", flags=("task", "steps", "seed", "d_model", "layers")),
