@@ -2,6 +2,7 @@
 
 ``mlp``        a multi-layer perceptron with its backward pass written out by hand (Rumelhart et al. 1986)
 ``tape``       a tiny reverse-mode automatic differentiation: a tape of primitives (Linnainmaa 1970)
+``gradcheck``  central finite differences and the relative error between gradients
 ``dropout``    inverted dropout and the per-step, per-device key (Srivastava et al. 2014)
 ``batchnorm``  batch normalisation's formula, its running statistics in both conventions, across replicas
                (Ioffe & Szegedy 2015)

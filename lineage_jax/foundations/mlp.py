@@ -99,7 +99,11 @@ def accuracy(params: Params, x: jax.Array, y: jax.Array, act: str = "tanh") -> j
 def input_deltas(params: Params, x: jax.Array, y: jax.Array, act: str = "tanh") -> list[jax.Array]:
     """δ_l = ∂E/∂a_l for every layer l (the activation gradients; δ_L last), by the hand pass."""
     logits, cache = forward(params, x, act)
-    delta = softmax_cross_entropy(logits, y)[1]
+    return deltas_from(params, cache, softmax_cross_entropy(logits, y)[1], act)
+
+
+def deltas_from(params: Params, cache, delta: jax.Array, act: str = "tanh") -> list[jax.Array]:
+    """Every δ_l from δ_L by the delta rule, in δ_L's dtype (δ_L last)."""
     df = ACTIVATIONS[act][1]
     deltas = [delta]
     for l in range(len(params) - 1, 0, -1):
