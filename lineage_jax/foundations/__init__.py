@@ -6,6 +6,8 @@
 ``dropout``    inverted dropout and the per-step, per-device key (Srivastava et al. 2014)
 ``batchnorm``  batch normalisation's formula, its running statistics in both conventions, across replicas
                (Ioffe & Szegedy 2015)
+``tasks``      synthetic tasks needing no download: a random teacher's labels (with training-label noise),
+               random labels
 ``gradstats``  activation gradients, their per-layer norms and their magnitudes against a float format's
                range (Glorot & Bengio 2010; Micikevicius et al. 2018)
 

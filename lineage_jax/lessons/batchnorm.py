@@ -30,8 +30,8 @@ import optax
 from flax.core import meta
 
 from lineage_jax.config import ConfigError
+from lineage_jax.foundations.tasks import teacher_task
 from lineage_jax.lessons import harness
-from lineage_jax.lessons.dropout import teacher_task
 from lineage_jax.nn.hooks import param
 
 NORMS = ("none", "batch", "layer")

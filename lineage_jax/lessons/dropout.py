@@ -27,19 +27,8 @@ from jax.sharding import PartitionSpec as P
 from lineage_jax.config import ConfigError
 from lineage_jax.foundations import dropout as dr
 from lineage_jax.foundations import mlp
+from lineage_jax.foundations.tasks import teacher_task
 from lineage_jax.lessons import harness
-
-
-def teacher_task(seed: int, n_train: int, n_test: int, inputs: int = 16, classes: int = 4, label_noise: float = 0.2):
-    """(x_train, y_train, x_test, y_test): Gaussian inputs labelled by the argmax of a random tanh teacher
-    [inputs, 64, classes]; a fraction ``label_noise`` of the *training* labels redrawn uniformly (the test
-    labels stay clean), so a net that memorises its training set learns noise."""
-    kx, kt, kn, kl = jax.random.split(jax.random.key(seed), 4)
-    x = jax.random.normal(kx, (n_train + n_test, inputs))
-    y = mlp.forward(mlp.init(kt, [inputs, 64, classes], "lecun"), x, "tanh")[0].argmax(-1)
-    flip = jax.random.bernoulli(kn, label_noise, (n_train,))
-    y_train = jnp.where(flip, jax.random.randint(kl, (n_train,), 0, classes), y[:n_train])
-    return x[:n_train], y_train, x[n_train:], y[n_train:]
 
 
 def forward(params, x, key, rate: float, deterministic: bool):

@@ -26,8 +26,8 @@ import optax
 
 from lineage_jax.config import ConfigError
 from lineage_jax.foundations import gradstats, mlp
+from lineage_jax.foundations.tasks import teacher_task
 from lineage_jax.lessons import harness
-from lineage_jax.lessons.dropout import teacher_task
 from parallel import precision
 
 

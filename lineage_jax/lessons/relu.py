@@ -29,17 +29,12 @@ import numpy as np
 
 from lineage_jax.config import ConfigError
 from lineage_jax.foundations import mlp
+from lineage_jax.foundations.tasks import random_labels
 from lineage_jax.lessons import harness
 
 ACTS = ("sigmoid", "tanh", "relu")
 NATURAL_INIT = {"sigmoid": "glorot", "tanh": "glorot", "relu": "he"}
 ALEXNET_RATIO = 6.0   # Krizhevsky et al. 2012, Fig. 1: tanh needs ~6× the epochs of ReLU to reach 25%
-
-
-def random_labels(seed: int, n: int, inputs: int, classes: int) -> tuple[jax.Array, jax.Array]:
-    """Gaussian inputs with uniformly random labels: fitting them is optimisation alone."""
-    kx, ky = jax.random.split(jax.random.key(seed))
-    return jax.random.normal(kx, (n, inputs)), jax.random.randint(ky, (n,), 0, classes)
 
 
 def at_init(params, x, y, act: str) -> dict:

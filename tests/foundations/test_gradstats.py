@@ -48,4 +48,5 @@ def test_counting_by_hand():
     assert edges[0] == -10 and counts.sum() == 5
     assert counts[list(edges).index(-1)] == 2 and counts[list(edges).index(2)] == 2 and counts[0] == 1
     assert float(jnp.float16(gradstats.FP16_MIN_SUBNORMAL)) > 0 and float(jnp.float16(gradstats.FP16_MIN_SUBNORMAL / 2.1)) == 0
-    assert float(jnp.float16(gradstats.FP16_MAX)) == 65504.0 and np.isinf(float(jnp.float16(65520.0)))
+    with np.errstate(over="ignore"):                                       # 65,520 rounds up to inf: the point
+        assert float(jnp.float16(gradstats.FP16_MAX)) == 65504.0 and np.isinf(float(jnp.float16(65520.0)))
