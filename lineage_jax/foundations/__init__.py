@@ -8,6 +8,8 @@
                (Ioffe & Szegedy 2015)
 ``tasks``      synthetic tasks needing no download: a random teacher's labels (with training-label noise),
                random labels
+``alexnet``    local response normalisation, overlapping pooling, the two-GPU split as grouped convolutions and
+               as a 2-device ``shard_map`` (Krizhevsky et al. 2012)
 ``gradstats``  activation gradients, their per-layer norms and their magnitudes against a float format's
                range (Glorot & Bengio 2010; Micikevicius et al. 2018)
 
