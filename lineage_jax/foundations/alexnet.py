@@ -21,6 +21,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from lineage_jax.foundations.dropout import dropout
+
 
 def lrn(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: float = 0.75) -> jax.Array:
     """Local response normalisation over the last (channel) axis, the window clipped at the edges."""
@@ -30,9 +32,13 @@ def lrn(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4, beta: flo
     return x / (k + alpha * window) ** beta
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
-    """Overlapping max pooling (window 3 > stride 2, §3.4), VALID, over H and W of NHWC."""
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), "VALID")
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: str = "VALID") -> jax.Array:
+    """Overlapping max pooling (window 3 > stride 2, §3.4) over H and W of NHWC."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
+
+
+def _dense_dropout(h, key, rate, i):
+    return h if key is None or rate == 0.0 else dropout(jax.random.fold_in(key, i), h, rate)
 
 
 def conv(x: jax.Array, w: jax.Array, b: jax.Array, groups: int = 1, stride: int = 1) -> jax.Array:
@@ -46,10 +52,12 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array, groups: int = 1, stride: int 
 Layout = Sequence[tuple[str, bool]]
 
 
-def towers(params, x: jax.Array, layout: Layout, towers_n: int = 2) -> jax.Array:
+def towers(params, x: jax.Array, layout: Layout, towers_n: int = 2, key: jax.Array | None = None,
+           rate: float = 0.0, pool_padding: str = "VALID") -> jax.Array:
     """One device: conv layers grouped ``towers_n`` ways where not cross, full where cross; every conv is
     followed by ReLU, LRN (within each tower) after the first, overlapping max pooling after the first two;
-    dense layers last. The first layer must be cross (every tower sees the whole image).
+    dense layers last, dropout (``rate``, from ``key``) after every hidden dense layer. The first layer
+    must be cross (every tower sees the whole image).
     Output channels are ordered [tower 0's half, tower 1's half] in every layer."""
     h = x
     for i, ((kind, cross), p) in enumerate(zip(layout, params)):
@@ -58,16 +66,16 @@ def towers(params, x: jax.Array, layout: Layout, towers_n: int = 2) -> jax.Array
             if i == 0:   # each GPU normalised its own maps: LRN within each tower
                 h = jnp.concatenate([lrn(t) for t in jnp.split(h, towers_n, axis=-1)], axis=-1)
             if i < 2:
-                h = max_pool(h)
+                h = max_pool(h, padding=pool_padding)
         else:
             h = h.reshape(h.shape[0], -1) if h.ndim > 2 else h
             h = h @ p["w"] + p["b"]
             if i < len(layout) - 1:
-                h = jax.nn.relu(h)
+                h = _dense_dropout(jax.nn.relu(h), key, rate, i)
     return h
 
 
-def tower_body(params, x: jax.Array, layout: Layout, axis: str) -> jax.Array:
+def tower_body(params, x: jax.Array, layout: Layout, axis: str, pool_padding: str = "VALID") -> jax.Array:
     """The ``shard_map`` body of ``towers``: this device's tower. Every parameter holds this device's half
     of its last axis; activations hold this tower's channels; a cross layer first all-gathers the channels
     of both towers (the only communication, as in Fig. 2)."""
@@ -80,7 +88,7 @@ def tower_body(params, x: jax.Array, layout: Layout, axis: str) -> jax.Array:
             if i == 0:
                 h = lrn(h)
             if i < 2:
-                h = max_pool(h)
+                h = max_pool(h, padding=pool_padding)
         else:
             if cross:
                 if h.ndim > 2:   # flatten in the one-device order: H, W, then all channels
