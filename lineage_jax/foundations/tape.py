@@ -60,8 +60,14 @@ class Var:
                                           (o, lambda g: _unbroadcast(-g * self.value / o.value ** 2, o.shape))])
 
     def __matmul__(self, other):
-        o = lift(other)   # [n, k] @ [k, m]
-        return Var(self.value @ o.value, [(self, lambda g: g @ o.value.T), (o, lambda g: self.value.T @ g)])
+        o = lift(other)   # [n, k] @ [k, m]; a 1-D operand is a row (left) or a column (right), as in numpy
+        a, b = self.value, o.value
+        a2, b2 = (a[None] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+        if a2.ndim != 2 or b2.ndim != 2:
+            raise ValueError(f"tape matmul: 1-D or 2-D operands only, not {a.shape} @ {b.shape}")
+        as2 = lambda g: np.reshape(g, (a2.shape[0], b2.shape[1]))
+        return Var(a @ b, [(self, lambda g: (as2(g) @ b2.T).reshape(a.shape)),
+                           (o, lambda g: (a2.T @ as2(g)).reshape(b.shape))])
 
     def __neg__(self):
         return Var(-self.value, [(self, lambda g: -g)])

@@ -35,6 +35,19 @@ def test_each_primitive_equals_jax_grad(name, ours, theirs, args):
             np.testing.assert_allclose(g, ref, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("sa,sb", [((4,), (4, 3)), ((3, 4), (4,)), ((4,), (4,)), ((1, 4), (4, 1))])
+def test_matmul_with_vectors_equals_jax_grad(sa, sb):
+    a, b = RNG.normal(size=sa), RNG.normal(size=sb)
+    with jax.enable_x64(True):
+        value, (ga, gb) = tape.grad(lambda a, b: tape.sum(tape.tanh(a @ b)), a, b)
+        ra, rb = jax.grad(lambda a, b: jnp.tanh(a @ b).sum(), argnums=(0, 1))(a, b)
+        np.testing.assert_allclose(value, jnp.tanh(a @ b).sum(), rtol=1e-12)
+        np.testing.assert_allclose(ga, ra, rtol=1e-12)
+        np.testing.assert_allclose(gb, rb, rtol=1e-12)
+    with pytest.raises(ValueError, match="1-D or 2-D operands only"):
+        tape.Var(np.ones((2, 2, 2))) @ np.ones((2, 2))
+
+
 def test_a_shared_node_gets_both_contributions():
     """y = x·x + x uses x three times: dy/dx = 2x + 1, summed over every path (the diamond graph)."""
     value, (g,) = tape.grad(lambda x: x * x + x, np.float64(3.0))
