@@ -21,7 +21,8 @@ def test_ci_runs_the_readme_test_command():
 # A new chapter's package takes a row here; an import that points up or sideways fails.
 LAYERS = [
     {"config"},                                  # schema and validation: imports no other package
-    {"nn", "optim", "runs"},                     # building blocks, optimisers, run directories (atomic writes)
+    {"nn", "optim", "runs", "foundations"},      # building blocks, optimisers, run directories (atomic writes),
+                                                 # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout)
     {"tokenize"},                                # tokenizers (save through runs.atomic)
     {"attention", "data"},
     {"moe"},

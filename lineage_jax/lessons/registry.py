@@ -38,9 +38,38 @@ class Lesson:
 
 
 LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
+    Lesson("backprop", "1986", "Rumelhart, Hinton & Williams 1986, Learning representations by back-propagating "
+           "errors; Linnainmaa 1970",
+           "the delta rule by hand = a tape autodiff = jax.grad = finite differences (float64, rel. error <= 1e-6); "
+           "it trains XOR and two spirals to 100% training accuracy",
+           "lineage_jax.lessons.backprop"),
+    Lesson("relu", "2011", "Glorot, Bordes & Bengio 2011, Deep Sparse Rectifier Neural Networks; Krizhevsky et al. "
+           "2012, Fig. 1",
+           "in a deep plain net sigmoid's gradients vanish (first layer < 1% of the last) and it stalls; ReLU zeroes "
+           "~50% of units and trains; the tanh/ReLU steps-to-25%-error ratio is reported beside AlexNet's ~6x",
+           "lineage_jax.lessons.relu", flags=("depth", "steps", "seed")),
+    Lesson("alexnet", "2012", "Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep "
+           "Convolutional Neural Networks",
+           "an AlexNet-shaped CNN (ReLU, LRN, overlapping pooling, dropout, the two-tower split) reaches >= 97% "
+           "test accuracy on the 1,797 8x8 digits scikit-learn ships",
+           "lineage_jax.lessons.alexnet", flags=("steps", "seed")),
+    Lesson("dropout", "2014", "Srivastava et al. 2014, Dropout: A Simple Way to Prevent Neural Networks from "
+           "Overfitting",
+           "on a small training set (512 examples, 20% noisy labels) dropout (p = 0.5 on hidden units) shrinks the "
+           "train/test accuracy gap without lowering test accuracy",
+           "lineage_jax.lessons.dropout", flags=("rate", "steps", "seed")),
+    Lesson("batchnorm", "2015", "Ioffe & Szegedy 2015, Batch Normalization; Ba, Kiros & Hinton 2016, Layer "
+           "Normalization",
+           "at a high learning rate the BN net reaches the target held-out accuracy in fewer steps than the plain "
+           "net; BN's training mode at batch size 1 is far from its eval mode, LayerNorm's modes are identical",
+           "lineage_jax.lessons.batchnorm", flags=("lrs", "steps", "seed")),
     Lesson("translate", "2017", "Vaswani et al. 2017, Attention Is All You Need",
            "an attention-only encoder-decoder learns a translation task: held-out exact match >= 50% (chance <= 1e-4)",
            "lineage_jax.lessons.translate", flags=("task", "steps", "seed", "d_model", "layers")),
+    Lesson("mixed_precision", "2018", "Micikevicius et al. 2018, Mixed Precision Training, Fig. 3",
+           "as a net fits, its activation gradients fall below fp16's 2^-24: unscaled fp16 flushes >= 5% of them "
+           "to zero, dynamic loss scaling recovers most of those (the far tail stays lost), bf16 loses < 0.1%",
+           "lineage_jax.lessons.mixed_precision", flags=("steps", "seed")),
 )}
 
 
