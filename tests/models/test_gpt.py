@@ -78,7 +78,7 @@ def test_scan_equals_unrolled_and_chunking_is_exact(chunks):
     chex.assert_trees_all_close(out, ref, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("remat", [pytest.param("full", marks=pytest.mark.slow), "dots"])
 def test_remat_keeps_gradients(remat):
     params = init(SMALL)
     tokens = jax.random.randint(jax.random.key(3), (2, SMALL.context), 0, SMALL.vocab_size)

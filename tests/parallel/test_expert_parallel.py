@@ -48,11 +48,12 @@ def one_device():
     return run(ONE)
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize("overrides", [                                    # -m slow: the explicit ones alone
     ["mesh.expert=4"],                                                        # GSPMD: rules map 'expert'
-    ["mesh.expert=4", "parallel.form=shard_map"],                             # explicit all-to-alls
-    ["mesh.expert=2", "mesh.tensor=2", "parallel.form=shard_map"],            # + Megatron TP of each expert
-    ["mesh.expert=2", "mesh.fsdp=2", "parallel.zero_stage=3", "parallel.form=shard_map"],   # + FSDP
+    pytest.param(["mesh.expert=4", "parallel.form=shard_map"], marks=pytest.mark.slow),   # explicit all-to-alls
+    pytest.param(["mesh.expert=2", "mesh.tensor=2", "parallel.form=shard_map"],           # + Megatron TP of each
+                 marks=pytest.mark.slow),                                                 # expert
+    ["mesh.expert=2", "mesh.fsdp=2", "parallel.zero_stage=3", "parallel.form=shard_map"],   # explicit + FSDP
 ], ids=["gspmd", "shard_map", "shard_map+tp", "shard_map+zero3"])
 def test_expert_parallel_equals_one_device(one_device, overrides):
     ep = run(overrides)
@@ -74,7 +75,7 @@ def test_expert_weights_are_sharded_over_the_expert_axis():
     assert router.is_fully_replicated                         # every device routes over all experts
 
 
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_explicit_forward_has_two_all_to_alls_per_moe_layer(scan):
     cfg = load_config("moe_tiny", SMALL + ["mesh.expert=4", "parallel.form=shard_map",
                                            f"model.scan_layers={str(scan).lower()}"])

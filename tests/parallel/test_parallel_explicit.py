@@ -11,7 +11,7 @@ import pytest
 from lineage_jax.config import load_config
 from lineage_jax.train.setup import build
 from parallel.report.collectives import collectives_by_op
-from tests.parallel.test_parallel_gspmd import MODEL, ONE, STRATEGIES, rel_err, without_key_bias
+from tests.parallel.test_parallel_gspmd import MODEL, ONE, STRATEGIES, matrix, rel_err, without_key_bias
 
 STEPS = 10
 _RUNS: dict = {}
@@ -41,7 +41,7 @@ def run(name, precision="fp32", extra=()):
     return out
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
+@pytest.mark.parametrize("name", matrix(STRATEGIES))
 def test_explicit_equals_one_device(name):
     ref, out = run("one"), run(name)
     assert rel_err(out["mu"], ref["mu"]) <= 1e-5                 # the reduced, clipped gradient

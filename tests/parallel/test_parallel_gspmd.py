@@ -82,7 +82,16 @@ def reference():
     return run(ONE)
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
+# The default suite runs one strategy of each kind (data parallel, ZeRO over data, ZeRO-3 over fsdp, the
+# 3-D mesh with TP+SP); ``-m slow`` runs them all.
+FAST = ("DP", "ZeRO-1/data", "ZeRO-3", "DPxFSDPxTP")
+
+
+def matrix(names):
+    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", matrix(STRATEGIES))
 def test_strategy_equals_one_device(name, reference):
     out = run(STRATEGIES[name])
     assert rel_err(out["logits"], reference["logits"]) <= 1e-5
@@ -135,6 +144,7 @@ def test_zero_without_a_data_parallel_axis_is_refused():
     assert strategy_for({"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}, zero_stage=3).zero_stage == 3   # 1 device
 
 
+@pytest.mark.slow   # the explicit form's bf16 test runs by default
 def test_bf16_policy_tracks_one_device_within_a_looser_bound(reference):
     """bf16 compute with f32 master weights: sharded bf16 equals single-device bf16 to bf16's
     precision (2e-2 on the loss), and stays near the f32 run (5e-2)."""
