@@ -29,6 +29,32 @@ def _init_devices(n: int | None) -> None:
         raise ConfigError(f"--devices={n}: JAX already initialised with {jax.device_count()} devices")
 
 
+def _init_jax(args) -> None:
+    """``_init_devices``, or, when this process is one of several (``--coordinator`` or the
+    ``LINEAGE_COORDINATOR`` the launcher sets), JAX's distributed runtime with ``--devices`` as
+    this process's local CPU devices; either way before any other JAX call."""
+    given = (getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None))
+    if not any(v is not None for v in given) and not os.environ.get("LINEAGE_COORDINATOR"):
+        return _init_devices(args.devices)
+    from parallel import distributed
+    cluster = distributed.cluster_from(*given, local_devices=args.devices)
+    if cluster is None:
+        return _init_devices(args.devices)
+    distributed.initialize(cluster)
+    import jax
+    n = cluster.local_devices
+    if n is not None and jax.default_backend() == "cpu" and jax.local_device_count() != n:
+        raise ConfigError(f"--devices={n}: this process started with {jax.local_device_count()} local devices")
+
+
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="one of several processes: process 0's address (or 'auto': detect the cluster); "
+                        "default $LINEAGE_COORDINATOR. --devices is then the CPU devices of each process")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
+    p.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's index, 0..N-1")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML preset path or name in configs/ (default: tiny)")
     p.add_argument("--devices", type=int, default=None, help="emulate N CPU devices (before JAX starts)")
@@ -37,9 +63,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    _init_devices(args.devices)
+    _init_jax(args)
     from lineage_jax.train.loop import train
     summary = train(cfg, progress=not args.no_progress, sample_chars=0 if args.no_sample else 300)
+    (index, count), (lo, hi) = summary["process"], summary["process_rows"]
+    if count > 1:   # each process's own log says what it read
+        print(f"process {index} of {count}: held rows {lo}..{hi - 1} of every batch of {cfg.train.batch_size}; "
+              f"read {summary['rows_read']['train']} train and {summary['rows_read']['eval']} eval rows")
     first, final = summary["first_loss"], summary["final_loss"]
     print(f"done: {summary['steps']} steps, loss {first:.3f} -> {final:.3f}"
           + (f" ({100 * (1 - final / first):.0f}% lower)" if first else "")
@@ -199,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-sample", action="store_true", help="skip the sample printed after training")
+    _add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from the latest checkpoint of a run")

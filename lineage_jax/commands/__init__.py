@@ -13,6 +13,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.lesson",
     "lineage_jax.commands.data",
     "lineage_jax.commands.tokenizer",
+    "lineage_jax.commands.launch",
 )
 
 BENCH_TARGETS: dict[str, str] = {

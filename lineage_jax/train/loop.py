@@ -77,8 +77,8 @@ def draw(sampler: Sampler, position: int, batch_size: int):
 
 
 def _eval_loss(setup, params, sampler: Sampler, n_batches: int) -> float:
-    B = setup.cfg.train.batch_size
-    losses = [setup.eval_step(params, setup.put_batch(draw(sampler, i * B, B))) for i in range(n_batches)]
+    B, (lo, hi) = setup.cfg.train.batch_size, setup.process_rows()
+    losses = [setup.eval_step(params, setup.put_batch(draw(sampler, i * B + lo, hi - lo), B)) for i in range(n_batches)]
     return float(np.mean(jax.device_get(losses)))
 
 
@@ -125,6 +125,11 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     """Train (or resume) ``cfg``; return a summary {first_loss, final_loss, eval_loss, steps, ...}.
 
     ``stop_at`` ends this invocation after that step, checkpointed, as a killed run would end.
+
+    Multi-process (``parallel.distributed``): every process runs this same function; each draws only
+    its own rows of every global batch (``Setup.process_rows``; the global order is the sampler's,
+    whatever the process count) and Orbax writes each process's shards of a checkpoint. Only
+    process 0 (``is_main``) writes metrics.jsonl, config.yaml, loss.png and shows progress.
     """
     run_dir = Path(cfg.run_dir)
     check_resumable(cfg, run_dir)
@@ -135,6 +140,9 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     setup = build(cfg, compile_steps=False)            # mesh/batch/divisibility checks before compiling
     T, B = cfg.model.context, cfg.train.batch_size
     train_data, eval_data = samplers(setup, tokenizer)
+    is_main = jax.process_index() == 0                 # multi-process: the one writer of run files
+    lo, hi = setup.process_rows(B)                     # this process's rows of each global batch
+    progress = progress and is_main
 
     compile_all(setup)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,12 +152,15 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     if restored is None:
         state = setup.init_state(jax.random.key(cfg.train.seed))
         position, start = 0, 0
-        metrics_path.unlink(missing_ok=True)
+        if is_main:
+            metrics_path.unlink(missing_ok=True)
     else:
         start, state, meta = restored
         position = int(meta["data_position"])
-        _truncate_metrics(metrics_path, start, note=tqdm.write)
-    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if is_main:
+            _truncate_metrics(metrics_path, start, note=tqdm.write)
+    if is_main:
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"train {run_dir.name}")
@@ -158,7 +169,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     window, t_window, rows, step, bad_run = [], time.perf_counter(), [], start, 0
     try:
         for step in range(start, min(cfg.train.steps, stop_at or cfg.train.steps)):
-            state, metrics = setup.train_step(state, setup.put_batch(draw(train_data, position, B)))
+            state, metrics = setup.train_step(state, setup.put_batch(draw(train_data, position + lo, hi - lo), B))
             position += B
             window.append(metrics)
             done = step + 1
@@ -177,7 +188,8 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
                 if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
                     row["eval_loss"] = _eval_loss(setup, state.params, eval_data, cfg.train.eval_batches)
                 rows.append(row)
-                _append_jsonl(metrics_path, [row])
+                if is_main:
+                    _append_jsonl(metrics_path, [row])
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row.get('lr', 0):.2e}",
                                 tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 window, t_window = [], time.perf_counter()
@@ -190,7 +202,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
             done = int(jax.device_get(state.step))
             if done * B == position and done > (mngr.latest_step() or 0) and not bad_run:
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done})
-                if window:   # the saved step's row, so every saved step has one
+                if window and is_main:   # the saved step's row, so every saved step has one
                     window = jax.device_get(window)
                     _append_jsonl(metrics_path, [{"step": done, **{k: _mean([m[k] for m in window]) for k in window[0]},
                                                   "tokens_per_s": len(window) * B * T / (time.perf_counter() - t_window)}])
@@ -203,13 +215,16 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
         mngr.wait_until_finished()
         mngr.close()
 
-    history = read_metrics(metrics_path)
-    plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
+    history = read_metrics(metrics_path) if is_main else rows    # other processes: this invocation's rows
+    if is_main:
+        plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
     summary = {"steps": int(jax.device_get(state.step)), "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None,
                "eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
-               "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir)}
-    if sample_chars:
+               "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir),
+               "process": [jax.process_index(), jax.process_count()], "process_rows": [lo, hi],
+               "rows_read": {"train": train_data.rows_read, "eval": eval_data.rows_read}}
+    if sample_chars and jax.process_count() == 1:   # sampling is a single-process program
         summary["sample"] = generate_text(setup.model, state.params, tokenizer, prompt="def ",
                                           max_new_tokens=sample_chars, temperature=0.8, seed=cfg.train.seed)
     return summary
