@@ -109,7 +109,10 @@ def initialize(cluster: Cluster) -> None:
                                "'gloo'; unset it (or set JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo)")
     if jax.distributed.is_initialized():
         return
-    kw = dict(initialization_timeout=cluster.init_timeout, heartbeat_timeout_seconds=cluster.heartbeat_timeout)
+    import inspect
+    accepted = inspect.signature(jax.distributed.initialize).parameters   # names vary across JAX versions
+    kw = {k: v for k, v in (("initialization_timeout", cluster.init_timeout),
+                            ("heartbeat_timeout_seconds", cluster.heartbeat_timeout)) if k in accepted}
     try:
         if cluster.coordinator == "auto":
             jax.distributed.initialize(**kw)
