@@ -101,9 +101,10 @@ def initialize(cluster: Cluster) -> None:
     import jax
     if cluster.local_devices is not None:
         set_local_cpu_devices(cluster.local_devices)
-    impl = jax.config.jax_cpu_collectives_implementation
+    flag = "jax_cpu_collectives_implementation"
+    impl = getattr(jax.config, flag, "gloo")   # a JAX without the option has gloo only
     if impl in (None, "", "none"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.config.update(flag, "gloo")
     elif impl != "gloo":
         raise DistributedError(f"jax_cpu_collectives_implementation={impl!r}: multi-process CPU runs here use "
                                "'gloo'; unset it (or set JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo)")

@@ -79,3 +79,14 @@ def test_lineage_train_refuses_bad_process_flags_in_one_line(capsys, flags, word
     assert cli.main(["train", *flags, "train.steps=100"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and words in err and "\n" not in err
+
+
+def test_cross_process_cpu_collectives_other_than_gloo_are_refused():
+    from parallel.distributed import initialize
+    before = jax.config.jax_cpu_collectives_implementation
+    jax.config.update("jax_cpu_collectives_implementation", "mpi")
+    try:
+        with pytest.raises(DistributedError, match="jax_cpu_collectives_implementation='mpi'.*use 'gloo'"):
+            initialize(Cluster("localhost:1", 2, 0))              # refused before it tries to connect
+    finally:
+        jax.config.update("jax_cpu_collectives_implementation", before)

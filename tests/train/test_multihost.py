@@ -106,6 +106,10 @@ def test_a_checkpoint_of_two_processes_restores_bit_exact_on_other_topologies(ru
     parameter and moment sharded) and 1 × 1: bit-identical, and identical to what the two processes
     digested (SHA-256 of the gathered state) when they saved it."""
     base, _ = runs
+    step = base / "two" / "checkpoints" / str(STEPS)
+    for i in (0, 1):                                       # each process wrote its own shards ...
+        assert any((step / "state" / f"ocdbt.process_{i}" / "d").iterdir())
+    assert (step / "commit_success.txt").is_file()         # ... and the step was committed once
     cfg = cfg_for(base / "one")
     states = [restored(base / "two", cfg),
               restored(base / "two", cfg_for(base / "one", "mesh.data=1", "mesh.fsdp=-1", "parallel.zero_stage=3")),
@@ -176,3 +180,20 @@ def test_two_processes_match_one_under_zero3_and_tensor_parallel(tmp_path, strat
           f"opt_state {max_diff(a.opt_state, b.opt_state):.2e}")
     assert len(two) == len(one) == STEPS and loss_diff <= 1e-6
     assert max_diff(a.params, b.params) <= 1e-5 and max_diff(a.opt_state, b.opt_state) <= 1e-5
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_two_processes_resumes_on_four_processes(runs):
+    """Saved by 2 × 4 (data=8), resumed by 4 processes × 2 devices to STEPS + 2: the 1 × 8 run's state."""
+    base, _ = runs
+    shutil.copytree(base / "two", base / "four")
+    assert launch_train(base / "four", base / "logs4", f"train.steps={STEPS + 2}", processes=4, devices=2) == 0
+    cfg = cfg_for(base / "one")
+    r, meta = restored(base / "four", cfg)
+    s, _ = restored(base / "one", cfg)
+    print(f"\nsaved 2x4 at {STEPS}, resumed 4x2 to {STEPS + 2} vs 1x8 throughout: params {max_diff(r.params, s.params):.2e}")
+    assert int(r.step) == STEPS + 2 and meta["data_position"] == (STEPS + 2) * 8
+    assert max_diff(r.params, s.params) <= 1e-5 and max_diff(r.opt_state, s.opt_state) <= 1e-5
+    assert [m["step"] for m in metrics(base / "four")] == list(range(1, STEPS + 3))
+    logs = [(base / "logs4" / f"process-{i}.log").read_text(errors="replace") for i in range(4)]
+    assert all(f"held rows {2 * i}..{2 * i + 1} of every batch of 8; read 4 train" in log for i, log in enumerate(logs))
