@@ -308,6 +308,18 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     return args
 
 
+def _leave(code: int) -> int:
+    """``code``; but a failing process of a multi-process run leaves at once (``os._exit``) instead of
+    waiting at JAX's shutdown barrier for processes still in their next collective, which would hang
+    them all for the shutdown timeout (5 min); its silence stops them within the heartbeat timeout."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     if getattr(args, "steps", 1) < 1:
@@ -317,15 +329,19 @@ def main(argv=None) -> int:
         return args.func(args)
     except UserError as e:   # one line for what a user can fix; a bug stays a traceback
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _leave(2)
     except Exception as e:
         from parallel import MeshError   # parallel/'s own kind (it knows nothing of lineage_jax); imported
         if isinstance(e, MeshError):     # only here, since parallel/ imports JAX and listings must not
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return _leave(2)
+        if "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized():
+            import traceback
+            traceback.print_exc()
+            _leave(1)
         raise
     except KeyboardInterrupt:
-        return 130
+        return _leave(130)
 
 
 if __name__ == "__main__":

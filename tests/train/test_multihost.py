@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -197,3 +199,43 @@ def test_a_checkpoint_of_two_processes_resumes_on_four_processes(runs):
     assert [m["step"] for m in metrics(base / "four")] == list(range(1, STEPS + 3))
     logs = [(base / "logs4" / f"process-{i}.log").read_text(errors="replace") for i in range(4)]
     assert all(f"held rows {2 * i}..{2 * i + 1} of every batch of 8; read 4 train" in log for i, log in enumerate(logs))
+
+
+INJECT = """import os, sys
+from lineage_jax.train import loop
+if os.environ["LINEAGE_PROCESS_ID"] == "1":      # process 1 fails in Python at its 3rd step
+    real, calls = loop._finite, []
+    def failing(metrics):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure in process 1")
+        return real(metrics)
+    loop._finite = failing
+from lineage_jax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_process_failing_with_an_error_mid_run_stops_the_other(tmp_path):
+    """Process 1 raises in Python mid-run (injected): it prints its traceback and leaves at once, and
+    process 0 stops within the heartbeat, instead of both waiting out JAX's shutdown barrier (5 min:
+    a normal interpreter exit waits there while process 0 waits in its next collective)."""
+    (tmp_path / "inject.py").write_text(INJECT)
+    coordinator = f"127.0.0.1:{launch.free_port()}"
+    cmd = ["train", "--no-progress", "--no-sample", *SMALL, "train.steps=1000", f"run_dir={tmp_path / 'run'}"]
+    procs = []
+    try:
+        for i in (0, 1):
+            env = launch.process_env(i, 2, coordinator, 4, heartbeat=5)
+            env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
+            log = open(tmp_path / f"process-{i}.log", "wb")   # noqa: SIM115 - closed by launch.stop
+            procs.append(subprocess.Popen([sys.executable, str(tmp_path / "inject.py"), *cmd], stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
+            procs[-1].log = log
+        codes = launch.wait(procs, grace=90, timeout=240)
+    finally:
+        launch.stop(procs)
+    logs = [(tmp_path / f"process-{i}.log").read_text(errors="replace") for i in (0, 1)]
+    assert codes[1] == 1 and "RuntimeError: injected failure in process 1" in logs[1], logs[1][-2000:]
+    assert codes[0] not in (None, 0), logs[0][-2000:]            # stopped by itself, not killed at grace
