@@ -216,7 +216,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.slow
 def test_a_process_failing_with_an_error_mid_run_stops_the_other(tmp_path):
     """Process 1 raises in Python mid-run (injected): it prints its traceback and leaves at once, and
     process 0 stops within the heartbeat, instead of both waiting out JAX's shutdown barrier (5 min:
