@@ -30,6 +30,32 @@ def _init_devices(n: int | None) -> None:
         raise ConfigError(f"--devices={n}: JAX already initialised with {jax.device_count()} devices")
 
 
+def _init_jax(args) -> None:
+    """``_init_devices``, or, when this process is one of several (``--coordinator`` or the
+    ``LINEAGE_COORDINATOR`` the launcher sets), JAX's distributed runtime with ``--devices`` as
+    this process's local CPU devices; either way before any other JAX call."""
+    given = (getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None))
+    if not any(v is not None for v in given) and not os.environ.get("LINEAGE_COORDINATOR"):
+        return _init_devices(args.devices)
+    from parallel import distributed
+    cluster = distributed.cluster_from(*given, local_devices=args.devices)
+    if cluster is None:
+        return _init_devices(args.devices)
+    distributed.initialize(cluster)
+    import jax
+    n = cluster.local_devices
+    if n is not None and jax.default_backend() == "cpu" and jax.local_device_count() != n:
+        raise ConfigError(f"--devices={n}: this process started with {jax.local_device_count()} local devices")
+
+
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="one of several processes: process 0's address (or 'auto': detect the cluster); "
+                        "default $LINEAGE_COORDINATOR. --devices is then the CPU devices of each process")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
+    p.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's index, 0..N-1")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML preset path or name in configs/ (default: tiny)")
     p.add_argument("--devices", type=int, default=None, help="emulate N CPU devices (before JAX starts)")
@@ -39,13 +65,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     get_tokenizer(cfg.data.tokenizer)      # an unknown name or a broken tokenizer file: one line before JAX starts
-    _init_devices(args.devices)
+    _init_jax(args)
     from lineage_jax.train.loop import train
     if cfg.optim.warmup_steps > cfg.train.steps:
         print(f"note: optim.warmup_steps={cfg.optim.warmup_steps} is more than train.steps={cfg.train.steps}: "
               f"warming up over all {cfg.train.steps} steps", file=sys.stderr)
     summary = train(cfg, progress=not args.no_progress, sample_chars=0 if args.no_sample else 300,
                     overwrite=args.overwrite)
+    (index, count), (lo, hi) = summary["process"], summary["process_rows"]
+    if count > 1:   # each process's own log says what it read
+        print(f"process {index} of {count}: held rows {lo}..{hi - 1} of every batch of {cfg.train.batch_size}; "
+              f"read {summary['rows_read']['train']} train and {summary['rows_read']['eval']} eval rows")
     first, final = summary["first_loss"], summary["final_loss"]
     print(f"done: {summary['steps']} steps, loss {first:.3f} -> {final:.3f}"
           + (f" ({100 * (1 - final / first):.0f}% lower)" if first else "")
@@ -226,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start run_dir afresh: clear the run's own files there (config, metrics, checkpoints), "
                         "keep any others")
+    _add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from the latest checkpoint of a run")
@@ -305,6 +336,18 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     return args
 
 
+def _leave(code: int) -> int:
+    """``code``; but a failing process of a multi-process run leaves at once (``os._exit``) instead of
+    waiting at JAX's shutdown barrier for processes still in their next collective, which would hang
+    them all for the shutdown timeout (5 min); its silence stops them within the heartbeat timeout."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     if getattr(args, "steps", 1) < 1:
@@ -314,15 +357,19 @@ def main(argv=None) -> int:
         return args.func(args)
     except UserError as e:   # one line for what a user can fix; a bug stays a traceback
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _leave(2)
     except Exception as e:
         from parallel import MeshError   # parallel/'s own kind (it knows nothing of lineage_jax); imported
         if isinstance(e, MeshError):     # only here, since parallel/ imports JAX and listings must not
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return _leave(2)
+        if "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized():
+            import traceback
+            traceback.print_exc()
+            _leave(1)
         raise
     except KeyboardInterrupt:
-        return 130
+        return _leave(130)
 
 
 if __name__ == "__main__":

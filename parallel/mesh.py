@@ -40,11 +40,20 @@ def resolve_mesh_shape(axes: Mapping[str, int], n_devices: int) -> dict[str, int
 
 
 def make_mesh(axes: Mapping[str, int], devices=None) -> Mesh:
-    """A GSPMD-style (Auto axes) mesh over ``devices`` (default: all) with axes MESH_AXES."""
-    devices = list(jax.devices() if devices is None else devices)
+    """A GSPMD-style (Auto axes) mesh over ``devices`` (default: all) with axes MESH_AXES.
+
+    Devices are grouped by process (stably, each process's own order kept), so with several
+    processes the process boundary falls on the outer axes (data, fsdp) and each tensor / expert
+    group, the innermost axes, stays inside one process (``distributed.check_process_boundary``)."""
+    devices = order_by_process(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(axes, len(devices))
     sizes = tuple(shape[a] for a in MESH_AXES)
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def order_by_process(devices) -> list:
+    """``devices`` grouped by process, each process's own order kept (a stable sort)."""
+    return sorted(devices, key=lambda d: d.process_index)
 
 
 def _fmt(shape: Mapping[str, int]) -> str:

@@ -14,6 +14,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.data",
     "lineage_jax.commands.tokenizer",
     "lineage_jax.commands.cache",
+    "lineage_jax.commands.launch",
 )
 
 BENCH_TARGETS: dict[str, str] = {

@@ -109,6 +109,7 @@ class Sampler:
         self._offsets = np.arange(self.seq_len + 1)
         self._orders: OrderedDict[int, np.ndarray] = OrderedDict()
         self._max_cached = max_cached_epochs
+        self.rows_read = 0   # sequences served by ``batch`` so far (a multi-process run reads only its own)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The window visiting order of ``epoch``: a permutation of ``range(num_windows)`` (cached)."""
@@ -136,6 +137,7 @@ class Sampler:
     def batch(self, position: int, batch_size: int) -> np.ndarray:
         """Sequences at global indices ``position ..``: int32 ``[batch_size, seq_len + 1]``."""
         starts = self.window_ids(position, batch_size) * self.seq_len
+        self.rows_read += batch_size
         return self.tokens[starts[:, None] + self._offsets]
 
 

@@ -36,7 +36,7 @@ class CheckpointError(UserError, FileNotFoundError):
 def manager(run_dir: str | Path, *, keep: int = 3, async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
     """A writing manager (``create``) first removes the ``*.orbax-checkpoint-tmp-*`` leftovers of a killed save."""
     directory = Path(run_dir).absolute() / "checkpoints"
-    if create and directory.is_dir():
+    if create and directory.is_dir() and jax.process_index() == 0:   # one process cleans up
         for tmp in directory.glob("*.orbax-checkpoint-tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
@@ -44,11 +44,22 @@ def manager(run_dir: str | Path, *, keep: int = 3, async_save: bool = True, crea
     return ocp.CheckpointManager(directory, options=options)
 
 
+def host_copy(tree: Any) -> Any:
+    """``jax.device_get(tree)``, except that an array spread over several processes is first gathered
+    from all of them (``process_allgather``: a collective, so every process calls this in step; it
+    costs each process a host copy of the whole state, which is fine for the models trained here)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                        if isinstance(x, jax.Array) and not x.is_fully_addressable else jax.device_get(x), tree)
+
+
 def digest(state: Any) -> dict:
     """{item: {"sha256", "layout"}} for params, opt_state and other (every other leaf): a SHA-256 over each
     leaf's path, dtype, shape and bytes in flattening order, and one over the paths/dtypes/shapes alone."""
     groups: dict[str, tuple[Any, Any]] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(host_copy(state))[0]:
         top = getattr(path[0], "name", getattr(path[0], "key", None)) if path else None
         data, layout = groups.setdefault(top if top in ("params", "opt_state") else "other",
                                          (hashlib.sha256(), hashlib.sha256()))
@@ -102,7 +113,7 @@ def _problem(state: Any, meta: dict) -> str | None:
                and saved[k]["sha256"] != d["sha256"]]
     if changed:
         return f"digest mismatch: {', '.join(changed)}"
-    host = jax.device_get(state)
+    host = host_copy(state)
     for item in ("params", "opt_state"):
         tree = host.get(item) if isinstance(host, dict) else getattr(host, item, None)
         leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]

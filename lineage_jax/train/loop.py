@@ -65,8 +65,8 @@ def draw(sampler: Sampler, position: int, batch_size: int):
 
 
 def _eval_loss(setup, params, sampler: Sampler, n_batches: int) -> float:
-    B = setup.cfg.train.batch_size
-    losses = [setup.eval_step(params, setup.put_batch(draw(sampler, i * B, B))) for i in range(n_batches)]
+    B, (lo, hi) = setup.cfg.train.batch_size, setup.process_rows()
+    losses = [setup.eval_step(params, setup.put_batch(draw(sampler, i * B + lo, hi - lo), B)) for i in range(n_batches)]
     return float(np.mean(jax.device_get(losses)))
 
 
@@ -117,6 +117,11 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     and checked before anything is written (``runs.rundir.check``); ``overwrite`` starts it afresh,
     clearing only the run's own files. ``stop_at`` ends this invocation after that step,
     checkpointed, as a killed run would end.
+
+    Multi-process (``parallel.distributed``): every process runs this same function; each draws only
+    its own rows of every global batch (``Setup.process_rows``; the global order is the sampler's,
+    whatever the process count) and Orbax writes each process's shards of a checkpoint. Only
+    process 0 (``is_main``) writes metrics.jsonl, config.yaml, loss.png and shows progress.
     """
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -125,16 +130,28 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise RunDirError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size} tokens; set model.vocab_size >= {tokenizer.vocab_size}")
+    if jax.process_index() > 0:                        # multi-process: process 0 locks and checks run_dir
+        _checked_by_process_0()
+        return _train_locked(cfg, run_dir, tokenizer, progress=progress, sample_chars=sample_chars, stop_at=stop_at)
     created = rundir.create(run_dir)
     try:
         with lock.hold(run_dir):
             rundir.check(run_dir, cfg.to_dict()["model"], cfg.data.tokenizer, tokenizer.fingerprint(),
                          overwrite=overwrite)
+            _checked_by_process_0()
             return _train_locked(cfg, run_dir, tokenizer, progress=progress, sample_chars=sample_chars,
                                  stop_at=stop_at)
     finally:
         if created and not any(run_dir.iterdir()):     # refused or failed before writing: leave no trace
             run_dir.rmdir()
+
+
+def _checked_by_process_0() -> None:
+    """Multi-process: every process waits here until process 0 holds the lock and has checked (or
+    cleared, with ``overwrite``) the run directory; one process alone goes straight on."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("lineage: run_dir locked and checked")
 
 
 def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, sample_chars: int,
@@ -143,6 +160,9 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
     setup = build(cfg, compile_steps=False)            # mesh/batch/divisibility checks before compiling
     T, B = cfg.model.context, cfg.train.batch_size
     train_data, eval_data = samplers(setup, tokenizer)
+    is_main = jax.process_index() == 0                 # multi-process: the one writer of run files
+    lo, hi = setup.process_rows(B)                     # this process's rows of each global batch
+    progress = progress and is_main
 
     compile_all(setup)
     mngr = ckpt.manager(run_dir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
@@ -152,10 +172,11 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
     if restored is None:
         state = setup.init_state(jax.random.key(cfg.train.seed))
         position, start = 0, 0
-        if metrics_path.is_file() and metrics_path.stat().st_size:   # a run stopped before its first save
-            tqdm.write(f"no checkpoint in {run_dir} yet: starting at step 0; dropping the metrics of unsaved steps",
-                       file=sys.stderr)
-        metrics_path.unlink(missing_ok=True)
+        if is_main:
+            if metrics_path.is_file() and metrics_path.stat().st_size:   # a run stopped before its first save
+                tqdm.write(f"no checkpoint in {run_dir} yet: starting at step 0; dropping the metrics of unsaved "
+                           "steps", file=sys.stderr)
+            metrics_path.unlink(missing_ok=True)
     else:
         start, state, meta = restored
         problem = rundir.tokenizer_problem({"spec": "?", **(meta.get("tokenizer") or {})}, cfg.data.tokenizer,
@@ -165,9 +186,11 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
             raise RunDirError(f"run_dir {run_dir}: checkpoint step {start} {problem}; use the tokenizer it was "
                               f"trained with, a new run_dir, or --overwrite to start afresh there")
         position = int(meta["data_position"])
-        _truncate_metrics(metrics_path, start, note=tqdm.write)
-    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    atomic.write_text(run_dir / rundir.RUN_JSON, json.dumps({"tokenizer": record}, indent=1) + "\n")
+        if is_main:
+            _truncate_metrics(metrics_path, start, note=tqdm.write)
+    if is_main:
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic.write_text(run_dir / rundir.RUN_JSON, json.dumps({"tokenizer": record}, indent=1) + "\n")
     saved_meta = {"tokenizer": {"spec": cfg.data.tokenizer, "sha256": record["sha256"]}}
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
@@ -177,7 +200,7 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
     window, t_window, rows, step, bad_run = [], time.perf_counter(), [], start, 0
     try:
         for step in range(start, min(cfg.train.steps, stop_at or cfg.train.steps)):
-            state, metrics = setup.train_step(state, setup.put_batch(draw(train_data, position, B)))
+            state, metrics = setup.train_step(state, setup.put_batch(draw(train_data, position + lo, hi - lo), B))
             position += B
             window.append(metrics)
             done = step + 1
@@ -196,7 +219,8 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
                 if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
                     row["eval_loss"] = _eval_loss(setup, state.params, eval_data, cfg.train.eval_batches)
                 rows.append(row)
-                _append_jsonl(metrics_path, [row])
+                if is_main:
+                    _append_jsonl(metrics_path, [row])
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row.get('lr', 0):.2e}",
                                 tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
                 window, t_window = [], time.perf_counter()
@@ -209,7 +233,7 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
             done = int(jax.device_get(state.step))
             if done * B == position and done > (mngr.latest_step() or 0) and not bad_run:
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done, **saved_meta})
-                if window:   # the saved step's row, so every saved step has one
+                if window and is_main:   # the saved step's row, so every saved step has one
                     window = jax.device_get(window)
                     _append_jsonl(metrics_path, [{"step": done, **{k: _mean([m[k] for m in window]) for k in window[0]},
                                                   "tokens_per_s": len(window) * B * T / (time.perf_counter() - t_window)}])
@@ -222,13 +246,16 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
         mngr.wait_until_finished()
         mngr.close()
 
-    history = read_metrics(metrics_path)
-    plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
+    history = read_metrics(metrics_path) if is_main else rows    # other processes: this invocation's rows
+    if is_main:
+        plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
     summary = {"steps": int(jax.device_get(state.step)), "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None,
                "eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
-               "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir)}
-    if sample_chars:
+               "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir),
+               "process": [jax.process_index(), jax.process_count()], "process_rows": [lo, hi],
+               "rows_read": {"train": train_data.rows_read, "eval": eval_data.rows_read}}
+    if sample_chars and jax.process_count() == 1:   # sampling is a single-process program
         summary["sample"] = generate_text(setup.model, state.params, tokenizer, prompt="def ",
                                           max_new_tokens=sample_chars, temperature=0.8, seed=cfg.train.seed)
     return summary

@@ -14,11 +14,12 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import parallel
-from parallel import precision
+from parallel import distributed, precision
 from lineage_jax.config import Config
 from lineage_jax import models
 from lineage_jax.models import GPT
@@ -77,14 +78,25 @@ class Setup:
                          weights=spec((b, T), jnp.float32))
         return batch
 
-    def put_batch(self, batch) -> dict:
+    def process_rows(self, batch_size: int | None = None) -> tuple[int, int]:
+        """The rows ``[lo, hi)`` of a global batch that this process's devices hold: all of them in a
+        single-process run; with several processes, this process's contiguous block (``put_batch``)."""
+        b = batch_size or self.cfg.train.batch_size
+        return (0, b) if jax.process_count() == 1 else distributed.process_rows(self.batch_sharding, b)
+
+    def put_batch(self, batch, batch_size: int | None = None) -> dict:
         """Host batch -> device arrays laid out over the batch axes: a token array [B, T+1], or a
-        dict of them (``PackedSampler.batch_with_segments``)."""
+        dict of them (``PackedSampler.batch_with_segments``). With several processes ``batch`` is
+        this process's rows (``process_rows``) of a ``batch_size``-row global batch, assembled with
+        ``jax.make_array_from_process_local_data``: no process ever holds another's rows."""
         batch = batch if isinstance(batch, dict) else {"tokens": batch}
-        like = self.abstract_batch(len(batch["tokens"]))
+        like = self.abstract_batch(batch_size or len(batch["tokens"]))
         if set(batch) != set(like):
             raise ValueError(f"batch has {sorted(batch)}; this setup compiled for {sorted(like)}")
-        return {k: jax.device_put(jnp.asarray(v, like[k].dtype), self.batch_sharding) for k, v in batch.items()}
+        if jax.process_count() == 1:
+            return {k: jax.device_put(jnp.asarray(v, like[k].dtype), self.batch_sharding) for k, v in batch.items()}
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v, like[k].dtype),
+                                                          like[k].shape) for k, v in batch.items()}
 
 
 def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
@@ -97,6 +109,7 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = parallel.resolve_mesh_shape(dataclasses.asdict(cfg.mesh), len(devices))
     mesh = parallel.make_mesh(mesh_shape, devices)
+    distributed.check_process_boundary(mesh)   # several processes: tensor/expert groups stay inside one
     strategy = parallel.strategy_for(mesh_shape, zero_stage=cfg.parallel.zero_stage,
                                      sequence_parallel=cfg.parallel.sequence_parallel)
     micro = cfg.train.batch_size // cfg.train.grad_accum
