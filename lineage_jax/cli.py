@@ -77,6 +77,9 @@ def cmd_train(args) -> int:
         print(f"process {index} of {count}: held rows {lo}..{hi - 1} of every batch of {cfg.train.batch_size}; "
               f"read {summary['rows_read']['train']} train and {summary['rows_read']['eval']} eval rows")
     first, final = summary["first_loss"], summary["final_loss"]
+    if first is None:   # a process other than 0 resumed a finished run: it logged no row
+        print(f"done: {summary['steps']} steps (already trained); run files in {summary['run_dir']}")
+        return 0
     print(f"done: {summary['steps']} steps, loss {first:.3f} -> {final:.3f}"
           + (f" ({100 * (1 - final / first):.0f}% lower)" if first else "")
           + (f", eval {summary['eval_loss']:.3f}" if summary["eval_loss"] is not None else "")

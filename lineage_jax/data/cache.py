@@ -33,6 +33,8 @@ def save(path: Path, array: np.ndarray) -> None:
     try:
         with open(tmp, "wb") as f:
             np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -94,10 +96,27 @@ def prune(data_dir: str | Path, max_bytes: int = 0) -> list[dict]:
         if e["name"] != "(temporary files)" and kept + e["bytes"] <= max_bytes:
             kept += e["bytes"]
             continue
-        for f in e["files"]:
+        files = [f for f in e["files"] if not _being_written(Path(f))]
+        size = sum(Path(f).stat().st_size for f in files if Path(f).exists())
+        for f in files:
             Path(f).unlink(missing_ok=True)
-        removed.append(e)
+        if files:
+            removed.append({**e, "files": files, "bytes": size})
     return removed
+
+
+def _being_written(path: Path) -> bool:
+    """A ``*.<pid>.<id>.tmp`` file whose writer (the pid in its name) is still alive: a run tokenizing now."""
+    parts = path.name.split(".")
+    if not path.name.endswith(".tmp") or len(parts) < 4 or not parts[-3].isdigit():
+        return False
+    try:
+        os.kill(int(parts[-3]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def age(seconds_since_epoch: float) -> str:

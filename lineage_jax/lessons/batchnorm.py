@@ -161,16 +161,18 @@ QUICK = dict(steps=300, lrs="8.0", n_train=2048, n_test=512, mismatch_sizes="1,2
 def supports(rows: list[dict]) -> bool:
     """At every learning rate BN reaches the target in fewer steps than the plain net (which may never reach
     it); at batch size 1 BN's training mode is ≥ 20 points less accurate than its eval mode; LayerNorm's two
-    modes agree exactly."""
+    modes agree (to rounding: another batch size may run another kernel)."""
     race = {(r["lr"], r["norm"]): r["steps_to_target"] for r in rows if "steps_to_target" in r}
     mismatch = [r for r in rows if "batch_size" in r]
-    bn1 = next(r for r in mismatch if r["norm"] == "batch" and r["batch_size"] == 1)
+    bn1 = next((r for r in mismatch if r["norm"] == "batch" and r["batch_size"] == 1), None)
     ln = [r for r in mismatch if r["norm"] == "layer"]
+    if bn1 is None:        # mismatch_sizes without 1: the claim about batch size 1 was not measured
+        return False
     faster = [race[lr, "batch"] is not None and (race[lr, "none"] is None or race[lr, "batch"] < race[lr, "none"])
               for lr in {lr for lr, _ in race}]
     return (bool(faster) and all(faster)
             and bn1["eval_accuracy"] - bn1["train_mode_accuracy"] >= 0.2
-            and bool(ln) and all(r["max_logit_difference"] == 0.0 for r in ln))
+            and bool(ln) and all(r["max_logit_difference"] <= 1e-5 for r in ln))   # the same function, to rounding
 
 
 def train(cfg: Config, norm: str, lr: float, data, progress: bool):

@@ -139,13 +139,17 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract: Any, *, params_on
     directory = Path(mngr.directory)
     bad: list[tuple[int, str]] = []
     for step in _steps(directory):
+        reason = None
         try:
             state, meta = (restore_params if params_only else restore)(mngr, step, abstract)
-            reason = _problem({"params": state} if params_only else state, meta)
         except Exception as e:  # noqa: BLE001 - any failure to read a step makes that step unusable
             while e.__cause__ is not None:      # Orbax wraps TensorStore's own (informative) error
                 e = e.__cause__
             reason = f"{type(e).__name__}: {(str(e).splitlines() or ['no message'])[0][:200]}"
+        if not _everywhere(reason is None):     # every process takes the same verdict, in step
+            reason = reason or "unreadable on another process (its log says why)"
+        if reason is None:
+            reason = _problem({"params": state} if params_only else state, meta)   # a collective: all or none
         if reason is None:
             if bad:
                 _set_aside(mngr, bad, move_bad, log)
@@ -159,11 +163,24 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract: Any, *, params_on
     return None
 
 
+def _everywhere(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (this one alone: ``ok``)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
 def _set_aside(mngr: ocp.CheckpointManager, bad: list[tuple[int, str]], move: bool, log) -> None:
+    """Name each damaged step; with ``move``, process 0 renames it into ``checkpoints-corrupt/`` and every
+    process reloads the manager once that is done."""
     directory = Path(mngr.directory)
+    mover = jax.process_index() == 0
     for step, reason in bad:
         where = ""
-        if move:
+        if move and not mover:
+            where = "; process 0 moves it to checkpoints-corrupt/"
+        elif move:
             slug = "".join(c if c.isalnum() else "-" for c in reason.split(":")[0])[:40].strip("-").lower()
             dest = directory.parent / "checkpoints-corrupt" / f"{step}-{slug}"
             n = 1
@@ -174,4 +191,7 @@ def _set_aside(mngr: ocp.CheckpointManager, bad: list[tuple[int, str]], move: bo
             where = f"; moved to {dest}"
         log(f"checkpoint step {step} in {directory} is damaged ({reason}){where}")
     if move:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("lineage: damaged checkpoints set aside")
         mngr.reload()

@@ -115,7 +115,8 @@ def check(run_dir: Path, model: dict, tokenizer_spec: str, tokenizer_sha256: str
 
 def clear(run_dir: Path) -> None:
     """Remove the run's own files (the lock excepted: it is held); anything else stays."""
-    for p in run_dir.iterdir():
-        if not is_own(p.name) or p.name == LOCK_NAME:
-            continue
+    own = [p for p in run_dir.iterdir() if is_own(p.name) and p.name != LOCK_NAME]
+    # files first, checkpoints last: a kill midway leaves checkpoints without metrics (resumable),
+    # never metrics without checkpoints (refused until --overwrite)
+    for p in sorted(own, key=lambda p: p.is_dir() and not p.is_symlink()):
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -130,32 +130,42 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise RunDirError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size} tokens; set model.vocab_size >= {tokenizer.vocab_size}")
+    kw = dict(progress=progress, sample_chars=sample_chars, stop_at=stop_at, overwrite=overwrite)
     if jax.process_index() > 0:                        # multi-process: process 0 locks and checks run_dir
-        _checked_by_process_0()
-        return _train_locked(cfg, run_dir, tokenizer, progress=progress, sample_chars=sample_chars, stop_at=stop_at)
+        if not _verdict_of_process_0(True):
+            raise RunDirError(f"run_dir {run_dir}: process 0 refused it (its log says why)")
+        return _train_locked(cfg, run_dir, tokenizer, **kw)
     created = rundir.create(run_dir)
     try:
         with lock.hold(run_dir):
-            rundir.check(run_dir, cfg.to_dict()["model"], cfg.data.tokenizer, tokenizer.fingerprint(),
-                         overwrite=overwrite)
-            _checked_by_process_0()
-            return _train_locked(cfg, run_dir, tokenizer, progress=progress, sample_chars=sample_chars,
-                                 stop_at=stop_at)
+            try:
+                rundir.check(run_dir, cfg.to_dict()["model"], cfg.data.tokenizer, tokenizer.fingerprint(),
+                             overwrite=overwrite)
+            except UserError:
+                _verdict_of_process_0(False)
+                raise
+            _verdict_of_process_0(True)
+            return _train_locked(cfg, run_dir, tokenizer, **kw)
+    except lock.RunDirBusyError:
+        _verdict_of_process_0(False)
+        raise
     finally:
         if created and not any(run_dir.iterdir()):     # refused or failed before writing: leave no trace
             run_dir.rmdir()
 
 
-def _checked_by_process_0() -> None:
-    """Multi-process: every process waits here until process 0 holds the lock and has checked (or
-    cleared, with ``overwrite``) the run directory; one process alone goes straight on."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("lineage: run_dir locked and checked")
+def _verdict_of_process_0(ok: bool) -> bool:
+    """Multi-process: process 0, holding the lock, tells every process whether run_dir passed its check
+    (or was cleared, with ``overwrite``): the others wait for it, and a refusal ends each of them in
+    one line rather than a hang. One process alone: ``ok`` as it is."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, sample_chars: int,
-                  stop_at: int | None) -> dict:
+                  stop_at: int | None, overwrite: bool) -> dict:
     """``train`` with ``run_dir`` locked and checked."""
     setup = build(cfg, compile_steps=False)            # mesh/batch/divisibility checks before compiling
     T, B = cfg.model.context, cfg.train.batch_size
@@ -229,9 +239,10 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done, **saved_meta})
             bar.update(1)
     except KeyboardInterrupt:
-        try:  # save the last completed step unless the interrupt hit mid-update
-            done = int(jax.device_get(state.step))
-            if done * B == position and done > (mngr.latest_step() or 0) and not bad_run:
+        try:  # save the last completed step unless the interrupt hit mid-update (one process: a save is a
+            done = int(jax.device_get(state.step))   # collective, and the others may stop a step apart)
+            if done * B == position and done > (mngr.latest_step() or 0) and not bad_run \
+                    and jax.process_count() == 1:
                 ckpt.save(mngr, done, state, {"data_position": position, "step": done, **saved_meta})
                 if window and is_main:   # the saved step's row, so every saved step has one
                     window = jax.device_get(window)
@@ -239,7 +250,8 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
                                                   "tokens_per_s": len(window) * B * T / (time.perf_counter() - t_window)}])
         except Exception:  # noqa: BLE001 - the donated state may be gone; the last checkpoint stands
             pass
-        tqdm.write(f"interrupted; rerun the same command to resume from step {mngr.latest_step()}")
+        again = "rerun the command without --overwrite" if overwrite else "rerun the same command"
+        tqdm.write(f"interrupted; {again} to resume from step {mngr.latest_step()}")
         raise
     finally:
         bar.close()

@@ -93,3 +93,18 @@ def test_cache_bad_size_is_one_line(tmp_path, capsys):
     assert cli.main(["cache", "clear", "--data-dir", str(tmp_path), "--max-size", "lots"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --max-size=lots")
+
+
+def test_clear_spares_the_temporary_file_of_a_live_writer(tmp_path, monkeypatch):
+    """A run tokenizing now writes ``<cache>.<its pid>.<id>.tmp``: clearing the caches must not pull it
+    from under that run (its rename would fail); a dead writer's leftover goes."""
+    import os
+    from lineage_jax.data import cache
+    d = cache.cache_dir(tmp_path)
+    d.mkdir(parents=True)
+    live = d / f"x.train.npy.{os.getpid()}.abcd1234.tmp"
+    dead = d / "y.train.npy.999999999.abcd1234.tmp"
+    live.write_bytes(b"0" * 10)
+    dead.write_bytes(b"0" * 10)
+    cache.prune(tmp_path, 0)
+    assert live.exists() and not dead.exists()

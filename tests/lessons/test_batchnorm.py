@@ -68,6 +68,8 @@ def test_supports_reads_the_rows():
     assert not lesson.supports([{**rows[0], "steps_to_target": 50}, *rows[1:]])
     assert not lesson.supports([*rows[:2], {**rows[2], "train_mode_accuracy": 0.7}, rows[3]])
     assert not lesson.supports([*rows[:3], {**rows[3], "max_logit_difference": 1e-3}])
+    assert lesson.supports([*rows[:3], {**rows[3], "max_logit_difference": 1e-7}])      # rounding only
+    assert not lesson.supports([*rows[:2], {**rows[2], "batch_size": 2}, rows[3]])      # batch 1 not measured
 
 
 def test_quick_writes_result_json_and_png(tmp_path):

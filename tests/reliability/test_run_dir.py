@@ -206,3 +206,20 @@ def test_two_real_training_runs_into_one_run_dir(tmp_path, capsys):
     end = latest_step(run) + 2
     assert train(run, f"train.steps={end}") == 0                       # the stale run.lock blocks nothing
     assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, end + 1))
+
+
+def test_overwrite_clears_files_before_checkpoints(tmp_path, monkeypatch):
+    """A kill midway through --overwrite's clearing leaves checkpoints without metrics (resumable), never
+    metrics without checkpoints (which a plain rerun would refuse)."""
+    import shutil
+    from lineage_jax.runs import rundir
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    for name in ("metrics.jsonl", "config.yaml", "run.json", "loss.png"):
+        (tmp_path / name).write_text("x")
+
+    def killed(path, *a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.clear(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]

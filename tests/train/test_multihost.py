@@ -238,3 +238,34 @@ def test_a_process_failing_with_an_error_mid_run_stops_the_other(tmp_path):
     logs = [(tmp_path / f"process-{i}.log").read_text(errors="replace") for i in (0, 1)]
     assert codes[1] == 1 and "RuntimeError: injected failure in process 1" in logs[1], logs[1][-2000:]
     assert codes[0] not in (None, 0), logs[0][-2000:]            # stopped by itself, not killed at grace
+
+
+def test_a_damaged_checkpoint_falls_back_on_every_process(runs, tmp_path):
+    """Step 4 of the 2 × 4 run replaced by step 2's state under step 4's meta (only the digest can tell):
+    both processes take the same verdict (the digest is a collective), process 0 alone moves step 4
+    aside, and the run resumes from step 2 to the end."""
+    base, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(base / "two", run)
+    shutil.rmtree(run / "checkpoints" / "4" / "state")
+    shutil.copytree(run / "checkpoints" / "2" / "state", run / "checkpoints" / "4" / "state")
+    assert launch_train(run, tmp_path / "logs") == 0
+    log0 = (tmp_path / "logs" / "process-0.log").read_text(errors="replace")
+    assert "step 4" in log0 and "digest mismatch" in log0 and "falling back to step 2" in log0
+    assert [p.name for p in (run / "checkpoints-corrupt").iterdir()] == ["4-digest-mismatch"]
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    np.testing.assert_array_equal([r["loss"] for r in metrics(run)], [r["loss"] for r in metrics(base / "two")])
+
+
+def test_a_run_dir_process_0_refuses_ends_every_process_in_one_line(tmp_path):
+    """Process 0 holds the lock and checks run_dir; its refusal (a user's own file there) reaches the other
+    process, which ends too (exit 2) instead of waiting at a barrier for the heartbeat to time out."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    t0 = time.perf_counter()
+    assert launch_train(run, tmp_path / "logs") != 0
+    assert time.perf_counter() - t0 < 60
+    logs = [(tmp_path / "logs" / f"process-{i}.log").read_text(errors="replace") for i in (0, 1)]
+    assert "notes.txt" in logs[0] and "process 0 refused it" in logs[1]
+    assert (run / "notes.txt").read_text() == "mine" and sorted(p.name for p in run.iterdir()) == ["notes.txt"]
