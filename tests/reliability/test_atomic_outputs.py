@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from lineage_jax.config import ModelConfig
+from lineage_jax.config import ConfigError, ModelConfig
 from lineage_jax.data.pipeline import prepare as prep
 from lineage_jax.data.prepared import PreparedTokens, read_prepared
 from lineage_jax.tokenize import load as load_tokenizer
@@ -124,3 +124,24 @@ def test_prepare_killed_between_the_renames_gets_the_old_dataset_back(tmp_path):
             raise Fault("this build fails too")
     np.testing.assert_array_equal(read_prepared(out)[0]["train"]["tokens"], old_splits["train"]["tokens"])
     assert not list(out.glob(".prepare-*"))
+
+
+def test_a_rerun_without_overwrite_after_a_killed_overwrite_keeps_the_old_dataset(tmp_path):
+    """The old dataset is put back before the --overwrite check, so a plain rerun is refused (one line)
+    instead of finding no dataset and building over the old one; a build of a live prepare is left alone."""
+    en = [s for s in EN.read_text(encoding="utf-8").splitlines() if s.strip()]
+    (tmp_path / "docs").mkdir()
+    for k in range(3):
+        (tmp_path / "docs" / f"en{k}.txt").write_text(" ".join(en[6 * k:6 * k + 6]), encoding="utf-8")
+    out = tmp_path / "out"
+    cfg = prep.PrepareConfig(seq_len=32, eval_fraction=0.3)
+    prep.prepare([str(tmp_path / "docs")], str(out), cfg)
+    old_splits, _ = read_prepared(out)
+    (out / ".prepare-old-x").mkdir()
+    os.replace(out / "prepared_tokens", out / ".prepare-old-x" / "prepared_tokens")   # where the kill left it
+    live = out / f".prepare-new-{os.getpid()}-abc"                                     # another prepare, running
+    live.mkdir()
+    with pytest.raises(ConfigError, match="already holds a prepared dataset"):
+        prep.prepare([str(tmp_path / "docs")], str(out), cfg)
+    np.testing.assert_array_equal(read_prepared(out)[0]["train"]["tokens"], old_splits["train"]["tokens"])
+    assert live.is_dir() and not (out / ".prepare-old-x").exists()

@@ -184,6 +184,7 @@ def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareCon
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out_dir}: is a file; give a directory (it holds the dataset and report.json)")
+    recover(out)                               # a killed --overwrite's old dataset back first, then the check
     if dataset_dir(out).exists() and not cfg.overwrite:
         raise ConfigError(f"--out {out_dir}: already holds a prepared dataset; pass --overwrite or pick a new directory")
     try:
@@ -294,12 +295,8 @@ def staging(out: Path):
     an error, its ``OUTPUTS`` replace ``out``'s (old ones renamed away, new ones renamed in, then the
     old deleted), so a failure or a kill mid-prepare leaves the old dataset whole and loadable."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".prepare-*"):       # a killed prepare's leftovers: a half-built new dataset goes,
-        for name in OUTPUTS:                   # an old one moved away but not yet replaced comes back
-            if stale.name.startswith(".prepare-old-") and (stale / name).exists() and not (out / name).exists():
-                os.replace(stale / name, out / name)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepare-new-", dir=out))
+    recover(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".prepare-new-{os.getpid()}-", dir=out))
     try:
         yield tmp
         old = Path(tempfile.mkdtemp(prefix=".prepare-old-", dir=out))
@@ -311,6 +308,33 @@ def staging(out: Path):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover(out: Path) -> None:
+    """Undo what a killed prepare left in ``out``: an old dataset moved away but not yet replaced comes back;
+    a half-built new one goes, unless the prepare building it (the pid in its name) is still running."""
+    if not out.is_dir():
+        return
+    for stale in out.glob(".prepare-*"):
+        if stale.name.startswith(".prepare-old-"):
+            for name in OUTPUTS:
+                if (stale / name).exists() and not (out / name).exists():
+                    os.replace(stale / name, out / name)
+        elif _alive(stale.name.split("-")[2]):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(out: Path, builder_cls, splits: dict, meta: dict) -> None:
