@@ -23,7 +23,7 @@ def loss_and_grads(cfg, params, tokens):
 
 
 @pytest.mark.parametrize("base", [GPT2, LLAMA], ids=["gpt2", "llama-gqa"])
-@pytest.mark.parametrize("impl", ["flash", "xla", "auto"])
+@pytest.mark.parametrize("impl", ["flash", "xla", pytest.param("auto", marks=pytest.mark.slow)])
 def test_kernels_compute_the_same_model(base, impl):
     tokens = jax.random.randint(jax.random.key(0), (2, 32), 0, 50)
     params = nn.unbox(build(base).init(jax.random.key(1), tokens))["params"]

@@ -4,10 +4,13 @@
 tokens per target call within 10% of (1 - alpha^(gamma+1)) / (1 - alpha) at the measured alpha."""
 import json
 
+import pytest
+
 from lineage_jax import cli
 from lineage_jax.bench import decode
 
 
+@pytest.mark.slow   # a benchmark run
 def test_bench_decode_quick_meets_the_targets(capsys):
     capsys.readouterr()
     assert cli.main(["bench", "decode", "--quick", "--json"]) == 0

@@ -161,6 +161,7 @@ def _lineage(*args, tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow   # a subprocess; tests/lessons/test_lessons.py runs the lesson through the CLI in-process
 def test_cli_prints_json_with_accuracy_and_writes_the_plot(tmp_path):
     out = tmp_path / "run"
     r = _lineage("--task", "dates", "--steps", "40", "--d-model", "16", "--layers", "1", "--json",

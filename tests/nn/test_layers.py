@@ -23,7 +23,7 @@ def test_linear_vjp_equals_autodiff(transpose_w):
     chex.assert_trees_all_equal(vjp(jnp.zeros_like(dy)), (jnp.zeros_like(x), jnp.zeros_like(w)))
 
 
-@pytest.mark.parametrize("chunks", [1, 2, 4, 8])
+@pytest.mark.parametrize("chunks", [1, 2, 4, pytest.param(8, marks=pytest.mark.slow)])
 def test_chunked_causal_attention_equals_jax_nn(chunks):
     q, k, v = jax.random.normal(jax.random.key(1), (3, 2, 32, 4, 8))
     out = causal_attention(q, k, v, chunks=chunks)

@@ -48,12 +48,13 @@ def one_device():
     return run(ONE)
 
 
-@pytest.mark.parametrize("overrides", [                                    # -m slow: the explicit ones alone
+@pytest.mark.parametrize("overrides", [                                    # -m slow: with TP and with FSDP too
     ["mesh.expert=4"],                                                        # GSPMD: rules map 'expert'
-    pytest.param(["mesh.expert=4", "parallel.form=shard_map"], marks=pytest.mark.slow),   # explicit all-to-alls
+    ["mesh.expert=4", "parallel.form=shard_map"],                             # explicit all-to-alls
     pytest.param(["mesh.expert=2", "mesh.tensor=2", "parallel.form=shard_map"],           # + Megatron TP of each
                  marks=pytest.mark.slow),                                                 # expert
-    ["mesh.expert=2", "mesh.fsdp=2", "parallel.zero_stage=3", "parallel.form=shard_map"],   # explicit + FSDP
+    pytest.param(["mesh.expert=2", "mesh.fsdp=2", "parallel.zero_stage=3", "parallel.form=shard_map"],
+                 marks=pytest.mark.slow),                                                 # explicit + FSDP
 ], ids=["gspmd", "shard_map", "shard_map+tp", "shard_map+zero3"])
 def test_expert_parallel_equals_one_device(one_device, overrides):
     ep = run(overrides)
@@ -144,6 +145,7 @@ def test_bad_moe_configs_are_one_line(overrides, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow   # the CLI path; equality with one device runs by default
 def test_lineage_train_with_expert_parallelism(tmp_path):
     run_dir = tmp_path / "moe"
     out = subprocess.run([sys.executable, "-m", "lineage_jax", "train", "--config", "moe_tiny", "--devices", "8",
@@ -159,7 +161,8 @@ def test_lineage_train_with_expert_parallelism(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [["mesh.expert=4"],
-                                       ["mesh.expert=4", "mesh.fsdp=2", "mesh.data=1", "parallel.zero_stage=3"]])
+                                       pytest.param(["mesh.expert=4", "mesh.fsdp=2", "mesh.data=1",
+                                                     "parallel.zero_stage=3"], marks=pytest.mark.slow)])
 def test_gspmd_expert_parallel_sends_what_theory_says(overrides):
     """GSPMD reshards dispatched buffers groups -> experts and back with all-to-alls only.
 

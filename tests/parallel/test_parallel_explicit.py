@@ -56,6 +56,7 @@ def test_explicit_bf16_tracks_one_device_bf16():
     np.testing.assert_allclose(dp["losses"], one["losses"], rtol=2e-2)
 
 
+@pytest.mark.slow   # tests/train/test_train.py proves accumulation = the full batch
 def test_explicit_grad_accum_equals_one_device():
     """Micro-batches are split per device (each device's rows r mod A): the same mean gradient."""
     ref, out = run("one", extra=("train.grad_accum=2",)), run("TP+SP", extra=("train.grad_accum=2",))

@@ -74,6 +74,7 @@ def test_cli_json(capsys):
     assert kernel["bytes_per_device"] == 2 * 256 * 1024 * 4 // 8
 
 
+@pytest.mark.slow   # compiles all nine named strategies
 def test_cli_compare_plot(tmp_path):
     """Every named strategy compiled for one small model (so the default suite affords it), one plot."""
     png = tmp_path / "strategies.png"
@@ -83,7 +84,7 @@ def test_cli_compare_plot(tmp_path):
     assert png.stat().st_size > 5000
 
 
-@pytest.mark.parametrize("form", ["gspmd", "shard_map"])
+@pytest.mark.parametrize("form", ["gspmd", pytest.param("shard_map", marks=pytest.mark.slow)])
 def test_fsdp_with_layer_scan_halves_temporary_memory(form):
     """Parameters dominate here (context 16): ZeRO-3 gathers one layer at a time inside the scan
     and keeps only gradient shards, so its temporaries are at most half of data parallel's.
