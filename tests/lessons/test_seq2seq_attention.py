@@ -105,6 +105,10 @@ def test_supports_reads_the_rows_and_config_refuses_bad_variants():
     assert lesson.supports(rows(0.3, 0.85))
     assert not lesson.supports(rows(0.3, 0.2))          # attention falls further
     assert not lesson.supports(rows(0.88, 0.9))         # no fall without attention
+    scarce = [{**r, "bucket_index": r["bucket_index"] + 1} for r in rows(0.7, 0.9)]
+    scarce += [{"variant": v, "bucket": "<10", "bucket_index": 0, "accuracy": 0.5, "n": 10} for v in ("none", "dot")]
+    assert lesson.drops(scarce) == pytest.approx({"none": 0.2, "dot": 0.0})   # from the best bucket, not the first
+    assert lesson.supports(scarce)
     for bad in ("dot,general", "none", "none,luong", "none,dot,dot"):
         with pytest.raises(ConfigError, match="variants="):
             lesson.Config(variants=bad)
