@@ -302,7 +302,8 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     figures = []
     if out_dir is not None:
         figures.append(harness.figure(out_dir, "seq2seq_attention.png", functools.partial(plot, rows=rows),
-                                      title="Exact match by source length (Bahdanau et al. 2015, Fig. 2)"))
+                                      title="Exact match by source length (Bahdanau et al. 2015, Fig. 2)",
+                                      panel_size=(7.0, 4.5)))
         attn = next(v for v in ("bahdanau", *LUONG) if v in shown)
         i = int(np.argmax([len(x) for x, _ in test]))
         figures.append(harness.figure(out_dir, "alignment.png", functools.partial(
