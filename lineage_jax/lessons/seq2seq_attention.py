@@ -6,7 +6,8 @@ Bengio 2015, Fig. 2–3; Luong, Pham & Manning 2015, §3.1), on the ``translate`
                vector: Sutskever et al. 2014, Cho et al. 2014's RNNencdec)
     bahdanau   a bidirectional encoder, h_j = [h→_j; h←_j]; before each step e_ij = vᵀ tanh(W s_{i−1} + U h_j),
                α_i = softmax(e_i), c_i = Σ_j α_ij h_j feeds the decoder LSTM with y_{i−1};
-               s_0 = tanh(W_s h←_1) (RNNsearch, Appendix A)
+               s_0 = tanh(W_s h←_1) (RNNsearch, Appendix A; the output layer here reads tanh(W [c_i; s_i]),
+               not the paper's maxout of s_{i−1}, y_{i−1}, c_i)
     dot | general | concat   Luong's global attention after the step: score(h_t, h̄_s) = h_tᵀ h̄_s,
                h_tᵀ W_a h̄_s or v_aᵀ tanh(W_a [h_t; h̄_s]); h̃_t = tanh(W_c [c_t; h_t]) predicts y_t and is fed
                to the next step's input ("input feeding", §3.3)
