@@ -12,6 +12,8 @@
                as a 2-device ``shard_map`` (Krizhevsky et al. 2012)
 ``gradstats``  activation gradients, their per-layer norms and their magnitudes against a float format's
                range (Glorot & Bengio 2010; Micikevicius et al. 2018)
+``lstm``       the LSTM cell in torch's gate order, a sequence as a ``lax.scan`` (masked, either direction),
+               the bidirectional encoder (Hochreiter & Schmidhuber 1997; Bahdanau et al. 2015)
 
 Each is proved against its peer (``jax.grad``, ``flax.linen``, ``torch``) in ``tests/foundations/``; the
 lessons in ``lineage_jax/lessons/`` (``backprop``, ``relu``, ``dropout``, ``batchnorm``,

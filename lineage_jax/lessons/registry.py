@@ -63,9 +63,18 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "at a high learning rate the BN net reaches the target held-out accuracy in fewer steps than the plain "
            "net; BN's training mode at batch size 1 is far from its eval mode, LayerNorm's modes are identical",
            "lineage_jax.lessons.batchnorm", flags=("lrs", "steps", "seed")),
+    Lesson("seq2seq_attention", "2015", "Sutskever, Vinyals & Le 2014; Bahdanau, Cho & Bengio 2015, Fig. 2-3; "
+           "Luong, Pham & Manning 2015",
+           "an LSTM encoder-decoder's exact match falls with source length more without attention (the "
+           "fixed-length vector) than with Bahdanau's additive or Luong's global attention",
+           "lineage_jax.lessons.seq2seq_attention", flags=("variants", "steps", "seed")),
     Lesson("translate", "2017", "Vaswani et al. 2017, Attention Is All You Need",
            "an attention-only encoder-decoder learns a translation task: held-out exact match >= 50% (chance <= 1e-4)",
            "lineage_jax.lessons.translate", flags=("task", "steps", "seed", "d_model", "layers")),
+    Lesson("rnn_vs_transformer", "2017", "Vaswani et al. 2017, Attention Is All You Need, Table 1",
+           "at matched parameters an LSTM needs n sequential steps per layer and a Transformer encoder none; the "
+           "LSTM/Transformer training-step time ratio grows with sequence length n (64 -> 1024)",
+           "lineage_jax.lessons.rnn_vs_transformer", flags=("lengths", "seed")),
     Lesson("mixed_precision", "2018", "Micikevicius et al. 2018, Mixed Precision Training, Fig. 3",
            "as a net fits, its activation gradients fall below fp16's 2^-24: unscaled fp16 flushes >= 5% of them "
            "to zero, dynamic loss scaling recovers most of those (the far tail stays lost), bf16 loses < 0.1%",

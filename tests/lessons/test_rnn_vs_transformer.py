@@ -1,0 +1,78 @@
+"""The rnn_vs_transformer lesson: the sequential steps are counted from the traced program (n per LSTM layer,
+none in the Transformer encoder), the parameter counts match, the verdict follows the rows, and ``lineage
+lesson rnn_vs_transformer --quick`` writes a result.json and its PNG. No timing is asserted."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lineage_jax import cli
+from lineage_jax.config import ConfigError
+from lineage_jax.lessons import rnn_vs_transformer as lesson
+
+
+def test_sequential_steps_are_n_per_lstm_layer_and_none_in_the_transformer():
+    tokens = jax.random.randint(jax.random.key(0), (2, 10), 0, 16)
+    lp = lesson.lstm_init(jax.random.key(1), 16, 8, 3)
+    assert lesson.scan_iterations(lesson.lstm_logits, lp, tokens) == 30
+    assert lesson.scan_iterations(lesson.lstm_logits, lp, tokens[:, :4]) == 12
+    model = lesson.transformer(8, 2, 2, 16, 10)
+    from flax.core import meta
+    tp = meta.unbox(model.init(jax.random.key(2), tokens, method=lesson.Transformer.encode)["params"])
+    assert lesson.scan_iterations(lambda p, t: lesson.transformer_logits(model, p, t), tp, tokens) == 0
+    assert lesson.lstm_logits(lp, tokens).shape == lesson.transformer_logits(model, tp, tokens).shape == (2, 10, 16)
+    # a nested scan counts its inner length times the outer
+    nested = lambda x: jax.lax.scan(lambda c, _: (jax.lax.scan(lambda d, _: (d + 1, None), c, None, length=3)[0],
+                                                  None), x, None, length=4)[0]
+    assert lesson.scan_iterations(nested, 0) == 12
+
+
+def test_parameter_counts_match_within_two_percent():
+    d, V = 32, 16
+    lp = lesson.count_params(lesson.lstm_init(jax.random.key(0), V, d, 3))
+    model = lesson.transformer(d, 4, 2, V, 8)
+    from flax.core import meta
+    tp = lesson.count_params(meta.unbox(model.init(jax.random.key(0), np.zeros((1, 8), np.int32),
+                                                   method=lesson.Transformer.encode)["params"]))
+    assert abs(lp - tp) / tp < 0.02
+
+
+def test_the_step_is_pure_and_learns():
+    tokens = jax.random.randint(jax.random.key(0), (4, 12), 0, 8)
+    labels = tokens
+    lp = lesson.lstm_init(jax.random.key(1), 8, 16, 1)
+    step = lesson.make_step(lesson.lstm_logits, lr=1.0)
+    (p1, l1), (p2, l2) = step(lp, tokens, labels), step(lp, tokens, labels)
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+    p = p1
+    for _ in range(40):
+        p, loss = step(p, tokens, labels)
+    assert float(loss) < 0.5 * float(l1)
+
+
+def test_supports_reads_the_rows_and_config_refuses_bad_lengths():
+    def rows(r_short, r_long, steps_ok=True):
+        out = []
+        for n, r in ((64, r_short), (1024, r_long)):
+            out += [{"model": "lstm", "n": n, "sequential_steps": 3 * n, "step_ms": r},
+                    {"model": "transformer", "n": n, "sequential_steps": 2 if steps_ok else n, "step_ms": 1.0}]
+        return out
+    assert lesson.supports(rows(2.0, 8.0))
+    assert not lesson.supports(rows(2.0, 1.5))
+    assert not lesson.supports(rows(2.0, 8.0, steps_ok=False))
+    for bad in ("64", "128,64", "64,x", "1,2"):
+        with pytest.raises(ConfigError, match="lengths="):
+            lesson.Config(lengths=bad)
+
+
+def test_quick_writes_result_json_and_png(tmp_path):
+    rc = cli.main(["lesson", "rnn_vs_transformer", "--quick", "--out", str(tmp_path), "--no-progress",
+                   "--lengths", "8,16", "d=16", "repeats=1"])
+    assert rc == 0
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert [(r["model"], r["n"]) for r in res["rows"]] == [("lstm", 8), ("transformer", 8), ("lstm", 16),
+                                                          ("transformer", 16)]
+    assert [r["sequential_steps"] for r in res["rows"]] == [24, 2, 48, 2]
+    assert res["supported"] is lesson.supports(res["rows"])
+    assert (tmp_path / "rnn_vs_transformer.png").read_bytes()[:4] == b"\x89PNG"
