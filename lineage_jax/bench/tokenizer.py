@@ -71,7 +71,8 @@ def measure(max_bytes: int, vocab: int, rounds: int) -> dict:
     import tokenizers
 
     from lineage_jax.data.pipeline.prepare import encode_documents
-    from lineage_jax.tokenize.bytelevel import ByteLevelBPETokenizer, load_tokenizer_json, train_bpe
+    from lineage_jax.tokenize.bpe_train import train_bpe
+    from lineage_jax.tokenize.bytelevel import ByteLevelBPETokenizer, load_tokenizer_json
 
     docs = stdlib_corpus(max_bytes)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)

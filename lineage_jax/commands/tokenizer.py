@@ -109,7 +109,7 @@ def train_tokenizer(args) -> dict:
     t0 = time.perf_counter()
     summary = {"kind": args.kind, "documents": len(docs), "out": args.out}
     if args.kind == "bytelevel":
-        from lineage_jax.tokenize.bytelevel import train_bpe
+        from lineage_jax.tokenize.bpe_train import train_bpe
         what = "counting words (tokenizers)" if args.fast else "counting words"
         tok = train_bpe(_progress(docs, progress, what), args.vocab_size, special_tokens=specials,
                         min_frequency=args.min_frequency, fast=args.fast)

@@ -8,7 +8,8 @@ import os
 
 from lineage_jax.tokenize.base import ENDOFTEXT, Tokenizer, TokenizerError, check_text
 from lineage_jax.tokenize.byte import ByteTokenizer
-from lineage_jax.tokenize.bytelevel import load_tokenizer_json, train_bpe
+from lineage_jax.tokenize.bpe_train import train_bpe
+from lineage_jax.tokenize.bytelevel import load_tokenizer_json
 from lineage_jax.tokenize.spm import SentencePieceTokenizer
 
 

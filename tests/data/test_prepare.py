@@ -17,7 +17,7 @@ from lineage_jax.data.pipeline import prepare as prep
 from lineage_jax.data.pipeline.packing import packed_targets
 from lineage_jax.tokenize import ByteTokenizer
 from lineage_jax.tokenize import load as load_tokenizer
-from lineage_jax.tokenize.bytelevel import train_bpe
+from lineage_jax.tokenize.bpe_train import train_bpe
 
 TEXT = Path(__file__).resolve().parents[2] / "scripts" / "langid_text"
 

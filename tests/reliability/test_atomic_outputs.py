@@ -13,7 +13,7 @@ from lineage_jax.config import ConfigError, ModelConfig
 from lineage_jax.data.pipeline import prepare as prep
 from lineage_jax.data.prepared import PreparedTokens, read_prepared
 from lineage_jax.tokenize import load as load_tokenizer
-from lineage_jax.tokenize.bytelevel import train_bpe
+from lineage_jax.tokenize.bpe_train import train_bpe
 
 EN = Path(__file__).resolve().parents[2] / "scripts" / "langid_text" / "en.txt"
 

@@ -148,7 +148,7 @@ def test_a_changed_tokenizer_is_refused_on_resume_and_on_sample(tmp_path, capsys
     """Retraining the tokenizer in place used to let its runs resume and sample, decoding ids as other text."""
     from lineage_jax.decode import load_for_inference
     from lineage_jax.runs.rundir import RunDirError
-    from lineage_jax.tokenize.bytelevel import train_bpe
+    from lineage_jax.tokenize.bpe_train import train_bpe
     lines = (ROOT / "scripts" / "langid_text" / "en.txt").read_text(encoding="utf-8").splitlines()
     text = tmp_path / "text.txt"
     text.write_text("\n".join(lines[:80]), encoding="utf-8")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lineage_jax.tokenize import Tokenizer, get_tokenizer, load
-from lineage_jax.tokenize.bytelevel import (GPT2_PATTERN, ByteLevelBPETokenizer, bytes_to_unicode, count_words,
-                                            train_bpe)
+from lineage_jax.tokenize.bpe_train import count_words, train_bpe
+from lineage_jax.tokenize.bytelevel import GPT2_PATTERN, ByteLevelBPETokenizer, bytes_to_unicode
 
 pytest.importorskip("regex")          # \p{L} in GPT-2's pattern (installed with transformers / .[ref])
 

@@ -13,7 +13,7 @@ import pytest
 from lineage_jax import cli
 from lineage_jax.data import prepared
 from lineage_jax.tokenize import get_tokenizer, sennrich
-from lineage_jax.tokenize.bytelevel import train_bpe
+from lineage_jax.tokenize.bpe_train import train_bpe
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = ROOT / "scripts" / "langid_text"
