@@ -77,17 +77,14 @@ def _check(args) -> list[str]:
     return specials
 
 
-def _write(out: str, files: dict[str, bytes]) -> str:
-    """Write ``files`` into ``out`` atomically (each complete or not there), then remove the tokenizer files
-    of another kind left from before (``load`` would prefer a stale ``tokenizer.json``); the first path."""
-    os.makedirs(out, exist_ok=True)
-    for name, data in files.items():
-        with atomic.replacing(os.path.join(out, name)) as tmp:
-            tmp.write_bytes(data)
+def _drop_others(out: str, written: str) -> str:
+    """Remove the tokenizer files of another kind left in ``out`` from before (``load`` would prefer a stale
+    ``tokenizer.json``), keeping ``written`` and its companions; returns ``written``."""
+    keep = {"merges.txt", "vocab.json"} if os.path.basename(written) == "merges.txt" else {os.path.basename(written)}
     for name in _existing(out):
-        if name not in files:
+        if name not in keep:
             os.unlink(os.path.join(out, name))
-    return os.path.join(out, next(iter(files)))
+    return written
 
 
 def _progress(docs, enabled: bool, desc: str):
@@ -113,7 +110,7 @@ def train_tokenizer(args) -> dict:
         what = "counting words (tokenizers)" if args.fast else "counting words"
         tok = train_bpe(_progress(docs, progress, what), args.vocab_size, special_tokens=specials,
                         min_frequency=args.min_frequency, fast=args.fast)
-        path = _write(args.out, {"tokenizer.json": tok.to_json().encode("utf-8")})
+        path = _drop_others(args.out, tok.save(args.out))          # atomic (runs.atomic)
         summary.update(vocab_size=tok.vocab_size, merges=len(tok.merges), file=path, fast=args.fast,
                        name=tok.name, usable_as=f"data.tokenizer={args.out}")
     elif args.kind == "sentencepiece":
@@ -124,7 +121,7 @@ def train_tokenizer(args) -> dict:
         except RuntimeError as e:                       # the trainer's own check, e.g. vocabulary too small
             raise ConfigError(f"--kind sentencepiece --vocab-size={args.vocab_size}: "
                               f"{str(e).rsplit('] ', 1)[-1].strip()}") from None
-        path = _write(args.out, {"spm.model": tok.model_proto})
+        path = _drop_others(args.out, tok.save(args.out))
         summary.update(vocab_size=tok.vocab_size, model_type=args.model_type, file=path, name=tok.name,
                        usable_as=f"data.tokenizer={args.out}")
     else:
@@ -138,7 +135,10 @@ def train_tokenizer(args) -> dict:
         symbols = sorted(alphabet) + ["".join(m) for m in merges]
         merges_txt = "#version: sennrich-2016 (lineage_jax)\n" + "".join(f"{a} {b}\n" for a, b in merges)
         vocab_json = json.dumps({s: i for i, s in enumerate(dict.fromkeys(symbols))}, ensure_ascii=False, indent=0)
-        path = _write(args.out, {"merges.txt": merges_txt.encode("utf-8"), "vocab.json": vocab_json.encode("utf-8")})
+        os.makedirs(args.out, exist_ok=True)
+        atomic.write_text(os.path.join(args.out, "vocab.json"), vocab_json)
+        path = _drop_others(args.out, os.path.join(args.out, "merges.txt"))
+        atomic.write_text(path, merges_txt)
         summary.update(vocab_size=len(dict.fromkeys(symbols)), merges=len(merges), file=path,
                        usable_as="none (teaching tokenizer: whitespace is not kept); use --kind bytelevel")
     summary["seconds"] = round(time.perf_counter() - t0, 3)
