@@ -137,22 +137,12 @@ class Config:
                 raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
         if not 0 < self.target < 1:
             raise ConfigError(f"target={self.target}: must be in (0, 1)")
-        try:
-            ok = all(int(v) >= 1 for v in self.mismatch_sizes.split(","))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"mismatch_sizes={self.mismatch_sizes}: comma-separated batch sizes >= 1, e.g. 1,2,8")
-        try:
-            ok = all(float(v) > 0 for v in self.lrs.split(","))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"lrs={self.lrs}: comma-separated positive learning rates, e.g. 1.0,8.0")
+        harness.positive_list("mismatch_sizes", self.mismatch_sizes, int, "1,2,8")
+        harness.positive_list("lrs", self.lrs, float, "1.0,8.0")
 
     @property
     def lr_list(self) -> list[float]:
-        return [float(v) for v in self.lrs.split(",")]
+        return harness.positive_list("lrs", self.lrs, float, "1.0,8.0")
 
 
 QUICK = dict(steps=300, lrs="8.0", n_train=2048, n_test=512, mismatch_sizes="1,2,64")
@@ -207,7 +197,7 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     for norm in ("batch", "layer"):
         model, state = nets[norm]
         eval_logits = logits_of(model, state, xte, train_mode=False)
-        for size in (int(v) for v in cfg.mismatch_sizes.split(",")):
+        for size in harness.positive_list("mismatch_sizes", cfg.mismatch_sizes, int, "1,2,8"):
             train_logits = logits_of(model, state, xte, train_mode=True, batch_size=size)
             rows.append({"norm": norm, "batch_size": size, "eval_accuracy": accuracy(eval_logits, yte),
                          "train_mode_accuracy": accuracy(train_logits, yte),

@@ -47,6 +47,18 @@ def _coerce(name: str, raw: str, typ) -> Any:
     raise ConfigError(f"{name}={raw}: expected {kinds[typ]}")
 
 
+def positive_list(field: str, raw: str, kind: type, example: str) -> list:
+    """``"1,2,8"`` -> ``[1, 2, 8]`` (``kind`` int or float), every value > 0; else ConfigError naming ``field``."""
+    try:
+        values = [kind(v) for v in raw.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(v > 0 for v in values):
+        what = "batch sizes >= 1" if kind is int else "positive numbers"
+        raise ConfigError(f"{field}={raw}: comma-separated {what}, e.g. {example}")
+    return values
+
+
 def configure(cls, values: Mapping[str, str], quick: Mapping[str, Any] | None = None,
               spelling: Mapping[str, str] | None = None):
     """``cls(**quick, **typed values)``: each raw string coerced to its field's type.

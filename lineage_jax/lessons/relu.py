@@ -97,18 +97,13 @@ class Config:
         for f in ("depth", "width", "examples", "inputs", "classes", "batch", "steps", "eval_every"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
-        try:
-            ok = all(float(v) > 0 for v in self.lrs.split(","))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"lrs={self.lrs}: a comma-separated list of positive numbers, e.g. 0.01,0.1")
+        harness.positive_list("lrs", self.lrs, float, "0.01,0.1")
         if not 0 < self.target_error < 1 or not 0 <= self.momentum < 1:
             raise ConfigError(f"target_error={self.target_error}, momentum={self.momentum}: each must be in (0, 1)")
 
     @property
     def lr_grid(self) -> list[float]:
-        return [float(v) for v in self.lrs.split(",")]
+        return harness.positive_list("lrs", self.lrs, float, "0.01,0.1")
 
 
 QUICK = dict(depth=8, steps=600, lrs="0.1", examples=512)
