@@ -19,7 +19,7 @@ def register(sub) -> None:
     s = sub.add_parser("sweep", help="train an IsoFLOP grid of small GPTs (budgets × sizes) for `scaling fit`")
     s.add_argument("--budgets", default=DEFAULT_BUDGETS, metavar="C1,C2,...",
                    help=f"training FLOP budgets, C = 6ND (default {DEFAULT_BUDGETS}: ~30 min on 2 CPU cores)")
-    s.add_argument("--sizes", type=int, default=5, metavar="K", help="model sizes per budget (>= 3; default 5)")
+    s.add_argument("--sizes", type=int, default=5, metavar="K", help="model sizes per budget (default 5; Approach 2 needs >= 3)")
     s.add_argument("--tokens-per-param", type=float, default=20.0, metavar="R",
                    help="centre each budget's sizes on N = sqrt(C / 6R) (default 20, Chinchilla's ratio)")
     s.add_argument("--spread", type=float, default=2.5, metavar="Q", help="ratio between neighbouring sizes (2.5)")
@@ -40,8 +40,8 @@ def cmd_sweep(args) -> int:
         raise ConfigError(f"--budgets={args.budgets}: every budget must be a finite number of FLOPs")
     if len(set(budgets)) < 2:
         raise ConfigError(f"--budgets={args.budgets}: give 2 or more different budgets (a fit needs them)")
-    if args.sizes < 3:
-        raise ConfigError(f"--sizes={args.sizes}: an IsoFLOP parabola needs at least 3 sizes per budget")
+    if args.sizes < 2:
+        raise ConfigError(f"--sizes={args.sizes}: at least 2 sizes per budget (an IsoFLOP parabola needs 3)")
     if not (args.tokens_per_param > 0 and args.spread > 1):
         raise ConfigError("--tokens-per-param must be > 0 and --spread > 1")
     if os.path.exists(args.out) and not os.path.isdir(args.out):

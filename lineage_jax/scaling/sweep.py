@@ -60,8 +60,8 @@ def plan(budgets: Sequence[float], sizes: int, base: Config, *, tokens_per_param
          spread: float = 2.5) -> list[Run]:
     """``sizes`` distinct shapes per budget, nearest in log N to N*·spread^j (j centred on 0), with
     N* = sqrt(C / 6r) the optimum if D/N were r (Chinchilla's ~20); each run's steps = C / 6N / tokens per step."""
-    if sizes < 3:
-        raise ConfigError(f"--sizes={sizes}: an IsoFLOP parabola needs at least 3 sizes per budget")
+    if sizes < 2:
+        raise ConfigError(f"--sizes={sizes}: at least 2 sizes per budget (an IsoFLOP parabola needs 3)")
     rungs = ladder(base)
     per_step = base.train.batch_size * base.model.context
     runs = []
