@@ -74,8 +74,9 @@ def cmd_count(args) -> int:
         print(json.dumps(out, indent=1))
         return 0
     m = cfg.model
-    print(f"model: {m.arch} {m.layers}L width {m.width} heads {m.heads} (kv {m.kv_heads or m.heads}) context {m.context} "
-          f"vocab {m.vocab_size}" + (f", MoE {m.experts} experts top-{m.moe_k} every {m.moe_every}" if m.moe_every else ""))
+    moe = f", MoE {m.experts} experts top-{m.moe_k} every {m.moe_every}" if m.moe_every else ""
+    print(f"model: {m.arch} {m.layers}L width {m.width} heads {m.heads} (kv {m.kv_heads or m.heads}) "
+          f"context {m.context} vocab {m.vocab_size}{moe}")
     print(f"parameters: total {n.total:,}; non-embedding (Kaplan's N) {n.non_embedding:,}; active {n.active:,}; "
           f"matmul (6N's N) {n.matmul:,}")
     print(f"FLOPs per token: 6N = {n.flops_per_token_6n:.4g}; with attention (PaLM) = {n.flops_per_token_palm:.4g}")
@@ -108,6 +109,7 @@ def cmd_fit(args) -> int:
         raise ConfigError(f"--out={out}: is a file; give a directory (it holds scaling.json and the PNGs)")
     from pathlib import Path
 
+    from lineage_jax.runs import atomic
     from lineage_jax.scaling import plots, report
     if args.runs is not None:
         points, curves, unfinished = report.read_runs(args.runs)
@@ -118,7 +120,7 @@ def cmd_fit(args) -> int:
         result["unfinished_runs"] = unfinished
     result["figures"] = plots.draw_all(result, curves, Path(out))
     path = Path(out) / "scaling.json"
-    path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    atomic.write_text(path, json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(result))
         return 0

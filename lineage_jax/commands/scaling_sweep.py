@@ -19,7 +19,8 @@ def register(sub) -> None:
     s = sub.add_parser("sweep", help="train an IsoFLOP grid of small GPTs (budgets × sizes) for `scaling fit`")
     s.add_argument("--budgets", default=DEFAULT_BUDGETS, metavar="C1,C2,...",
                    help=f"training FLOP budgets, C = 6ND (default {DEFAULT_BUDGETS}: ~30 min on 2 CPU cores)")
-    s.add_argument("--sizes", type=int, default=5, metavar="K", help="model sizes per budget (default 5; Approach 2 needs >= 3)")
+    s.add_argument("--sizes", type=int, default=5, metavar="K",
+                   help="model sizes per budget (default 5; Approach 2 needs >= 3)")
     s.add_argument("--tokens-per-param", type=float, default=20.0, metavar="R",
                    help="centre each budget's sizes on N = sqrt(C / 6R) (default 20, Chinchilla's ratio)")
     s.add_argument("--spread", type=float, default=2.5, metavar="Q", help="ratio between neighbouring sizes (2.5)")
@@ -52,8 +53,7 @@ def cmd_sweep(args) -> int:
             raise ConfigError(f"--devices={args.devices}: must be a positive integer")
         import jax
         jax.config.update("jax_num_cpu_devices", args.devices)
-    from lineage_jax.scaling.sweep import plan, sweep
-    plan(budgets, args.sizes, base, tokens_per_param=args.tokens_per_param, spread=args.spread)   # refusals first
+    from lineage_jax.scaling.sweep import sweep
     r = sweep(base, budgets, args.sizes, args.out, progress=not args.no_progress,
               tokens_per_param=args.tokens_per_param, spread=args.spread)
     print(f"sweep: {r['runs']} runs ({len(r['trained'])} trained, {len(r['skipped'])} already finished), "

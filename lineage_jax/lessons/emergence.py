@@ -39,7 +39,7 @@ VOCAB = 12
 @dataclasses.dataclass(frozen=True)
 class Config:
     digits: int = 3              # operand digits; the answer has digits + 1
-    widths: str = "16,24,32,48,64,96"
+    widths: str = "8,16,24,32,48,64"
     layers: int = 2
     steps: int = 1500
     batch: int = 64
@@ -52,7 +52,7 @@ class Config:
         if len(self.width_list()) < 3:
             raise ConfigError(f"widths={self.widths}: give 3 or more model widths (the lesson compares sizes)")
         if any(w % 8 for w in self.width_list()):
-            raise ConfigError(f"widths={self.widths}: each width must be a multiple of 8 (heads of width 8)")
+            raise ConfigError(f"widths={self.widths}: each width must be a multiple of 8")
         for f in ("digits", "layers", "steps", "batch", "n_test"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
@@ -65,7 +65,7 @@ class Config:
         return sorted(set(harness.positive_list("widths", self.widths, int, "16,32,64")))
 
 
-QUICK = dict(widths="16,32,64", steps=200, n_test=256)
+QUICK = dict(widths="8,16,32", steps=300, n_test=256)
 
 
 def problems(rng: np.random.Generator, n: int, digits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +79,9 @@ def problems(rng: np.random.Generator, n: int, digits: int) -> tuple[np.ndarray,
 
 
 def model_config(cfg: Config, width: int) -> ModelConfig:
+    heads = width // 16 if width % 16 == 0 else 1                       # heads of width 16, else one head
     return ModelConfig(vocab_size=VOCAB, context=3 * cfg.digits + 2, layers=cfg.layers, width=width,
-                       heads=max(1, width // 16), attn_chunks=1, scan_layers=False)
+                       heads=heads, attn_chunks=1, scan_layers=False)
 
 
 def train_one(cfg: Config, width: int, progress: bool):
@@ -91,7 +92,7 @@ def train_one(cfg: Config, width: int, progress: bool):
     rng = np.random.default_rng(cfg.seed + 1)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(100, cfg.steps // 10), cfg.steps,
                                                         cfg.lr * 0.05), weight_decay=0.0)
-    params = meta.unbox(model.init(jax.random.key(cfg.seed), jnp.zeros((1, m.context), jnp.int32))["params"])
+    params = meta.unbox(jax.jit(model.init)(jax.random.key(cfg.seed), jnp.zeros((1, m.context), jnp.int32))["params"])
 
     def loss_fn(p, seq):
         logits = model.apply({"params": p}, seq[:, :-1])[:, prompt - 1:]           # predictions of the answer

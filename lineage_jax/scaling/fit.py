@@ -141,7 +141,8 @@ def approach1(curves: Sequence[Curve], grid: int = 48) -> dict:
         check_points([Point(cv.params, t, l, run=cv.run) for t, l in zip(cv.tokens, cv.loss)], "curves")
     sizes = {cv.params for cv in curves}
     if len(sizes) < 2:
-        raise ScalingError(f"approach 1 needs runs of 2 or more model sizes; all {len(curves)} have N={sizes.pop():.3g}")
+        raise ScalingError(f"approach 1 needs runs of 2 or more model sizes; all {len(curves)} have "
+                           f"N={sizes.pop():.3g}")
     env = envelope(curves, grid)
     # Where the smallest or largest model wins, the true optimum may lie beyond the sizes run: those
     # points are clamped, not measured, and would flatten the slope. Kept only if nothing else is left.

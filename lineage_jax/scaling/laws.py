@@ -7,7 +7,7 @@ D: tokens, C in PF-days = 8.64e19 FLOPs, loss in nats per token of their WebText
     L(D) = (D_c / D)^α_D                         eq. 1.2
     L(C_min) = (C_c^min / C_min)^α_C^min         eq. 1.3
     L(N, D) = [(N_c / N)^(α_N / α_D) + D_c / D]^α_D      eq. 1.5
-    N_opt(C) = N_e · C^p_N,  p_N = 0.73          §6.1, eq. 6.? and Table 6 (B ∝ C^0.24, S ∝ C^0.03)
+    N_opt(C) = N_e · C^p_N,  p_N = 0.73          eq. 1.7 and §6.1 (with B ∝ C^0.24, S ∝ C^0.03)
 
 Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (Chinchilla), eq. 2 and 4::
 
@@ -15,7 +15,13 @@ Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (Chinchil
     N_opt(C) = G · (C/6)^a,  D_opt(C) = G⁻¹ · (C/6)^b,  G = (αA / (βB))^(1/(α+β)),
     a = β / (α+β),  b = α / (α+β)
 
-which follow from minimising L under C = 6·N·D.
+which follow from minimising L under C = 6·N·D. With the rounded constants of eq. 10 this gives
+N_opt ≈ 32B at Gopher's 5.76e23 FLOPs (~93 tokens per parameter), where the paper's Table 3 lists
+40B for Approach 3: Besiroglu et al. 2024 trace the gap to the fit and its rounding; their refit
+(preset ``epoch``) gives ~20 tokens per parameter, in line with Approaches 1 and 2.
+
+Kaplan's N excludes embeddings and his loss is in nats of a different tokenizer and data set, so
+the presets' losses are not comparable across presets, only their allocations.
 """
 from __future__ import annotations
 
@@ -87,7 +93,7 @@ class Kaplan:
     name: str = "kaplan"
     source: str = ("Kaplan et al. 2020, Scaling Laws for Neural Language Models: eq. 1.1-1.5, Table 5 "
                    "(alpha_N=0.076, N_c=8.8e13, alpha_D=0.095, D_c=5.4e13, alpha_C^min=0.050, "
-                   "C_c^min=3.1e8 PF-days), Table 6 / eq. 1.7 (N_opt = 1.3e9 * C^0.73, C in PF-days)")
+                   "C_c^min=3.1e8 PF-days), eq. 1.7 and §6.1 (N_opt = 1.3e9 * C^0.73, C in PF-days)")
 
     def loss_n(self, n):
         return (self.n_c / n) ** self.alpha_n

@@ -27,7 +27,8 @@ def read_points_csv(path: str | Path) -> list[Point]:
         reader = csv.DictReader(f)
         missing = {"params", "tokens", "loss"} - set(reader.fieldnames or ())
         if missing:
-            raise ScalingError(f"--points={path}: needs the columns params,tokens,loss (missing {', '.join(sorted(missing))})")
+            raise ScalingError(f"--points={path}: needs the columns params,tokens,loss "
+                               f"(missing {', '.join(sorted(missing))})")
         points = []
         for i, row in enumerate(reader, start=2):
             try:
@@ -129,7 +130,8 @@ def summary(result: dict) -> list[str]:
     if "approach3" in result:
         r = result["approach3"]
         consts = ", ".join(f"{k} = {r[k]:.4g}{ci(r, k)}" for k in ("E", "A", "B", "alpha", "beta"))
-        lines.append(f"approach 3 (parametric): {consts}" + (f"; a = {r['a']:.3f}, b = {r['b']:.3f}" if "a" in r else ""))
+        alloc = f"; a = {r['a']:.3f}, b = {r['b']:.3f}" if "a" in r else ""
+        lines.append(f"approach 3 (parametric): {consts}{alloc}")
     for k, why in result["skipped"].items():
         lines.append(f"{k}: skipped: {why}")
     return lines

@@ -14,12 +14,13 @@ width 16, so depth and width grow together (Kaplan §3.1: shape matters little a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
 from typing import Sequence
 
-from lineage_jax.config import Config, ConfigError
+from lineage_jax.config import Config, ConfigError, ModelConfig
 
 SWEEP_JSON = "sweep.json"
 BASE = ["model.context=64", "model.attn_chunks=1", "model.scan_layers=false", "train.batch_size=16",
@@ -45,15 +46,22 @@ def shape(width: int) -> tuple[int, int, int]:
     return max(1, round(width / 32)), width, max(1, width // 16)
 
 
-def ladder(base: Config, widths: Sequence[int] = tuple(range(16, 529, 16))) -> list[tuple[int, tuple[int, int, int]]]:
-    """(matmul N, shape) for every width of the ladder, smallest first."""
+@functools.lru_cache(maxsize=None)
+def _matmul_params(m: ModelConfig) -> int:
     from lineage_jax.models.count import matmul_params
-    out = []
-    for w in widths:
-        L, W, H = shape(w)
-        m = dataclasses.replace(base.model, layers=L, width=W, heads=H)
-        out.append((matmul_params(m), (L, W, H)))
-    return out
+    return matmul_params(m)
+
+
+def _rough_params(m: ModelConfig) -> float:
+    """GPT-2's count in closed form (blocks 12LD² + 13LD, the head V·D): only to pick rungs near a target."""
+    return 12 * m.layers * m.width ** 2 + 13 * m.layers * m.width + m.vocab_size * m.width
+
+
+def ladder(base: Config, widths: Sequence[int] = tuple(range(16, 529, 16))) -> list[tuple[float, tuple[int, int, int]]]:
+    """(rough N, shape) for every width of the ladder, smallest first (the exact N of a chosen
+    shape is read off its parameter tree by ``plan``)."""
+    return [(_rough_params(dataclasses.replace(base.model, layers=L, width=W, heads=H)), (L, W, H))
+            for L, W, H in map(shape, widths)]
 
 
 def plan(budgets: Sequence[float], sizes: int, base: Config, *, tokens_per_param: float = 20.0,
@@ -67,17 +75,18 @@ def plan(budgets: Sequence[float], sizes: int, base: Config, *, tokens_per_param
     runs = []
     for c in sorted(budgets):
         centre = math.sqrt(c / (6 * tokens_per_param))
-        chosen: list[tuple[int, tuple[int, int, int]]] = []
+        chosen: list[tuple[float, tuple[int, int, int]]] = []
         for j in range(sizes):
             target = centre * spread ** (j - (sizes - 1) / 2)
             free = [r for r in rungs if r not in chosen]
             chosen.append(min(free, key=lambda r: abs(math.log(r[0] / target))))
-        for n, (L, W, H) in sorted(chosen):
+        for _, (L, W, H) in sorted(chosen):
+            n = _matmul_params(dataclasses.replace(base.model, layers=L, width=W, heads=H))
             steps = max(1, round(c / (6 * n) / per_step))
             if steps < 20:
                 raise ConfigError(f"budget {c:.3g} gives a {L}L×{W} model ({n:,} params) only {steps} steps of "
                                   f"{per_step} tokens; raise the budget or lower train.batch_size")
-            runs.append(Run(f"c{c:.0e}-L{L}w{W}".replace("+", ""), float(c), L, W, H, n, steps))
+            runs.append(Run(f"c{c:.3g}-L{L}w{W}".replace("+", ""), float(c), L, W, H, n, steps))
     return runs
 
 
@@ -100,7 +109,8 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def sweep(base: Config, budgets: Sequence[float], sizes: int, out: str | Path, *, progress: bool = True,
           **plan_kw) -> dict:
-    """Plan, write ``sweep.json``, train every unfinished run (one progress bar over the sweep's FLOPs)."""
+    """Plan, write ``sweep.json``, train every unfinished run (one progress bar over the sweep's FLOPs).
+    ``plan_kw`` go to ``plan`` (tokens_per_param, spread)."""
     from tqdm.auto import tqdm
 
     from lineage_jax.runs import atomic

@@ -3,6 +3,8 @@ shape of the measured curves (a p^L exact match over a smooth p supports the cla
 match does not), and ``--quick`` writes result.json and the PNG."""
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,7 +24,7 @@ def test_problems_are_sums_with_the_answer_least_significant_first():
 def rows_from(p_per_size, L=4, em=None):
     rows = []
     for i, p in enumerate(p_per_size):
-        rows.append({"params": 1000 * 2 ** i, "token_accuracy": p, "log_likelihood": np.log(0.1) + (np.log(p) - np.log(0.1)) * 0.9,
+        rows.append({"params": 1000 * 2 ** i, "token_accuracy": p, "log_likelihood": 0.9 * np.log(p),
                      "exact_match": p ** L if em is None else em[i], "p_to_the_L": p ** L})
     return rows
 
@@ -42,6 +44,18 @@ def test_config_refusals():
         lesson.Config(widths="16,20,32")
 
 
+def test_score_of_an_untrained_model_is_in_range():
+    cfg = lesson.Config(steps=1)
+    m = lesson.model_config(cfg, 8)
+    model = lesson.build(m)
+    params = lesson.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, m.context), jnp.int32))["params"])
+    seq, answer = lesson.problems(np.random.default_rng(1), 32, cfg.digits)
+    s = lesson.score(cfg, model, params, seq, answer)
+    assert 0 <= s["exact_match"] <= s["p_to_the_L"] + 0.1 and 0 <= s["token_accuracy"] <= 1
+    assert s["log_likelihood"] < 0 and 0 <= s["edit_distance"] <= cfg.digits + 1
+
+
+@pytest.mark.slow
 def test_quick_writes_result_json_and_png(tmp_path):
     assert cli.main(["lesson", "emergence", "--quick", "--out", str(tmp_path), "--no-progress", "--steps", "30",
                      "n_test=64", "--widths", "8,16,24"]) == 0

@@ -1,11 +1,13 @@
 """The IsoFLOP sweep's plan (no training: default suite) and a real 2-budget × 2-size sweep (slow):
 normal run directories, a schedule ending at each run's horizon, finished runs skipped on rerun."""
+import dataclasses
 import json
 import math
 
 import pytest
 
 from lineage_jax.config import ConfigError, load_config
+from lineage_jax.models.count import matmul_params
 from lineage_jax.scaling.sweep import BASE, plan, run_config
 
 BUDGETS = [1e11, 3e11, 1e12]
@@ -14,6 +16,7 @@ BUDGETS = [1e11, 3e11, 1e12]
 def test_plan_spends_each_budget_on_distinct_sizes_around_the_guess():
     base = load_config("tiny", BASE)
     runs = plan(BUDGETS, 5, base)
+    assert runs[0].params == matmul_params(dataclasses.replace(base.model, layers=1, width=16, heads=1))
     per_step = base.train.batch_size * base.model.context
     assert len(runs) == 15
     for c in BUDGETS:
