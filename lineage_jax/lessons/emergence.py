@@ -46,6 +46,7 @@ class Config:
     lr: float = 3e-3
     n_test: int = 1024
     seed: int = 0
+    seeds: int = 1               # models per width (seed, seed + 1, ...); the rows average their scores
 
     def __post_init__(self):
         harness.positive_list("widths", self.widths, int, "16,32,64")
@@ -53,7 +54,7 @@ class Config:
             raise ConfigError(f"widths={self.widths}: give 3 or more model widths (the lesson compares sizes)")
         if any(w % 8 for w in self.width_list()):
             raise ConfigError(f"widths={self.widths}: each width must be a multiple of 8")
-        for f in ("digits", "layers", "steps", "batch", "n_test"):
+        for f in ("digits", "layers", "steps", "batch", "n_test", "seeds"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
         if self.digits > 8:
@@ -158,10 +159,12 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     test_seq, test_answer = problems(np.random.default_rng(cfg.seed + 99), cfg.n_test, cfg.digits)
     rows = []
     for width in cfg.width_list():
-        model, m, params, history = train_one(cfg, width, progress)
-        c = count(m)
-        rows.append({"width": width, "params": c.non_embedding, "train_loss": history[-1]["loss"],
-                     **score(cfg, model, params, test_seq, test_answer)})
+        runs = []
+        for k in range(cfg.seeds):     # each model learns addition in a sudden transition: seeds smooth the rows
+            model, m, params, history = train_one(dataclasses.replace(cfg, seed=cfg.seed + k), width, progress)
+            runs.append({"train_loss": history[-1]["loss"], **score(cfg, model, params, test_seq, test_answer)})
+        rows.append({"width": width, "params": count(m).non_embedding,
+                     **{key: float(np.mean([r[key] for r in runs])) for key in runs[0]}})
     sorted_rows = sorted(rows, key=lambda r: r["params"])
     shares = {k: largest_share([r[k] for r in sorted_rows]) for k in ("exact_match", "token_accuracy",
                                                                       "log_likelihood")}

@@ -42,6 +42,8 @@ def test_config_refusals():
         lesson.Config(widths="16,32")
     with pytest.raises(ConfigError, match="multiple of 8"):
         lesson.Config(widths="16,20,32")
+    with pytest.raises(ConfigError, match="seeds=0"):
+        lesson.Config(seeds=0)
 
 
 def test_score_of_an_untrained_model_is_in_range():
