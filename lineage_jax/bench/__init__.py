@@ -15,7 +15,6 @@ ratios within a run are what to compare):
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from typing import Callable
@@ -25,40 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lineage_jax.config import Config, ModelConfig
+from lineage_jax.models.count import matmul_params   # the one tree walk, shared with lineage_jax.scaling
 
 
 def palm_flops_per_token(m: ModelConfig, n_matmul_params: int) -> float:
     """6N + 12·L·H·Q·T: N matmul parameters (fwd 2N, bwd 4N) plus attention's QKᵀ and AV."""
     return 6.0 * n_matmul_params + 12.0 * m.layers * m.heads * (m.width // m.heads) * m.context
-
-
-def matmul_params(m: ModelConfig) -> int:
-    """N of the 6N term: the parameters one token's forward multiplies, read off the model's
-    (abstract) parameter tree by logical axis names.
-
-    Lookup tables are not multiplied: the position table, and the token table when the head
-    is untied (tied, it is the head's matrix and counts once). Norm scales and biases count,
-    as in PaLM's N. In MoE layers a token meets ``moe_k`` of the E experts, so expert weights
-    (the leaves with an ``expert`` axis; the router's is ``route``) count k/E: N is the active
-    parameters.
-    Vocabulary padding (``vocab_multiple``) is left out: those rows are work, not model.
-    """
-    import flax.linen as nn
-
-    from lineage_jax.models import build
-    boxed = jax.eval_shape(lambda: build(m).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
-    leaves = [(getattr(path[-1], "key", ""), tuple(leaf.names), nn.unbox(leaf).shape) for path, leaf in flat]
-    untied = any(name == "lm_head" for name, _, _ in leaves)
-    n = 0.0
-    for name, axes, shape in leaves:
-        if "position" in axes or (name == "wte" and untied):
-            continue
-        size = math.prod(shape)
-        if "vocab" in axes:   # padded vocab rows are computed but are not the model's
-            size = size // shape[axes.index("vocab")] * m.vocab_size
-        n += size * (m.moe_k / m.experts if "expert" in axes else 1)
-    return int(round(n))
 
 
 def matmul_peak_flops(n: int = 2048, reps: int = 10) -> float:

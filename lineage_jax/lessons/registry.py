@@ -79,6 +79,12 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "as a net fits, its activation gradients fall below fp16's 2^-24: unscaled fp16 flushes >= 5% of them "
            "to zero, dynamic loss scaling recovers most of those (the far tail stays lost), bf16 loses < 0.1%",
            "lineage_jax.lessons.mixed_precision", flags=("steps", "seed")),
+    Lesson("emergence", "2022", "Wei et al. 2022, Emergent Abilities of Large Language Models; Schaeffer, Miranda "
+           "& Koyejo 2023, Are Emergent Abilities of Large Language Models a Mirage?",
+           "across model sizes trained here on multi-digit addition, exact match jumps (a larger share of its rise "
+           "between two neighbouring sizes) while per-token accuracy and log-likelihood rise smoothly, and exact "
+           "match stays within 0.1 of p^L: the jump is a property of the metric",
+           "lineage_jax.lessons.emergence", flags=("widths", "steps", "seed")),
 )}
 
 
