@@ -16,7 +16,8 @@ jax.config.update("jax_num_cpu_devices", 8)
 # compilation cache keys on the program itself, so those repeats load instead of compiling:
 # it cut the CPU time of tests/parallel by a quarter (6.0 vs 8.0 CPU-minutes). The cache
 # lives beside the TFDS test data; LINEAGE_TEST_JAX_CACHE=off turns it off, or names another
-# directory.
+# directory. Two pytest workers may write one entry at once: a reader that meets a half-written
+# entry gets a warning from JAX and compiles instead, so a race costs time, never a wrong program.
 _cache = os.environ.get("LINEAGE_TEST_JAX_CACHE",
                         os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax"))
 if _cache != "off":
