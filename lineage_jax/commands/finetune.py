@@ -2,7 +2,8 @@
 what to do with the result.
 
     lineage finetune --from RUN_OR_HF_DIR --run-dir OUT [--lora-rank 8] [--lora-alpha 16]
-                     [--lora-targets q,k,v,o,mlp] [--quant none|nf4|int8] [section.key=value ...]
+                     [--lora-targets q,k,v,o,mlp] [--quant none|nf4|int8] [--offload-opt-state]
+                     [section.key=value ...]
     lineage finetune merge --run-dir OUT --out MERGED        a run directory with W + ΔW
     lineage finetune export-peft --run-dir OUT --out DIR     adapter_config.json + adapter_model.safetensors
 
@@ -35,6 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--lora-targets", default="q,k,v,o,mlp", help="comma list of q, k, v, o, mlp")
     p.add_argument("--quant", default="none", help="the frozen base's adapted kernels: none, nf4 (QLoRA), int8")
+    p.add_argument("--offload-opt-state", action="store_true",
+                   help="keep the Adam moments in host memory (pinned_host) between steps (QLoRA's paged optimiser; "
+                        "on CPU host and device memory are the same RAM, so nothing is saved there)")
     p.add_argument("--tokenizer", default=None, help="Hugging Face source: data.tokenizer (default: its "
                                                      "tokenizer.json, else byte)")
     p.add_argument("--overwrite", action="store_true", help="start OUT afresh (its own files only)")
@@ -125,7 +129,7 @@ def run(args, overrides) -> int:
     rec = store.Record(lcfg, base_ref, args.quant, hf_source)
 
     def builder(c):
-        ft = build_finetune(c, lcfg, params, quant_kind=args.quant)
+        ft = build_finetune(c, lcfg, params, quant_kind=args.quant, offload_opt_state=args.offload_opt_state)
         return ft.setup, lambda _: compile_finetune(ft)
 
     summary = train(cfg, progress=not args.no_progress, overwrite=False, builder=builder,

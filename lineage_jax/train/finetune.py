@@ -64,12 +64,25 @@ class Finetune:
     base: Any                    # the frozen base on the mesh (quantised kernels as ``Quantized``)
     base_sharding: Any
     step_fn: Any = None          # compiled (state, batch, base) -> (state, metrics)
+    offload: bool = False        # optimiser state at rest in host memory (``memory_kind="pinned_host"``)
+    device_opt_sharding: Any = None
+
+
+def host_offload_supported(devices=None) -> bool:
+    """Whether the devices have a ``pinned_host`` memory to keep state in (GPU, TPU; CPU lists one too,
+    but there it is the same RAM: the option runs, the saving is nil)."""
+    dev = (devices or jax.devices())[0]
+    return "pinned_host" in {m.kind for m in dev.addressable_memories()}
 
 
 def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kind: str | None = None,
-                   devices=None, compile_steps: bool = True) -> Finetune:
+                   devices=None, compile_steps: bool = True, offload_opt_state: bool = False) -> Finetune:
     """The finetune Setup for ``cfg`` (the base's model config; train/optim/mesh as configured) and the
-    base's parameters (host or device arrays, unquantised). Adapter shardings follow their kernels."""
+    base's parameters (host or device arrays, unquantised). Adapter shardings follow their kernels.
+
+    ``offload_opt_state``: QLoRA's paged optimiser, the JAX way — the Adam moments rest in host memory
+    (``memory_kind="pinned_host"``) between steps and are brought to the device inside the step, only
+    for the update; a backend without host memory kinds is refused in one line."""
     setup = build(cfg, compile_steps=False, devices=devices)
     mesh, strategy = setup.mesh, setup.strategy
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), base_params)
@@ -89,6 +102,11 @@ def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kin
     opt_sharding = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, ad_abstract),
                                          shardings["opt_state"], transform_non_params=lambda _: replicated)
     ls = precision.loss_scale_for(cfg.parallel.precision, cfg.parallel.loss_scale_init)
+    device_opt_sharding = opt_sharding
+    if offload_opt_state:
+        if not host_offload_supported(devices):
+            raise parallel.MeshError("offload_opt_state: this backend has no pinned_host memory kind")
+        opt_sharding = jax.tree.map(lambda sh: sh.with_memory_kind("pinned_host"), opt_sharding)
     state_sharding = TrainState(step=replicated, params=shardings["params"], opt_state=opt_sharding,
                                 loss_scale=jax.tree.map(lambda _: replicated, ls))
 
@@ -99,7 +117,8 @@ def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kin
     ft_setup = dataclasses.replace(setup, tx=tx, logical_specs=ad_specs, state_sharding=state_sharding,
                                    grad_sharding=shardings["grads"],
                                    init_state=jax.jit(init_state, out_shardings=state_sharding))
-    ft = Finetune(ft_setup, lcfg, base, base_sharding)
+    ft = Finetune(ft_setup, lcfg, base, base_sharding, offload=offload_opt_state,
+                  device_opt_sharding=device_opt_sharding)
     if compile_steps:
         compile_finetune(ft)
     return ft
@@ -114,10 +133,15 @@ def compile_finetune(ft: Finetune) -> None:
 
     def step(state, batch, base):
         model = Adapted(s.model, base, ft.lora)
-        return make_train_step(model, s.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
-                               dropout=cfg.model.dropout > 0, schedule=s.schedule, grad_sharding=s.grad_sharding,
-                               loss_scale_period=cfg.parallel.loss_scale_period,
-                               skip_nonfinite=cfg.train.nan_policy == "skip")(state, batch)
+        if ft.offload:   # host -> device for the update only
+            state = state.replace(opt_state=jax.device_put(state.opt_state, ft.device_opt_sharding))
+        state, metrics = make_train_step(model, s.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
+                                         dropout=cfg.model.dropout > 0, schedule=s.schedule,
+                                         grad_sharding=s.grad_sharding, loss_scale_period=cfg.parallel.loss_scale_period,
+                                         skip_nonfinite=cfg.train.nan_policy == "skip")(state, batch)
+        if ft.offload:   # and back to host memory
+            state = state.replace(opt_state=jax.device_put(state.opt_state, s.state_sharding.opt_state))
+        return state, metrics
 
     def evaluate(params, batch, base):
         return make_eval_step(Adapted(s.model, base, ft.lora))(params, batch)

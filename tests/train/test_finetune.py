@@ -70,3 +70,24 @@ def test_qlora_step_trains_adapters_over_a_frozen_nf4_base():
     k = ft.base["blocks_0"]["attn"]["query"]["kernel"]
     assert quant.is_quantized(k) and k.codes.dtype == np.uint8
     assert losses[-1] < losses[0]
+
+
+def test_offloaded_optimiser_state_rests_in_host_memory_and_changes_nothing():
+    """``offload_opt_state``: the Adam moments live in ``pinned_host`` memory between steps; the steps
+    are the same numbers (on CPU host and device memory are one RAM: placement only)."""
+    _, _, one, l1 = one_device()
+    cfg = load_config("tiny", BASE + ["mesh.data=1"])
+    ft = build_finetune(cfg, LCFG, base_params(cfg), devices=jax.devices()[:1], offload_opt_state=True)
+    s = ft.setup
+    state = s.init_state(jax.random.key(1))
+    tokens = np.random.default_rng(0).integers(0, 257, (8, 17))
+    losses = []
+    for _ in range(3):
+        state, m = s.train_step(state, s.put_batch(tokens))
+        losses.append(float(m["loss"]))
+    kinds = {x.sharding.memory_kind for x in jax.tree.leaves(state.opt_state) if x.ndim}
+    assert kinds == {"pinned_host"}
+    assert {x.sharding.memory_kind for x in jax.tree.leaves(state.params)} == {"device"}
+    np.testing.assert_allclose(losses, l1, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(one.params)):
+        np.testing.assert_allclose(x, y, atol=1e-7)
