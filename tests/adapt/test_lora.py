@@ -50,7 +50,7 @@ def test_bad_targets_are_one_line():
         lora.targets({"wte": params["wte"]}, {"wte": specs["wte"]}, lora.LoraConfig())
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_at_init_the_adapted_model_is_the_base_exactly(arch):
     model, params, specs = tiny(arch)
     ad = lora.init(jax.random.key(1), params, specs, lora.LoraConfig(rank=4))
@@ -82,6 +82,7 @@ def test_delta_is_the_papers_BA_and_merge_unmerge():
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow   # the default suite's proof: tests/train/test_finetune.py::test_only_adapters_are_state_...
 def test_only_adapters_get_optimiser_state_and_change():
     """multi_transform over {base, lora}: Adam moments exist for adapter leaves only; one step moves
     the adapters (B first: with B = 0 the gradient of A is zero) and leaves the base bit for bit."""

@@ -49,7 +49,7 @@ def logits_peft(pmodel, ids):
         return pmodel(torch.from_numpy(ids).long()).logits.numpy()
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
 def test_export_equals_peft_and_reads_back(arch, tmp_path):
     base = hf_model(arch, tmp_path / "hf")
     model, params = hf.load(tmp_path / "hf", scan_layers=arch == "llama")

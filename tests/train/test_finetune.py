@@ -72,6 +72,7 @@ def test_qlora_step_trains_adapters_over_a_frozen_nf4_base():
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_offloaded_optimiser_state_rests_in_host_memory_and_changes_nothing():
     """``offload_opt_state``: the Adam moments live in ``pinned_host`` memory between steps; the steps
     are the same numbers (on CPU host and device memory are one RAM: placement only)."""
