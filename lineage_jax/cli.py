@@ -217,7 +217,19 @@ def cmd_bench(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    if args.to_hf == (args.from_hf is not None):
+        raise ConfigError("convert: give --from-hf DIR --run-dir OUT (Hugging Face -> run) or --to-hf --run-dir RUN "
+                          "--out DIR (run -> Hugging Face)")
+    if args.to_hf and args.out is None:
+        raise ConfigError("convert --to-hf: --out DIR is required")
     _init_devices(args.devices)
+    if args.to_hf:   # any run directory (a LoRA fine-tune: base + adapters merged) -> config.json + model.safetensors
+        from lineage_jax.decode import load_for_inference
+        from lineage_jax.interop import hf
+        _, model, params, _ = load_for_inference(args.run_dir)
+        hf.save(model, params, args.out)
+        print(f"converted {args.run_dir} -> {args.out} (config.json + model.safetensors)")
+        return 0
     from lineage_jax.interop import convert_to_run_dir
     run_dir = convert_to_run_dir(args.from_hf, args.run_dir, tokenizer=args.tokenizer)
     print(f"converted {args.from_hf} -> {run_dir}; try: lineage sample --run-dir {run_dir}")
@@ -309,9 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="PNG", help="report every strategy for this model and plot them to PNG")
     p.set_defaults(func=cmd_shard_report)
 
-    p = sub.add_parser("convert", help="a Hugging Face checkpoint directory -> a lineage run directory")
-    p.add_argument("--from-hf", required=True, metavar="DIR", help="config.json + model.safetensors")
-    p.add_argument("--run-dir", required=True, metavar="OUT", help="new run directory (must hold no checkpoint)")
+    p = sub.add_parser("convert", help="a Hugging Face checkpoint directory -> a lineage run directory, or back "
+                                        "(--to-hf)")
+    p.add_argument("--from-hf", default=None, metavar="DIR", help="config.json + model.safetensors")
+    p.add_argument("--to-hf", action="store_true", help="the other way: --run-dir RUN -> --out DIR (GPT-2 / Llama)")
+    p.add_argument("--out", default=None, metavar="DIR", help="with --to-hf: the Hugging Face directory to write")
+    p.add_argument("--run-dir", required=True, metavar="OUT",
+                   help="new run directory (must hold no checkpoint); with --to-hf the run to export")
     p.add_argument("--tokenizer", default=None,
                    help="data.tokenizer for the run (default: DIR's tokenizer.json, else byte)")
     p.add_argument("--devices", type=int, default=None)

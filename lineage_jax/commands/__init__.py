@@ -16,6 +16,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.cache",
     "lineage_jax.commands.launch",
     "lineage_jax.commands.scaling",
+    "lineage_jax.commands.finetune",
 )
 
 BENCH_TARGETS: dict[str, str] = {

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lineage_jax import models
+from lineage_jax.adapt import lora, quant, store
 from lineage_jax.config import Config, load_config
 from lineage_jax.runs import checkpoint as ckpt, rundir
 from lineage_jax.tokenize import Tokenizer, get_tokenizer
@@ -39,6 +40,8 @@ def load_for_inference(run_dir: str | Path) -> tuple[Config, nn.Module, object, 
     is named on stderr and left in place for the training run to set aside), params on one device."""
     run_dir = Path(run_dir)
     _latest(run_dir)
+    if store.is_adapted(run_dir):
+        return load_adapted(run_dir)[:4]
     cfg = load_config(str(run_dir / "config.yaml"), [])
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     _same_tokenizer(run_dir, rundir.read_record(run_dir).get("tokenizer"), cfg, tokenizer, "")
@@ -59,3 +62,27 @@ def _same_tokenizer(run_dir: Path, recorded: dict | None, cfg: Config, tokenizer
     problem = rundir.tokenizer_problem(recorded, cfg.data.tokenizer, tokenizer.fingerprint())
     if problem:
         raise rundir.RunDirError(f"run_dir {run_dir}: {what}{problem}; put back the tokenizer it was trained with")
+
+
+def load_adapted(run_dir: Path):
+    """A LoRA fine-tuning run (``adapt.store``): (config, model, merged params, tokenizer, adapters, record).
+    The base comes from its own run directory; a QLoRA run's adapted kernels are quantised as in
+    training, so the merged model is the one that was trained."""
+    rec = store.read(run_dir)
+    base_dir = rec.base_dir(run_dir)
+    if not base_dir.is_dir():
+        raise ckpt.CheckpointError(f"run_dir {run_dir}: its base {base_dir} (adapter.json) is gone; put it back")
+    _, model, base, tokenizer = load_for_inference(base_dir)
+    cfg = load_config(str(run_dir / "config.yaml"), [])
+    dummy = jnp.zeros((1, model.cfg.context), jnp.int32)
+    specs = nn.get_partition_spec(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)))["params"]
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = jax.eval_shape(lambda: lora.init(jax.random.key(0), base, specs, rec.lora))
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
+    with ckpt.manager(run_dir, create=False, async_save=False) as mngr:
+        step, adapters, meta = ckpt.restore_latest_good(mngr, abstract, params_only=True, move_bad=False)
+    _same_tokenizer(run_dir, meta.get("tokenizer"), cfg, tokenizer, f"checkpoint step {step} ")
+    if rec.quant != "none":
+        base = quant.quantize_tree(base, lambda path, _: rec.lora.matches(path), rec.quant)
+    params = lora.merge(base, adapters, rec.lora, jnp.dtype(model.cfg.param_dtype))
+    return cfg, model, params, tokenizer, adapters, rec

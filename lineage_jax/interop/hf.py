@@ -315,10 +315,16 @@ def convert_to_run_dir(hf_dir: str | Path, run_dir: str | Path, *, tokenizer: st
     if tokenizer == "byte" and model.cfg.vocab_size < 257:
         raise InteropError(f"{hf_dir}: vocab_size={model.cfg.vocab_size} is too small for the byte tokenizer "
                            f"(257 ids); pass tokenizer= a tokenizer.json for this vocabulary")
+    return params_to_run_dir(model.cfg, tokenizer, params, run_dir, source=str(hf_dir.resolve()))
+
+
+def params_to_run_dir(mc: ModelConfig, tokenizer: str, params, run_dir: str | Path, *, source: str) -> Path:
+    """A new run directory holding ``params`` of a ``mc`` model as step 0 of a fresh TrainState, with
+    ``config.yaml`` (``data.tokenizer``: ``tokenizer``); ``source`` goes into the checkpoint's meta."""
+    run_dir = Path(run_dir)
     if ckpt.latest_step(run_dir) is not None:
         raise InteropError(f"{run_dir}: already holds a checkpoint; convert into a new run directory")
-    cfg = Config(model=model.cfg, data=DataConfig(tokenizer=tokenizer), mesh=MeshConfig(data=1),
-                 run_dir=str(run_dir))
+    cfg = Config(model=mc, data=DataConfig(tokenizer=tokenizer), mesh=MeshConfig(data=1), run_dir=str(run_dir))
     validate(cfg)
     setup = build(cfg, compile_steps=False, devices=jax.devices()[:1])
     state = setup.init_state(jax.random.key(cfg.train.seed))
@@ -327,6 +333,6 @@ def convert_to_run_dir(hf_dir: str | Path, run_dir: str | Path, *, tokenizer: st
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with ckpt.manager(run_dir, keep=cfg.train.keep_checkpoints, async_save=False) as mngr:
-        ckpt.save(mngr, 0, state, {"data_position": 0, "step": 0, "source": str(hf_dir.resolve())})
+        ckpt.save(mngr, 0, state, {"data_position": 0, "step": 0, "source": source})
         mngr.wait_until_finished()
     return run_dir

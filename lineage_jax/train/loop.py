@@ -110,7 +110,7 @@ def _truncate_metrics(path: Path, step: int, note=None) -> None:
 
 
 def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at: int | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, builder=None, files: dict[str, str] | None = None) -> dict:
     """Train (or resume) ``cfg``; return a summary {first_loss, final_loss, eval_loss, steps, ...}.
 
     The run directory is locked for the whole run (``runs.lock``: a second run into it is refused)
@@ -122,6 +122,10 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     its own rows of every global batch (``Setup.process_rows``; the global order is the sampler's,
     whatever the process count) and Orbax writes each process's shards of a checkpoint. Only
     process 0 (``is_main``) writes metrics.jsonl, config.yaml, loss.png and shows progress.
+
+    ``builder``: ``cfg -> (setup, compile)`` in place of ``build(cfg, compile_steps=False)`` and
+    ``compile_all`` (LoRA fine-tuning: ``train.finetune``); ``files``: {name: text} written beside
+    config.yaml (e.g. the adapter record).
     """
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -130,7 +134,8 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise RunDirError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size} tokens; set model.vocab_size >= {tokenizer.vocab_size}")
-    kw = dict(progress=progress, sample_chars=sample_chars, stop_at=stop_at, overwrite=overwrite)
+    kw = dict(progress=progress, sample_chars=sample_chars, stop_at=stop_at, overwrite=overwrite, builder=builder,
+              files=files or {})
     if jax.process_index() > 0:                        # multi-process: process 0 locks and checks run_dir
         if not _verdict_of_process_0(True):
             raise RunDirError(f"run_dir {run_dir}: process 0 refused it (its log says why)")
@@ -165,16 +170,17 @@ def _verdict_of_process_0(ok: bool) -> bool:
 
 
 def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, sample_chars: int,
-                  stop_at: int | None, overwrite: bool) -> dict:
+                  stop_at: int | None, overwrite: bool, builder, files: dict[str, str]) -> dict:
     """``train`` with ``run_dir`` locked and checked."""
-    setup = build(cfg, compile_steps=False)            # mesh/batch/divisibility checks before compiling
+    # mesh/batch/divisibility checks before compiling
+    setup, compile_steps = builder(cfg) if builder else (build(cfg, compile_steps=False), compile_all)
     T, B = cfg.model.context, cfg.train.batch_size
     train_data, eval_data = samplers(setup, tokenizer)
     is_main = jax.process_index() == 0                 # multi-process: the one writer of run files
     lo, hi = setup.process_rows(B)                     # this process's rows of each global batch
     progress = progress and is_main
 
-    compile_all(setup)
+    compile_steps(setup)
     mngr = ckpt.manager(run_dir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
     metrics_path = run_dir / "metrics.jsonl"
     record = {"spec": cfg.data.tokenizer, "sha256": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size}
@@ -201,6 +207,8 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
     if is_main:
         atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic.write_text(run_dir / rundir.RUN_JSON, json.dumps({"tokenizer": record}, indent=1) + "\n")
+        for name, text in files.items():
+            atomic.write_text(run_dir / name, text)
     saved_meta = {"tokenizer": {"spec": cfg.data.tokenizer, "sha256": record["sha256"]}}
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
