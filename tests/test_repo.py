@@ -23,8 +23,8 @@ LAYERS = [
     {"config"},                                  # schema and validation: imports no other package
     {"nn", "optim", "runs", "foundations"},      # building blocks, optimisers, run directories (atomic writes),
                                                  # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout)
-    {"adapt"},                                   # LoRA / NF4 / QLoRA: pure transforms of parameter trees
-    {"tokenize"},                                # tokenizers (save through runs.atomic)
+    {"tokenize", "adapt"},                       # tokenizers (save through runs.atomic) |
+                                                 # LoRA / NF4 / QLoRA: pure transforms of parameter trees
     {"attention", "data"},
     {"moe"},
     {"models"},
