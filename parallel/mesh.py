@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-MESH_AXES = ("data", "fsdp", "expert", "tensor")  # the order of axes in every mesh (outermost first)
+MESH_AXES = ("stage", "data", "fsdp", "expert", "tensor")  # the order of axes in every mesh (outermost first)
+# stage: pipeline stages (parallel/pipeline/), outermost as in Megatron-LM, where stages cross nodes
 
 
 class MeshError(ValueError):
