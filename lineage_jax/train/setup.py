@@ -100,7 +100,7 @@ class Setup:
                                                           like[k].shape) for k, v in batch.items()}
 
 
-def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
+def build(cfg: Config, *, compile_steps: bool = True, devices=None, compile_eval: bool = True) -> Setup:
     """Everything a run needs, checked before anything compiles.
 
     ``config.validate`` has checked all that the config alone decides; the checks here need the
@@ -157,12 +157,13 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     setup = Setup(cfg, model, tx, schedule, mesh, strategy, logical_specs, state_sharding, shardings["grads"],
                   batch_sharding, jax.jit(init_state, out_shardings=state_sharding))
     if compile_steps:
-        compile_all(setup)
+        compile_all(setup, compile_eval=compile_eval)
     return setup
 
 
-def compile_all(setup: Setup) -> None:
-    """AOT-compile train and eval steps for the configured shapes; record compile time."""
+def compile_all(setup: Setup, compile_eval: bool = True) -> None:
+    """AOT-compile train and eval steps for the configured shapes (``compile_eval=False``: the train
+    step alone, for callers that never evaluate); record compile time."""
     cfg = setup.cfg
     step_fn = make_train_step(setup.model, setup.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
                               dropout=cfg.model.dropout > 0, schedule=setup.schedule,
@@ -178,6 +179,7 @@ def compile_all(setup: Setup) -> None:
         state, batch = setup.abstract_state(), setup.abstract_batch()
         setup.train_step = jax.jit(step_fn, out_shardings=(setup.state_sharding, replicated),
                                    donate_argnums=0).lower(state, batch).compile()
-        setup.eval_step = jax.jit(make_eval_step(setup.model), out_shardings=replicated).lower(
-            state.params, batch).compile()
+        if compile_eval:
+            setup.eval_step = jax.jit(make_eval_step(setup.model), out_shardings=replicated).lower(
+                state.params, batch).compile()
     setup.compile_seconds = time.perf_counter() - t0
