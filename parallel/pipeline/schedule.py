@@ -60,6 +60,7 @@ class Schedule:
     recv_g: np.ndarray
     x_slots: int
     g_slots: int
+    x_live: tuple = ()     # stash slots each device needs (x_slots is their maximum)
 
     @property
     def ticks(self) -> int:
@@ -199,7 +200,8 @@ def build(name: str, stages: int, microbatches: int, virtual: int = 1) -> Schedu
             if c < C - 1:
                 g_iv[d].append((where[(BWD, c + 1, m)][0], where[(BWD, c, m)][0], (c, m)))
     xs, gs = zip(*[_slots(iv) for iv in x_iv]), zip(*[_slots(iv) for iv in g_iv])
-    x_of, x_n = next(xs), max(next(xs), default=0)
+    x_of, x_live = next(xs), next(xs)
+    x_n = max(x_live, default=0)
     g_of, g_n = next(gs), max(next(gs), default=0)
     kind, chunk, micro = (np.zeros((T, P), np.int32) for _ in range(3))
     x_slot, g_slot = np.full((T, P), x_n, np.int32), np.full((T, P), g_n, np.int32)
@@ -213,7 +215,7 @@ def build(name: str, stages: int, microbatches: int, virtual: int = 1) -> Schedu
             recv_x[t, (c + 1) % P] = x_of[(c + 1) % P][(c + 1, m)]
         if k == BWD and c > 0:                # the input cotangent arrives at chunk c−1's device
             recv_g[t, (c - 1) % P] = g_of[(c - 1) % P][(c - 1, m)]
-    return Schedule(name, P, M, v, kind, chunk, micro, x_slot, g_slot, recv_x, recv_g, x_n, g_n)
+    return Schedule(name, P, M, v, kind, chunk, micro, x_slot, g_slot, recv_x, recv_g, x_n, g_n, tuple(x_live))
 
 
 def render(s: Schedule) -> str:

@@ -89,3 +89,14 @@ def test_layers_must_split_into_stage_chunks():
 def test_render_shows_one_row_per_stage():
     text = render(build("1f1b", 2, 2))
     assert text.splitlines() == ["stage 0: F0   F1   .    B0   .    B1", "stage 1: .    F0   B0   F1   B1   ."]
+
+
+def test_pipeline_report_counts_from_the_table():
+    from parallel.pipeline import format_pipeline, pipeline_report
+    rep = pipeline_report(build("gpipe", 4, 4), activation_bytes=1000)
+    assert rep["bubble_exact"] == rep["bubble_formula"] == "3/7" and rep["ticks"] == 14
+    assert rep["stash_slots_per_stage"] == [0, 4, 4, 4]         # GPipe holds every microbatch's input
+    assert rep["sends"] == {"activations": 12, "cotangents": 12}
+    assert rep["useful_bytes_per_device"] == 24 * 1000 // 4
+    assert rep["permute_bytes_per_device"] == 2 * 14 * 1000
+    assert "bubble: 3/7" in "\n".join(format_pipeline(rep))
