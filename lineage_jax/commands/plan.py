@@ -107,7 +107,7 @@ def predict_vs_compiled(cfg, devices=None) -> list[dict]:
     predicted = {"params": per_chip_params(s, mesh, p.zero_stage) * b,
                  "opt_state": _split(s, mesh, p.zero_stage >= 1) * 2 * b}
     comm = collective_bytes(s, mesh, zero=p.zero_stage, microbatches=M, rows=rows, param_bytes=b, grad_bytes=b,
-                            act_bytes=jnp.dtype(m.dtype).itemsize)
+                            act_bytes=jnp.dtype(m.dtype).itemsize, remat=m.remat)
     if p.pipeline_stages > 1:   # the executor permutes both rings every tick, busy or idle
         comm["collective-permute"] = rep["pipeline"]["permute_bytes_per_device"]
     measured = {"params": rep["params_bytes_per_device"], "opt_state": rep["opt_state_bytes_per_device"]}

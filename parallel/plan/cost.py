@@ -13,9 +13,9 @@ microbatches and a remat policy. The formulas are those of docs/parallelism.md, 
   outputs only (``dots``), ``2·h`` (the layer input) with full remat; times the microbatches a
   stage holds (1F1B: P; GPipe: M; no pipeline: 1);
 * collectives per chip and step (ring algorithms, bytes each chip sends): data parallel
-  all-reduce 2·Ψ_c·(n−1)/n; ZeRO-3 all-gather forward and backward 2·Ψ_c·(n−1)/n plus the
+  all-reduce 2·Ψ_c·(n−1)/n; ZeRO-3 all-gather forward and (under remat) backward 2·Ψ_c·(n−1)/n plus the
   gradients' reduce-scatter Ψ_c·(n−1)/n; Megatron TP 4 all-reduces of b·s·h per layer and
-  microbatch, 2·(t−1)/t each; pipeline sends of b·s·h forward and back per microbatch, and the
+  microbatch and 2 for the vocab-parallel embedding and head, 2·(t−1)/t each; pipeline sends of b·s·h forward and back per microbatch, and the
   all-reduce over stages of the weights outside the layer stack (embedding on the first stage,
   head on the last; tied in GPT-2).
 """
@@ -116,14 +116,18 @@ def memory_per_chip(s: Shape, mesh: dict, *, zero: int, microbatches: int, sched
 
 
 def collective_bytes(s: Shape, mesh: dict, *, zero: int, microbatches: int, rows: int, param_bytes: int = 4,
-                     grad_bytes: int = 4, act_bytes: int = 2) -> dict[str, float]:
-    """Bytes each chip sends per step, by collective kind (ring estimates; a permute sends its operand)."""
+                     grad_bytes: int = 4, act_bytes: int = 2, remat: str = "full") -> dict[str, float]:
+    """Bytes each chip sends per step, by collective kind (ring estimates; a permute sends its operand).
+
+    ZeRO-3 gathers each layer's weights in the forward pass and, under remat, again in the backward
+    (the ZeRO paper's 3Ψ); without remat XLA keeps the gathered layer for the backward (memory for
+    traffic), so the weights are gathered once."""
     n = mesh.get("data", 1) * mesh.get("fsdp", 1)
     t, P = mesh.get("tensor", 1), mesh.get("stage", 1)
     psi = _split(s, mesh, False)          # one model-parallel rank's parameters
     out = {"all-reduce": 0.0, "all-gather": 0.0, "reduce-scatter": 0.0, "collective-permute": 0.0}
     if zero >= 3:
-        out["all-gather"] += 2 * psi * param_bytes * ring(n)
+        out["all-gather"] += (1 if remat == "none" else 2) * psi * param_bytes * ring(n)
         out["reduce-scatter"] += psi * grad_bytes * ring(n)
     elif zero == 2:
         out["reduce-scatter"] += psi * grad_bytes * ring(n)
@@ -134,7 +138,9 @@ def collective_bytes(s: Shape, mesh: dict, *, zero: int, microbatches: int, rows
     else:
         out["all-reduce"] += 2 * psi * grad_bytes * ring(n)
     act = rows * s.seq * s.width * act_bytes
-    out["all-reduce"] += 4 * (s.layers / P) * microbatches * 2 * act * ring(t)
+    # Megatron's f/g: 2 all-reduces per layer forward, 2 backward; plus the vocab-parallel embedding's
+    # forward and the head input's backward (on the first / last stage: counted once per step)
+    out["all-reduce"] += (4 * s.layers / P + 2 / P) * microbatches * 2 * act * ring(t)
     if P > 1:
         out["collective-permute"] += 2 * microbatches * act
         shared = sum(n / t ** ("tensor" in axes) for _, n, axes in weight_groups(s) if "stage" not in axes)

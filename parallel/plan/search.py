@@ -50,7 +50,7 @@ def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int
            * (M if P > 1 else 1)) / chip.hbm_bw
     dp_axis = "data" if mesh.get("data", 1) > 1 else "fsdp"
     on = {"all-reduce": None, "all-gather": dp_axis, "reduce-scatter": dp_axis, "collective-permute": "stage"}
-    tp_part = 4 * (s.layers / P) * M * 2 * (global_batch // (mesh["data"] * mesh["fsdp"] * M)) * s.seq * s.width \
+    tp_part = (4 * s.layers / P + 2 / P) * M * 2 * (global_batch // (mesh["data"] * mesh["fsdp"] * M)) * s.seq * s.width \
         * act_bytes * ((mesh["tensor"] - 1) / mesh["tensor"])
     comm_t = {"tensor": tp_part / axis_bandwidth(chip, mesh, "tensor") if tp_part else 0.0,
               "data": (comm["all-reduce"] - tp_part) / axis_bandwidth(chip, mesh, dp_axis),
@@ -109,7 +109,8 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
                                                                 f"{budget / GiB:.1f} GiB"})
                             continue
                         comm = collective_bytes(s, mesh, zero=zero, microbatches=M, rows=rows,
-                                                param_bytes=param_bytes, grad_bytes=grad_bytes, act_bytes=act_bytes)
+                                                param_bytes=param_bytes, grad_bytes=grad_bytes, act_bytes=act_bytes,
+                                                remat=remat)
                         entry.update(collective_bytes=comm, **step_time(
                             s, chip, chips, mesh, global_batch=global_batch, microbatches=M, remat=remat, mem=mem,
                             comm=comm, act_bytes=act_bytes))

@@ -14,11 +14,13 @@ MODEL = ["model.layers=4", "model.scan_layers=true", "model.heads=4", "model.con
 GRID = {
     "PP2xDP4": ["mesh.data=4", "parallel.pipeline_stages=2", "parallel.microbatches=2", "model.width=64"],
     "DP8": ["mesh.data=8", "model.width=64"],
-    "ZeRO-3/fsdp8": ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3", "model.width=128"],
+    # the explicit form writes ZeRO's reduce-scatter itself (GSPMD on CPU writes all-reduce + slice)
+    "ZeRO-3/fsdp8": ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3", "model.width=128",
+                     "parallel.form=shard_map"],
+    "ZeRO-3/fsdp8/remat": ["mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3", "model.width=128",
+                           "parallel.form=shard_map", "model.remat=full"],
     "ZeRO-1/data8": ["mesh.data=8", "parallel.zero_stage=1", "model.width=64"],
-    "TP2xDP4": ["mesh.data=4", "mesh.tensor=2", "model.width=128"],
-    "PP2xFSDP4": ["mesh.data=1", "mesh.fsdp=4", "parallel.zero_stage=3", "parallel.pipeline_stages=2",
-                  "parallel.microbatches=4", "model.width=64"],
+    "TP2xDP4": ["mesh.data=4", "mesh.tensor=2", "model.width=128", "parallel.form=shard_map"],
 }
 
 

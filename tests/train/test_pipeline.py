@@ -13,7 +13,7 @@ from parallel.report.memory import memory
 from tests.parallel.test_parallel_gspmd import rel_err, without_key_bias
 
 MODEL = ["model.layers=4", "model.scan_layers=true", "model.width=32", "model.heads=4", "model.context=16", "model.attn_chunks=2",
-         "model.vocab_multiple=8", "train.batch_size=8", "train.steps=20", "optim.warmup_steps=2", "optim.lr=3e-3"]
+         "model.vocab_multiple=8", "train.batch_size=16", "train.steps=20", "optim.warmup_steps=2", "optim.lr=3e-3"]
 STEPS = 3
 _RUNS: dict = {}
 
@@ -36,7 +36,7 @@ def run(overrides, devices):
         rng = np.random.default_rng(0)
         losses, norms, mu = [], [], None
         for _ in range(STEPS):
-            state, m = setup.train_step(state, setup.put_batch(rng.integers(0, 257, (8, 17))))
+            state, m = setup.train_step(state, setup.put_batch(rng.integers(0, 257, (16, 17))))
             losses.append(float(m["loss"]))
             norms.append(float(m["grad_norm"]))
             mu = jax.device_get(state.opt_state[1][0].mu) if mu is None else mu
@@ -111,7 +111,7 @@ def test_circular_order_puts_chunk_c_on_device_c_mod_p():
     (pp("1f1b", 2, 2) + ["model.layers=3"], r"model.layers=3 does not split into .* 2 × 1 = 2 equal chunks"),
     (pp("circular", 2, 2, 2) + ["model.layers=6"], r"2 × 2 = 4 equal chunks; use a multiple of 4"),
     (pp("1f1b", 4, 2), r"parallel.microbatches=2 is fewer than parallel.pipeline_stages=4"),
-    (pp("1f1b", 2, 3), r"train.batch_size=8 does not split into parallel.microbatches=3"),
+    (pp("1f1b", 2, 3), r"train.batch_size=16 does not split into parallel.microbatches=3"),
     (pp("gpipe", 2, 2, 2), r"parallel.virtual_stages=2 needs parallel.pipeline_schedule=circular"),
     (pp("circular", 2, 3, 2) + ["train.batch_size=6"], r"multiple of 2"),
     (pp("zigzag", 2, 2), r"parallel.pipeline_schedule='zigzag': allowed gpipe, 1f1b, circular"),
@@ -125,9 +125,9 @@ def test_bad_pipeline_config_is_one_line(overrides, words):
 
 
 def test_batch_that_does_not_split_over_data_devices_is_one_line():
-    """Microbatches of 8/4 = 2 rows cannot split over 4 data-parallel devices: refused before compiling."""
-    cfg = load_config("tiny", MODEL + pp("1f1b", 2, 4, data=4))
-    with pytest.raises(ValueError, match=r"train.batch_size/parallel.microbatches \(8/4\)=2 does not split over "
+    """Microbatches of 16/8 = 2 rows cannot split over 4 data-parallel devices: refused before compiling."""
+    cfg = load_config("tiny", MODEL + pp("1f1b", 2, 8, data=4))
+    with pytest.raises(ValueError, match=r"train.batch_size/parallel.microbatches \(16/8\)=2 does not split over "
                                          r"the 4 data-parallel devices") as e:
         build(cfg, devices=jax.devices()[:8], compile_steps=False)
     assert "\n" not in str(e.value)
