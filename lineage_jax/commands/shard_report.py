@@ -22,7 +22,7 @@ from parallel.strategies import NAMED
 
 def shard_report(cfg: Config, devices=None) -> dict:
     """The report's dict (see ``parallel.report.build.build_report``) plus the CLI's JSON keys."""
-    setup = build(cfg, devices=devices)
+    setup = build(cfg, devices=devices, compile_eval=False)   # the report reads the train step alone
     abstract = setup.abstract_state()
     p_bytes = jnp.dtype(setup.cfg.model.param_dtype).itemsize
     rep = report.build_report(report.ReportInputs(

@@ -124,8 +124,16 @@ def collective_bytes(s: Shape, mesh: dict, *, zero: int, microbatches: int, rows
     traffic), so the weights are gathered once."""
     n = mesh.get("data", 1) * mesh.get("fsdp", 1)
     t, P = mesh.get("tensor", 1), mesh.get("stage", 1)
-    psi = _split(s, mesh, False)          # one model-parallel rank's parameters
-    out = {"all-reduce": 0.0, "all-gather": 0.0, "reduce-scatter": 0.0, "collective-permute": 0.0}
+    size = {"tensor": t, "stage": P, "zero": 1}
+    rank = lambda axes: math.prod(size[a] for a in axes)   # noqa: E731
+    # one model-parallel rank's parameters; ZeRO partitions those with an ``embed`` axis, the rest
+    # (biases over heads / mlp) stay whole and are all-reduced
+    psi = sum(n / rank(axes) for _, n, axes in weight_groups(s) if "zero" in axes)
+    out = {"all-reduce": 2 * sum(n / rank(axes) for _, n, axes in weight_groups(s) if "zero" not in axes)
+           * grad_bytes * ring(n) if zero else 0.0, "all-gather": 0.0, "reduce-scatter": 0.0,
+           "collective-permute": 0.0}
+    if not zero:
+        psi = _split(s, mesh, False)
     if zero >= 3:
         out["all-gather"] += (1 if remat == "none" else 2) * psi * param_bytes * ring(n)
         out["reduce-scatter"] += psi * grad_bytes * ring(n)

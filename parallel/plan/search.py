@@ -115,7 +115,10 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
                             s, chip, chips, mesh, global_batch=global_batch, microbatches=M, remat=remat, mem=mem,
                             comm=comm, act_bytes=act_bytes))
                         plans.append(entry)
-    plans.sort(key=lambda p: (p["step_time_s"], p["terms_s"]["communication"], p["memory_per_chip_bytes"]))
+    sig = lambda x: float(f"{x:.9g}")   # noqa: E731  (near-ties are ties, whatever the time unit)
+    plans.sort(key=lambda p: (sig(p["step_time_s"]), sig(p["terms_s"]["communication"]),
+                              sig(p["memory_per_chip_bytes"]), tuple(p["mesh"].values()), p["microbatches"],
+                              REMATS.index(p["remat"])))
     return {"plans": plans, "rejected": rejected,
             "assumptions": {"chip": chip.name, "source": chip.source, "chips": chips, "params": n_params(s),
                             "shape": s.__dict__, "global_batch": global_batch, "schedule": schedule,

@@ -44,7 +44,7 @@ def test_plan_cli_text_and_json(capsys):
     assert set(best) >= {"mesh", "microbatches", "remat", "memory_per_chip_bytes", "step_time_s", "mfu", "bound"}
     assert all(r["reason"] for r in out["rejected"])
     times = [p["step_time_s"] for p in out["plans"]]
-    assert times == sorted(times)
+    assert all(b >= a * (1 - 1e-8) for a, b in zip(times, times[1:]))   # best first
 
 
 def test_plan_without_a_size_is_one_line(capsys):

@@ -98,7 +98,8 @@ def test_fsdp_with_layer_scan_halves_temporary_memory(form):
     assert gathered >= 1.9 * zero3["params_bytes"]          # every layer gathered forward, and again backward
 
 
-def test_pipeline_report_reads_the_sends_and_the_bubble():
+@pytest.mark.slow   # default-suite siblings: tests/commands/test_plan.py (compiled permute bytes, PP2×DP4) and
+def test_pipeline_report_reads_the_sends_and_the_bubble():   # tests/parallel/test_pipeline_schedule.py (the section)
     """PP2 (1F1B, M=4) × data 2 × tensor 2: the compiled collective-permutes move 2·ticks·b·T·D bytes
     per device per step (both rings, every tick); the bubble is the table's; parameters per device
     are the layer stack over stage × tensor plus the replicated rest, as the theory column says."""

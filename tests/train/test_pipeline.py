@@ -131,3 +131,11 @@ def test_batch_that_does_not_split_over_data_devices_is_one_line():
                                          r"the 4 data-parallel devices") as e:
         build(cfg, devices=jax.devices()[:8], compile_steps=False)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow   # the step equality above is the proof; this is the command a user runs
+def test_lineage_train_runs_the_pipeline(tmp_path):
+    from lineage_jax import cli
+    assert cli.main(["train", *MODEL, *pp("1f1b", 2, 4, data=2, tensor=2), "train.steps=2", "train.eval_every=0",
+                     f"run_dir={tmp_path / 'run'}", "--no-progress", "--no-sample"]) == 0
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
