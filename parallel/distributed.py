@@ -25,7 +25,7 @@ ENV_LOCAL_DEVICES = "LINEAGE_LOCAL_DEVICES"    # CPU devices per process (emulat
 ENV_HEARTBEAT = "LINEAGE_HEARTBEAT_TIMEOUT"    # seconds without a heartbeat before a process is declared dead
 ENV_INIT_TIMEOUT = "LINEAGE_INIT_TIMEOUT"      # seconds to wait for every process to join
 
-DATA_LIKE = ("data", "fsdp")                   # mesh axes that may cross processes (the DCN axes)
+DATA_LIKE = ("stage", "data", "fsdp")          # mesh axes that may cross processes (the DCN axes)
 
 
 class DistributedError(MeshError):

@@ -12,6 +12,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")  # the order of axes in every mesh (outermost first)
+STAGE = "stage"   # pipeline stages (parallel/pipeline/): outermost, as Megatron-LM puts them across nodes;
+                  # in a mesh only when its size is > 1, so every other mesh keeps the four axes above
 
 
 class MeshError(ValueError):
@@ -20,10 +22,13 @@ class MeshError(ValueError):
 
 def resolve_mesh_shape(axes: Mapping[str, int], n_devices: int) -> dict[str, int]:
     """Fill in the one -1 axis so the product equals ``n_devices``; reject any mismatch."""
-    unknown = set(axes) - set(MESH_AXES)
+    unknown = set(axes) - set(MESH_AXES) - {STAGE}
     if unknown:
         raise MeshError(f"unknown mesh axis '{sorted(unknown)[0]}'; allowed: {', '.join(MESH_AXES)}")
-    shape = {a: int(axes.get(a, 1)) for a in MESH_AXES}
+    stages = int(axes.get(STAGE, 1))
+    if stages < 1:
+        raise MeshError(f"mesh: {STAGE}={stages}; the pipeline stages must be >= 1")
+    shape = ({STAGE: stages} if stages > 1 else {}) | {a: int(axes.get(a, 1)) for a in MESH_AXES}
     free = [a for a, s in shape.items() if s == -1]
     fixed = math.prod(s for s in shape.values() if s != -1)
     if len(free) > 1:
@@ -40,15 +45,16 @@ def resolve_mesh_shape(axes: Mapping[str, int], n_devices: int) -> dict[str, int
 
 
 def make_mesh(axes: Mapping[str, int], devices=None) -> Mesh:
-    """A GSPMD-style (Auto axes) mesh over ``devices`` (default: all) with axes MESH_AXES.
+    """A GSPMD-style (Auto axes) mesh over ``devices`` (default: all) with axes MESH_AXES (after
+    ``stage`` when ``axes`` asks for more than one pipeline stage).
 
     Devices are grouped by process (stably, each process's own order kept), so with several
     processes the process boundary falls on the outer axes (data, fsdp) and each tensor / expert
     group, the innermost axes, stays inside one process (``distributed.check_process_boundary``)."""
     devices = order_by_process(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(axes, len(devices))
-    sizes = tuple(shape[a] for a in MESH_AXES)
-    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    names = tuple(shape)
+    return Mesh(np.asarray(devices).reshape(tuple(shape.values())), names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def order_by_process(devices) -> list:

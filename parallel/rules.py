@@ -27,6 +27,9 @@ and an unknown one is an error wherever it appears. Mesh axes: ``data``, ``fsdp`
   only in name; a stage on a multi-device mesh without either (e.g. tensor only) is refused.
 - Megatron tensor parallel (Shoeybi et al. 2019): ``heads``, ``mlp``, ``vocab`` → tensor.
 - Megatron sequence parallel (Korthikanti et al. 2022): ``seq`` → tensor as well.
+- Pipeline parallel (Huang et al. 2019; Narayanan et al. 2021): ``layers`` → stage, in every
+  table: each stage holds a contiguous block of the scanned stack, at rest and in compute
+  (``parallel/pipeline/``; the executor is ``lineage_jax/train/pipeline.py``).
 
 Every sharding in the project is derived from these tables through ``spec_for``.
 """
@@ -50,6 +53,7 @@ EXPERT: Rules = (("expert", "expert"),)
 ZERO_AXES = ("data", "fsdp")   # the data-parallel axes ZeRO partitions over (not expert: expert weights use it)
 TENSOR: Rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
 SEQUENCE: Rules = (("seq", "tensor"),)
+PIPELINE: Rules = (("layers", "stage"),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,7 @@ class Strategy:
 
 def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence_parallel: bool = False) -> Strategy:
     """Compose the tables for a mesh: DP always; ZeRO over data × fsdp by stage; EP if expert > 1;
-    TP (+SP) if tensor > 1."""
+    TP (+SP) if tensor > 1; PP (``layers`` → stage) if stage > 1."""
     if zero_stage not in (0, 1, 2, 3):
         raise MeshError(f"zero_stage={zero_stage}: allowed 0, 1, 2, 3")
     if sequence_parallel and mesh_shape.get("tensor", 1) == 1:
@@ -80,6 +84,8 @@ def strategy_for(mesh_shape: Mapping[str, int], *, zero_stage: int = 0, sequence
         compute = compute + EXPERT
     if mesh_shape.get("tensor", 1) > 1:
         compute = compute + TENSOR + (SEQUENCE if sequence_parallel else ())
+    if mesh_shape.get("stage", 1) > 1:
+        compute = compute + PIPELINE
     zero_axes = tuple(a for a in ZERO_AXES if mesh_shape.get(a, 1) > 1)
     if zero_stage and not zero_axes and math.prod(mesh_shape.values()) > 1:
         raise MeshError(f"parallel.zero_stage={zero_stage} partitions over the data-parallel axes mesh.data × "

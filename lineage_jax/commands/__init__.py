@@ -17,6 +17,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.launch",
     "lineage_jax.commands.scaling",
     "lineage_jax.commands.finetune",
+    "lineage_jax.commands.plan",
 )
 
 BENCH_TARGETS: dict[str, str] = {

@@ -13,14 +13,16 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from lineage_jax.config import Config
+from lineage_jax.train.pipeline import schedule_of
 from lineage_jax.train.setup import build
+from parallel import pipeline
 from parallel.report import build as report, plot, theory
 from parallel.strategies import NAMED
 
 
 def shard_report(cfg: Config, devices=None) -> dict:
     """The report's dict (see ``parallel.report.build.build_report``) plus the CLI's JSON keys."""
-    setup = build(cfg, devices=devices)
+    setup = build(cfg, devices=devices, compile_eval=False)   # the report reads the train step alone
     abstract = setup.abstract_state()
     p_bytes = jnp.dtype(setup.cfg.model.param_dtype).itemsize
     rep = report.build_report(report.ReportInputs(
@@ -47,7 +49,21 @@ def shard_report(cfg: Config, devices=None) -> dict:
     if "total" in zero:
         rep["theory_bytes"]["total"] = zero["total"]
     rep["compile_seconds"] = setup.compile_seconds
+    if cfg.parallel.pipeline_stages > 1:
+        rep["pipeline"] = pipeline_section(setup, rep)
     return rep
+
+
+def pipeline_section(setup, rep: dict) -> dict:
+    """The schedule's bubble, stash and sends (``parallel.pipeline.pipeline_report``), with the
+    collective-permute bytes per step read from the compiled program beside their formula."""
+    cfg, mesh = setup.cfg, dict(setup.mesh.shape)
+    rows = cfg.train.batch_size // cfg.parallel.microbatches // (mesh["data"] * mesh["fsdp"] * mesh["expert"])
+    act = rows * cfg.model.context * cfg.model.width * jnp.dtype(cfg.model.dtype).itemsize
+    out = pipeline.pipeline_report(schedule_of(cfg), act)
+    permutes = [c for c in rep.get("collectives_executed", ()) if c["kind"] == "collective-permute"]
+    out["compiled_permute_bytes"] = sum(c["sent_bytes"] for c in permutes) if permutes else None
+    return out
 
 
 def strategy_name(cfg: Config) -> str:
@@ -60,6 +76,9 @@ def strategy_name(cfg: Config) -> str:
         parts.append("SP")
     if p.precision != "fp32":
         parts.append(p.precision)
+    if p.pipeline_stages > 1:
+        parts.append(f"PP{p.pipeline_stages} {p.pipeline_schedule} M={p.microbatches}"
+                     + (f" v={p.virtual_stages}" if p.virtual_stages > 1 else ""))
     return " ".join(parts)
 
 
@@ -93,4 +112,5 @@ def to_json(rep: dict) -> dict:
                             for c in rep.get("collectives_executed", [])],
             "params": [{"path": r["path"], "logical": list(r["logical"] or ()), "spec": r["spec"],
                         "shape": list(r["shape"]), "bytes_per_device": r["bytes_per_device"]} for r in rep["params"]],
-            "warnings": rep.get("warnings", []), "compile_seconds": rep["compile_seconds"]}
+            "warnings": rep.get("warnings", []), "compile_seconds": rep["compile_seconds"],
+            **({"pipeline": rep["pipeline"]} if "pipeline" in rep else {})}

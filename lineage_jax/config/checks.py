@@ -48,3 +48,31 @@ def cross_section(cfg: Config) -> None:
     if p.form == "shard_map" and m.dropout > 0:
         raise ConfigError("parallel.form=shard_map does not support model.dropout > 0 yet (each device would "
                           "draw the same mask for its shard); use parallel.form=gspmd or model.dropout=0")
+    if p.pipeline_stages > 1:
+        pipeline_checks(cfg)
+
+
+def pipeline_checks(cfg: Config) -> None:
+    """What the pipeline executor (``lineage_jax/train/pipeline.py``) runs: GPT-2's dense scanned stack,
+    split into ``pipeline_stages × virtual_stages`` equal chunks, one microbatch per op."""
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    P, v = p.pipeline_stages, p.virtual_stages
+    if m.layers % (P * v):
+        raise ConfigError(f"model.layers={m.layers} does not split into parallel.pipeline_stages × "
+                          f"parallel.virtual_stages = {P} × {v} = {P * v} equal chunks; use a multiple of {P * v}")
+    refused = [(m.arch != "gpt2", f"model.arch={m.arch}", "model.arch=gpt2"),
+               (bool(m.moe_every), f"model.moe_every={m.moe_every}", "model.moe_every=0"),
+               (m.dropout > 0, f"model.dropout={m.dropout}", "model.dropout=0"),
+               (not m.scan_layers, "model.scan_layers=false", "model.scan_layers=true"),
+               (t.grad_accum != 1, f"train.grad_accum={t.grad_accum}",
+                "train.grad_accum=1 (parallel.microbatches splits the batch)"),
+               (t.nan_policy == "skip", "train.nan_policy=skip", "train.nan_policy=stop"),
+               (p.sequence_parallel, "parallel.sequence_parallel=true", "parallel.sequence_parallel=false"),
+               (bool(cfg.data.prepared_dir) and cfg.data.segment_mask, "packed rows (data.segment_mask=true)",
+                "data.segment_mask=false")]
+    for bad, what, use in refused:
+        if bad:
+            raise ConfigError(f"parallel.pipeline_stages={P}: the pipeline does not run {what} yet; use {use}")
+    if t.batch_size % p.microbatches:
+        raise ConfigError(f"train.batch_size={t.batch_size} does not split into parallel.microbatches="
+                          f"{p.microbatches}; allowed: {divisors(t.batch_size)}")

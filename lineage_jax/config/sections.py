@@ -19,6 +19,7 @@ NAN_POLICIES = ("stop", "skip")
 FORMS = ("gspmd", "shard_map")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b", "circular")   # = parallel/pipeline/schedule.py's SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,10 @@ class ParallelConfig:
     precision: str = "fp32"        # fp32 | bf16 (f32 master weights) | fp16 (+ dynamic loss scaling)
     loss_scale_init: float = 32768.0
     loss_scale_period: int = 2000  # finite steps before the fp16 loss scale doubles
+    pipeline_stages: int = 1       # P > 1: the layer stack split into P stages over a `stage` mesh axis
+    microbatches: int = 1          # M: the batch split into M microbatches flowing through the stages (>= P)
+    pipeline_schedule: str = "1f1b"  # gpipe | 1f1b (PipeDream-Flush) | circular (interleaved, virtual_stages)
+    virtual_stages: int = 1        # v chunks per stage device (circular only)
 
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -150,6 +155,20 @@ class ParallelConfig:
         one_of("parallel.precision", self.precision, PRECISIONS)
         if self.loss_scale_init <= 0 or self.loss_scale_period < 1:
             raise ConfigError("parallel.loss_scale_init must be > 0 and parallel.loss_scale_period >= 1")
+        positive({"parallel.pipeline_stages": self.pipeline_stages, "parallel.microbatches": self.microbatches,
+                  "parallel.virtual_stages": self.virtual_stages})
+        one_of("parallel.pipeline_schedule", self.pipeline_schedule, PIPELINE_SCHEDULES)
+        if self.pipeline_stages > 1:
+            P, M, v = self.pipeline_stages, self.microbatches, self.virtual_stages
+            if self.pipeline_schedule != "circular" and v != 1:
+                raise ConfigError(f"parallel.virtual_stages={v} needs parallel.pipeline_schedule=circular "
+                                  f"({self.pipeline_schedule} runs one chunk per stage)")
+            if M < P:
+                raise ConfigError(f"parallel.microbatches={M} is fewer than parallel.pipeline_stages={P}: every "
+                                  f"stage needs a microbatch in flight; use at least {P}")
+            if self.pipeline_schedule == "circular" and M % P:
+                raise ConfigError(f"parallel.microbatches={M}: the circular schedule sends microbatches round the "
+                                  f"ring in groups of parallel.pipeline_stages={P}; use a multiple of {P}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ for the scanned stack); the model knows nothing of meshes.
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,8 @@ import jax.numpy as jnp
 from lineage_jax.config import ModelConfig, ffn_dim
 from lineage_jax.attention.backend import attend_causal
 from lineage_jax.moe import MoEFeedForward
-from lineage_jax.nn import Dense, GeluMLP, cached_attention, constrain, hooks, layer_norm, linear, param
+from lineage_jax.nn import (Dense, GeluMLP, LayerNorm, cached_attention, constrain, hooks, layer_norm, linear,
+                           param)
 
 
 class CausalSelfAttention(nn.Module):
@@ -223,6 +225,45 @@ class GPT(nn.Module):
         if V > c.vocab_size:
             logits = jnp.where(jnp.arange(V) < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
         return logits, cache._replace(k=k, v=v)
+
+
+class PipelineParts(NamedTuple):
+    """GPT-2 cut where a pipeline cuts it (``lineage_jax/train/pipeline.py``): ``shared`` is the
+    parameters less ``blocks`` (wte, wpe, ln_f), ``layer`` one slice of the scanned stack.
+
+    ``embed(shared, tokens) -> x`` [B, T, D]; ``layer(p, x) -> x``; ``head(shared, x) -> logits``.
+    Composed, they compute what ``GPT.__call__`` does for a dense, deterministic, unpacked batch
+    (the same modules and hooks, so a shard_map form's collectives apply inside each piece)."""
+    embed: Callable
+    layer: Callable
+    head: Callable
+
+
+def pipeline_parts(c: ModelConfig) -> PipelineParts:
+    dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    V, block = padded_vocab(c), Block(c, True)
+    ln_f = LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, param_dtype=pdtype)
+    used = lambda w, axes: constrain(hooks().param(w, axes), axes)   # noqa: E731  (as nn.hooks.param reads it)
+
+    def embed(shared, tokens):
+        h, T = hooks(), tokens.shape[-1]
+        wte, wpe = used(shared["wte"], ("vocab", "embed")), used(shared["wpe"], ("position", "embed"))
+        x = (h.embed(wte, tokens) + h.positions(wpe, T, None)).astype(dtype)
+        return constrain(x, ("batch", "seq", "embed"))
+
+    def layer(p, x):
+        return block.apply({"params": p}, x)[0]
+
+    def head(shared, x):
+        h = hooks()
+        x = h.dense_in(ln_f.apply({"params": shared["ln_f"]}, x), ("embed", "vocab"), 1)
+        logits = constrain(linear(x, used(shared["wte"], ("vocab", "embed")).astype(dtype), True),
+                           ("batch", "length", "vocab"))
+        if V > c.vocab_size:
+            logits = jnp.where(h.index(logits.shape[-1], "vocab") < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
+        return logits
+
+    return PipelineParts(embed, layer, head)
 
 
 def is_moe(c: ModelConfig, i: int) -> bool:

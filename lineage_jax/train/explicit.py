@@ -265,8 +265,12 @@ def with_slot(inner: tuple, i: int | None, entry) -> tuple:
     return inner if i is None else tuple(inner[:i]) + (entry,) + tuple(inner[i:])
 
 
-def make_explicit_train_step(setup):
-    """``train_step(state, batch) -> (state, metrics)``: one ``shard_map`` over ``setup.mesh``."""
+def make_explicit_train_step(setup, grads_fn=None):
+    """``train_step(state, batch) -> (state, metrics)``: one ``shard_map`` over ``setup.mesh``.
+
+    ``grads_fn(params, batch, rng, loss_scale, scale) -> ((loss, moe metrics), grads)``: this
+    device's loss and gradients before ``reduce_grads`` (default: ``loss_and_grads`` over the
+    whole model; the pipeline executor passes its schedule, ``lineage_jax/train/pipeline.py``)."""
     cfg, model, L = setup.cfg, setup.model, Layout(setup)
     names = _leaf_names(setup)
     hook_fns = L.hooks()
@@ -292,8 +296,11 @@ def make_explicit_train_step(setup):
             total = lax.psum(total, _one(L.batch)) if L.batch else total
             scale = weight_scale(batch, grad_accum * L.size(L.batch), total)
         with collective_hooks(**hook_fns):
-            (loss, moe), grads = loss_and_grads(local_loss, state.params, batch, rng, grad_accum=grad_accum,
-                                                loss_scale=ls, scale=scale)
+            if grads_fn is None:
+                (loss, moe), grads = loss_and_grads(local_loss, state.params, batch, rng, grad_accum=grad_accum,
+                                                    loss_scale=ls, scale=scale)
+            else:
+                (loss, moe), grads = grads_fn(state.params, batch, rng, ls, scale)
 
         grads = reduce_grads(L, grads, names)                     # laid out by the grads table
         if L.batch:

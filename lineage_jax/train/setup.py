@@ -26,6 +26,7 @@ from lineage_jax.models import GPT
 from lineage_jax.nn import collective_hooks
 from lineage_jax.optim import make_optimizer, make_schedule
 from lineage_jax.train.explicit import make_explicit_train_step
+from lineage_jax.train.pipeline import make_pipeline_train_step
 from lineage_jax.train.state import TrainState
 from lineage_jax.train.step import decay_mask, make_eval_step, make_train_step
 
@@ -99,7 +100,7 @@ class Setup:
                                                           like[k].shape) for k, v in batch.items()}
 
 
-def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
+def build(cfg: Config, *, compile_steps: bool = True, devices=None, compile_eval: bool = True) -> Setup:
     """Everything a run needs, checked before anything compiles.
 
     ``config.validate`` has checked all that the config alone decides; the checks here need the
@@ -107,7 +108,8 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     axis, every parameter dimension over the mesh axes its logical names map to.
     """
     devices = list(jax.devices() if devices is None else devices)
-    mesh_shape = parallel.resolve_mesh_shape(dataclasses.asdict(cfg.mesh), len(devices))
+    stages = cfg.parallel.pipeline_stages   # the stage axis comes from the pipeline config, not mesh.*
+    mesh_shape = parallel.resolve_mesh_shape({**dataclasses.asdict(cfg.mesh), "stage": stages}, len(devices))
     mesh = parallel.make_mesh(mesh_shape, devices)
     distributed.check_process_boundary(mesh)   # several processes: tensor/expert groups stay inside one
     strategy = parallel.strategy_for(mesh_shape, zero_stage=cfg.parallel.zero_stage,
@@ -115,6 +117,10 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     micro = cfg.train.batch_size // cfg.train.grad_accum
     parallel.check_batch(micro, mesh, strategy.compute,
                          what=f"train.batch_size/train.grad_accum ({cfg.train.batch_size}/{cfg.train.grad_accum})")
+    if stages > 1:
+        parallel.check_batch(cfg.train.batch_size // cfg.parallel.microbatches, mesh, strategy.compute,
+                             what=f"train.batch_size/parallel.microbatches ({cfg.train.batch_size}/"
+                                  f"{cfg.parallel.microbatches})")
     if cfg.parallel.sequence_parallel and cfg.model.context % mesh_shape["tensor"]:
         raise parallel.MeshError(f"model.context={cfg.model.context} does not split over mesh.tensor="
                                  f"{mesh_shape['tensor']} for sequence parallelism; use a multiple")
@@ -151,12 +157,13 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None) -> Setup:
     setup = Setup(cfg, model, tx, schedule, mesh, strategy, logical_specs, state_sharding, shardings["grads"],
                   batch_sharding, jax.jit(init_state, out_shardings=state_sharding))
     if compile_steps:
-        compile_all(setup)
+        compile_all(setup, compile_eval=compile_eval)
     return setup
 
 
-def compile_all(setup: Setup) -> None:
-    """AOT-compile train and eval steps for the configured shapes; record compile time."""
+def compile_all(setup: Setup, compile_eval: bool = True) -> None:
+    """AOT-compile train and eval steps for the configured shapes (``compile_eval=False``: the train
+    step alone, for callers that never evaluate); record compile time."""
     cfg = setup.cfg
     step_fn = make_train_step(setup.model, setup.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
                               dropout=cfg.model.dropout > 0, schedule=setup.schedule,
@@ -164,12 +171,15 @@ def compile_all(setup: Setup) -> None:
                               skip_nonfinite=cfg.train.nan_policy == "skip")
     if cfg.parallel.form == "shard_map":   # the same step, every collective written out
         step_fn = make_explicit_train_step(setup)
+    if cfg.parallel.pipeline_stages > 1:    # the explicit step, gradients by the pipeline schedule
+        step_fn = make_pipeline_train_step(setup)
     replicated = NamedSharding(setup.mesh, P())
     t0 = time.perf_counter()
     with setup.context():
         state, batch = setup.abstract_state(), setup.abstract_batch()
         setup.train_step = jax.jit(step_fn, out_shardings=(setup.state_sharding, replicated),
                                    donate_argnums=0).lower(state, batch).compile()
-        setup.eval_step = jax.jit(make_eval_step(setup.model), out_shardings=replicated).lower(
-            state.params, batch).compile()
+        if compile_eval:
+            setup.eval_step = jax.jit(make_eval_step(setup.model), out_shardings=replicated).lower(
+                state.params, batch).compile()
     setup.compile_seconds = time.perf_counter() - t0

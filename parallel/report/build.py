@@ -83,18 +83,18 @@ def build_report(inputs: ReportInputs) -> dict:
 def _zero_theory(table, mesh_shape: Mapping[str, int], i: ReportInputs) -> dict:
     """``n_shards``, ``memory_theory`` and ``comm_theory`` of the parameter table.
 
-    Model parallelism (tensor; expert, for expert weights) splits Ψ before ZeRO sees it: the
-    theory is per model-parallel rank. Expert weights are data-parallel over data × fsdp: the
+    Model parallelism (tensor; expert, for expert weights; stage, for the layer stack) splits Ψ
+    before ZeRO sees it: the theory is per model-parallel rank. Expert weights are data-parallel over data × fsdp: the
     ZeRO group, and at stage 0 the N/expert devices that share each expert. At stages 1-3 the
     dense gradients' extra all-reduce over ``expert`` (a batch axis outside ZeRO's group) is
     not counted.
     """
-    tensor, ep = mesh_shape.get("tensor", 1), mesh_shape.get("expert", 1)
+    tensor, ep, stages = mesh_shape.get("tensor", 1), mesh_shape.get("expert", 1), mesh_shape.get("stage", 1)
     zero = i.stage > 0
     n = i.n_shards or (math.prod(mesh_shape.get(a, 1) for a in ZERO_AXES) if zero
-                       else max(1, math.prod(mesh_shape.values()) // tensor))
+                       else max(1, math.prod(mesh_shape.values()) // (tensor * stages)))
     per_rank = lambda r: -(-math.prod(r["shape"]) // math.prod(  # noqa: E731
-        mesh_shape.get(a, 1) for a in r.get("mesh_axes", ()) if a in ("tensor", "expert")))
+        mesh_shape.get(a, 1) for a in r.get("mesh_axes", ()) if a in ("tensor", "expert", "stage")))
     is_expert = lambda r: "expert" in r.get("mesh_axes", ())  # noqa: E731
     psi_dense = sum(per_rank(r) for r in table if not is_expert(r))
     psi_expert = sum(per_rank(r) for r in table if is_expert(r))

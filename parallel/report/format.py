@@ -93,6 +93,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         else:
             out.append("  none")
 
+    pipe = report.get("pipeline")
+    if pipe:
+        from parallel.pipeline.report import format_pipeline
+        out += [""] + format_pipeline(pipe, pipe.get("compiled_permute_bytes"))
+
     warnings = report.get("warnings")
     if warnings:
         out += ["", "warnings:"] + [f"  - {w}" for w in warnings]

@@ -96,3 +96,21 @@ def test_fsdp_with_layer_scan_halves_temporary_memory(form):
     assert zero3["memory"]["temp"] <= 0.5 * dp, (zero3["memory"]["temp"], dp)
     gathered = sum(c["bytes"] for c in zero3["collectives_executed"] if c["kind"] == "all-gather")
     assert gathered >= 1.9 * zero3["params_bytes"]          # every layer gathered forward, and again backward
+
+
+@pytest.mark.slow   # default-suite siblings: tests/commands/test_plan.py (compiled permute bytes, PP2×DP4) and
+def test_pipeline_report_reads_the_sends_and_the_bubble():   # tests/parallel/test_pipeline_schedule.py (the section)
+    """PP2 (1F1B, M=4) × data 2 × tensor 2: the compiled collective-permutes move 2·ticks·b·T·D bytes
+    per device per step (both rings, every tick); the bubble is the table's; parameters per device
+    are the layer stack over stage × tensor plus the replicated rest, as the theory column says."""
+    from parallel.report.format import format_report
+    cfg = load_config("tiny", [m for m in MODEL if "width" not in m] + [
+        "model.width=32", "parallel.pipeline_stages=2", "parallel.microbatches=4", "mesh.data=2", "mesh.tensor=2"])
+    rep = shard_report(cfg)
+    pipe = rep["pipeline"]
+    assert pipe["activation_bytes"] == (8 // 4 // 2) * 16 * 32 * 4
+    assert pipe["compiled_permute_bytes"] == pipe["permute_bytes_per_device"] == 2 * 10 * pipe["activation_bytes"]
+    assert pipe["bubble_exact"] == pipe["bubble_formula"] == "1/5"
+    assert rep["params_bytes_per_device"] == rep["memory_theory"]["params"]
+    text = format_report(rep)
+    assert "pipeline: 1f1b, P=2 stages" in text and "bubble: 1/5" in text
