@@ -28,6 +28,7 @@ LAYERS = [
     {"moe"},
     {"models"},
     {"decode"},                                  # sampling a model: never builds an optimiser
+    {"reasoning"},                               # ICL/induction heads, scratchpads, GRPO on an arithmetic world
     {"train"},                                   # the pure step, its state, the loop
     {"interop"},                                 # Hugging Face checkpoints in and out (writes run dirs)
     {"lessons", "bench"},
