@@ -79,6 +79,12 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "as a net fits, its activation gradients fall below fp16's 2^-24: unscaled fp16 flushes >= 5% of them "
            "to zero, dynamic loss scaling recovers most of those (the far tail stays lost), bf16 loses < 0.1%",
            "lineage_jax.lessons.mixed_precision", flags=("steps", "seed")),
+    Lesson("icl", "2022", "Olsson et al. 2022, In-context Learning and Induction Heads; Brown et al. 2020, "
+           "Language Models are Few-Shot Learners",
+           "a 2-layer attention-only model trained on repeated random spans forms an induction head (prefix "
+           "matching, copying) in a phase change, and its in-context loss drops; a control without repeats does "
+           "not; few-shot lookup accuracy rises with the number of examples k, with no gradient step",
+           "lineage_jax.lessons.icl", flags=("steps", "seed")),
 )}
 
 
