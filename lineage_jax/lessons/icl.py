@@ -102,10 +102,9 @@ def _train(cfg: Config, repeats: bool, progress: bool) -> tuple[tiny.TinyLM, dic
     step = sft.make_sft_step(apply, tx)
     rng = np.random.default_rng(cfg.seed + (0 if repeats else 1))
     ones = np.ones((cfg.batch, cfg.length), np.float32)
-    batch_at = lambda _: (induction.repeated_spans(rng, cfg.batch, cfg.length, cfg.vocab, max_span=cfg.length // 4,
-                                                   repeats=repeats)[0], ones)
+    batch_at = lambda _: (induction.repeated_spans(rng, cfg.batch, cfg.length, cfg.vocab, repeats=repeats)[0], ones)
     erng = np.random.default_rng(10_000 + cfg.seed)
-    ev = induction.repeated_spans(erng, cfg.eval_batch, cfg.length, cfg.vocab, max_span=cfg.length // 4)
+    ev = induction.repeated_spans(erng, cfg.eval_batch, cfg.length, cfg.vocab)
     rr = jnp.asarray(induction.repeated_random(erng, min(cfg.eval_batch, 64), cfg.length // 2, cfg.vocab))
     losses = jax.jit(lambda p, t, late, early: induction.icl_losses(apply(p, t), t, late, early))
 

@@ -85,6 +85,12 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "matching, copying) in a phase change, and its in-context loss drops; a control without repeats does "
            "not; few-shot lookup accuracy rises with the number of examples k, with no gradient step",
            "lineage_jax.lessons.icl", flags=("steps", "seed")),
+    Lesson("cot", "2022", "Nye et al. 2021, Show Your Work: Scratchpads for Intermediate Computation; Wei et al. "
+           "2022, Chain-of-Thought Prompting; Wang et al. 2023, Self-Consistency",
+           "at equal parameters and equal training tokens, a model that writes a scratchpad (column sums with "
+           "carries) before the answer beats one that answers directly on held-out multi-digit additions, and the "
+           "margin grows with the number of digits",
+           "lineage_jax.lessons.cot", flags=("steps", "seed", "max_digits")),
 )}
 
 

@@ -24,14 +24,18 @@ import jax.numpy as jnp
 from lineage_jax.reasoning.tiny import TinyLM, attention_patterns
 
 
-def repeated_spans(rng: np.random.Generator, batch: int, length: int, vocab: int, *, min_span: int = 2,
-                   max_span: int = 16, repeats: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def repeated_spans(rng: np.random.Generator, batch: int, length: int, vocab: int, *, min_span: int | None = None,
+                   max_span: int | None = None, repeats: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """tokens [B, T] in [1, vocab), and masks ``late`` / ``early`` [B, T-1] over next-token targets: ``late``
     marks the targets inside the span's second occurrence after its first token (copyable from context),
-    ``early`` the same offsets in the first occurrence (not predictable). Without ``repeats`` the second
-    occurrence is fresh random tokens (the control: the same masks, nothing to copy)."""
-    if 2 * max_span > length:
-        raise ValueError(f"max_span={max_span}: two spans must fit in length={length}")
+    ``early`` the same offsets in the first occurrence (not predictable). Span lengths are drawn from
+    [min_span, max_span] (default T/8 … T/2) and the gap between the occurrences at random, so no fixed
+    relative position can copy. Without ``repeats`` the second occurrence is fresh random tokens (the control:
+    the same masks, nothing to copy)."""
+    min_span = min_span or max(2, length // 8)
+    max_span = max_span or length // 2
+    if not 2 <= min_span <= max_span or 2 * max_span > length:
+        raise ValueError(f"spans {min_span}…{max_span}: need 2 <= min <= max and two spans within length={length}")
     tokens = rng.integers(1, vocab, size=(batch, length)).astype(np.int32)
     late = np.zeros((batch, length - 1), np.float32)
     early = np.zeros((batch, length - 1), np.float32)
