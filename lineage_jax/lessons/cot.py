@@ -25,12 +25,12 @@ from lineage_jax.reasoning import arith, evaluate, sft, tiny
 @dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0
-    steps: int = 2500
-    batch: int = 64
-    max_digits: int = 4          # trained on 1 … max_digits; tested on 1 … max_digits + 1
-    d: int = 64
+    steps: int = 1500
+    batch: int = 32
+    max_digits: int = 3          # trained on 1 … max_digits; tested on 1 … max_digits + 1
+    d: int = 48
     heads: int = 4
-    layers: int = 3
+    layers: int = 2
     lr: float = 2e-3
     test_per_size: int = 100
     votes: int = 5               # self-consistency samples per problem (0: skip)

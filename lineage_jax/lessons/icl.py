@@ -35,13 +35,13 @@ from lineage_jax.reasoning import induction, sft, tiny
 class Config:
     seed: int = 0
     steps: int = 1500
-    eval_every: int = 50
-    batch: int = 32
-    length: int = 64
-    vocab: int = 64
+    eval_every: int = 100
+    batch: int = 64
+    length: int = 32
+    vocab: int = 32
     d: int = 64
     heads: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-3
     shots: str = "0,1,2,4,8"
     eval_batch: int = 256
 
@@ -70,13 +70,15 @@ class Config:
         return [int(s) for s in self.shots.split(",")]
 
 
-QUICK = dict(steps=200, eval_every=50, d=32, length=32, eval_batch=64, shots="0,2,8")
+QUICK = dict(steps=200, eval_every=50, batch=32, d=32, eval_batch=64, shots="0,2,8")
 
 
-def phase_window(curve: list[tuple[int, float]]) -> tuple[int, int]:
+def phase_window(curve: list[tuple[int, float]]) -> tuple[int, int] | None:
     """(first step at >= 10%, first step at >= 90%) of the final in-context score (Olsson's phase change: the
-    rise happens within a short window)."""
+    rise happens within a short window); None when the final score is under 0.1 nats (nothing rose)."""
     final = curve[-1][1]
+    if final < 0.1:
+        return None
     at = lambda frac: next(s for s, v in curve if v >= frac * final)
     return at(0.1), at(0.9)
 
@@ -89,7 +91,8 @@ def supports(rows: list[dict]) -> bool:
     shots = sorted((r["k"], r["accuracy"]) for r in rows if r["part"] == "few-shot")
     rep, ctl = m["repeats"], m["control"]
     return (rep["icl_score"] >= 1.0 and rep["prefix_matching"] >= 0.3 and rep["copying"] > 0.5
-            and rep["phase_width"] <= 0.25 * rep["steps"] and ctl["prefix_matching"] < 0.15
+            and rep["phase_width"] is not None and rep["phase_width"] <= 0.25 * rep["steps"]
+            and ctl["prefix_matching"] < 0.15
             and shots[-1][1] - shots[0][1] >= 0.3)
 
 
@@ -122,11 +125,12 @@ def _train(cfg: Config, repeats: bool, progress: bool) -> tuple[tiny.TinyLM, dic
     pm = induction.prefix_matching(model, params, rr)
     head = int(pm[1].argmax())
     prev = induction.previous_token(model, params, rr)
-    lo, hi = phase_window([(e["step"], e["icl_score"]) for e in evals])
+    lo, hi = phase_window([(e["step"], e["icl_score"]) for e in evals]) or (None, None)
     row = {"part": "pretrain", "model": "repeats" if repeats else "control", "steps": cfg.steps,
            **{k: evals[-1][k] for k in ("late_loss", "early_loss", "icl_score")},
            "prefix_matching": float(pm[1, head]), "head": head, "copying": float(induction.copying(params, 1)[head]),
-           "previous_token": float(prev[0].max()), "phase_start": lo, "phase_end": hi, "phase_width": hi - lo}
+           "previous_token": float(prev[0].max()), "phase_start": lo, "phase_end": hi,
+           "phase_width": None if lo is None else hi - lo}
     return model, params, evals, row
 
 

@@ -95,7 +95,7 @@ class TinyLM(nn.Module):
             raise ValueError(f"sequence length {tokens.shape[-1]} exceeds context={c.context}")
         pdt, dt = jnp.dtype(c.param_dtype), jnp.dtype(c.dtype)
         wte = param(self, "wte", nn.initializers.normal(1.0), (c.vocab, c.d), pdt, ("vocab", "embed"))
-        wpe = param(self, "wpe", nn.initializers.normal(0.1), (c.context, c.d), pdt, ("position", "embed"))
+        wpe = param(self, "wpe", nn.initializers.normal(1.0), (c.context, c.d), pdt, ("position", "embed"))
         unembed = param(self, "unembed", nn.initializers.normal(c.d ** -0.5), (c.d, c.vocab), pdt,
                         ("embed", "vocab"))
         x = (wte[tokens] + wpe[: tokens.shape[-1]]).astype(dt)

@@ -32,7 +32,9 @@ def test_supports_reads_every_clause():
 def test_phase_window_and_config_errors():
     curve = [(100, 0.0), (200, 0.05), (300, 0.5), (400, 1.9), (500, 2.0)]
     assert lesson.phase_window(curve) == (300, 400)
-    for bad, field in ((dict(shots="4,2"), "shots="), (dict(shots="0,40", length=64), "shots="),
+    assert lesson.phase_window([(100, 0.0), (200, 0.05)]) is None
+    assert not lesson.supports(_rows(rep__phase_width=None))
+    for bad, field in ((dict(shots="4,2"), "shots="), (dict(shots="0,20", length=32), "shots="),
                        (dict(d=30, heads=4), "d=30"), (dict(lr=2.0), "lr=")):
         with pytest.raises(ConfigError, match=field):
             lesson.Config(**bad)
