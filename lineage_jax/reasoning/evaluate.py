@@ -21,8 +21,9 @@ from lineage_jax.reasoning import arith, sample
 
 def solve(apply: Callable, params, problems: Sequence[arith.Problem], *, window: int, max_new: int, key: jax.Array,
           samples: int = 1, greedy: bool = True, temperature: float = 1.0, chunk: int = 256) -> list[list[str]]:
-    """``samples`` completions per problem (greedy: one), decoded ``chunk`` prompts at a time."""
+    """``samples`` completions per problem (greedy: one), decoded at most ``chunk`` prompts at a time."""
     prompts = [p.prompt for p in problems for _ in range(samples)]
+    chunk = min(chunk, 1 << max(len(prompts) - 1, 1).bit_length())   # a power of two: few shapes, little padding
     out = []
     for start in range(0, len(prompts), chunk):
         part = prompts[start:start + chunk]
