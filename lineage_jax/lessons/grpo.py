@@ -34,10 +34,10 @@ VARIANTS = {"grpo": ("group", "grpo"), "dr_grpo": ("none", "dr_grpo")}   # advan
 @dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0
-    digits: int = 3              # problems of 1 … digits digits per operand
-    sft_steps: int = 600
-    rl_steps: int = 60
-    prompts: int = 16            # P prompts per RL step
+    digits: int = 2              # problems of 1 … digits digits per operand
+    sft_steps: int = 300
+    rl_steps: int = 40
+    prompts: int = 8             # P prompts per RL step
     group: int = 8               # G samples per prompt
     lr: float = 2e-3
     rl_lr: float = 3e-4
@@ -47,7 +47,7 @@ class Config:
     layers: int = 2
     heads: int = 4
     eval_every: int = 10
-    test: int = 200
+    test: int = 100
     k: int = 8                   # samples per held-out problem for pass@k
 
     def __post_init__(self):

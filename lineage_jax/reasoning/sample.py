@@ -3,7 +3,8 @@
 Prompts are right-padded into a fixed window [B, W]; step t writes row b's next token at ``lengths[b] + t``.
 Each step recomputes the window (the chapter's sequences are a few dozen tokens, where recomputation costs
 less than keeping a cache), so a batch of prompts of different lengths, a group of G samples per prompt
-(GRPO) and greedy decoding all run through the same ``lax.fori_loop``. A row stops after its end token;
+(GRPO) and greedy decoding all run through the same ``lax.while_loop``, which ends once every row has:
+a row stops after its end token;
 later positions stay padding and out of the completion mask.
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ def sample(apply: Callable, params, tokens: jax.Array, lengths: jax.Array, key: 
     B, W = tokens.shape
     rows = jnp.arange(B)
 
-    def body(t, carry):
-        toks, mask, logps, done, key = carry
+    def body(carry):
+        t, toks, mask, logps, done, key = carry
         key, sub = jax.random.split(key)
         pos = lengths + t                                   # where this step's token goes
         logits = apply(params, toks)[rows, jnp.clip(pos - 1, 0, W - 1)].astype(jnp.float32)
@@ -38,10 +39,11 @@ def sample(apply: Callable, params, tokens: jax.Array, lengths: jax.Array, key: 
         toks = toks.at[rows, pos].set(jnp.where(live, nxt, toks[rows, jnp.clip(pos, 0, W - 1)]), mode="drop")
         mask = mask.at[rows, pos - 1].set(jnp.where(live, 1.0, mask[rows, pos - 1]), mode="drop")
         logps = logps.at[rows, pos - 1].set(jnp.where(live, logp[rows, nxt], logps[rows, pos - 1]), mode="drop")
-        return toks, mask, logps, done | (live & (nxt == end_id)) | (pos >= W - 1), key
+        return t + 1, toks, mask, logps, done | (live & (nxt == end_id)) | (pos >= W - 1), key
 
-    init = (tokens, jnp.zeros((B, W), jnp.float32), jnp.zeros((B, W), jnp.float32), jnp.zeros(B, bool), key)
-    toks, mask, logps, _, _ = jax.lax.fori_loop(0, max_new, body, init)
+    init = (0, tokens, jnp.zeros((B, W), jnp.float32), jnp.zeros((B, W), jnp.float32), jnp.zeros(B, bool), key)
+    running = lambda c: (c[0] < max_new) & ~jnp.all(c[4])        # stop early once every row has ended
+    _, toks, mask, logps, _, _ = jax.lax.while_loop(running, body, init)
     return {"tokens": toks, "mask": mask, "logprobs": logps, "lengths": mask.sum(-1).astype(jnp.int32)}
 
 
