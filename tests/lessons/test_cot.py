@@ -32,6 +32,7 @@ def test_window_fits_the_longest_test_problem_and_bad_config():
             lesson.Config(**bad)
 
 
+@pytest.mark.slow    # trains two models and samples: ~40 s of CPU
 def test_quick_writes_result_json_and_png(tmp_path):
     rc = cli.main(["lesson", "cot", "--quick", "--out", str(tmp_path), "--no-progress", "steps=10", "d=16",
                    "layers=1", "test_per_size=4", "votes=2"])

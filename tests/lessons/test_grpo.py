@@ -26,6 +26,7 @@ def test_config_errors_name_the_field():
             lesson.Config(**bad)
 
 
+@pytest.mark.slow    # trains two models and samples: ~40 s of CPU
 def test_quick_writes_result_json_and_png(tmp_path):
     rc = cli.main(["lesson", "grpo", "--quick", "--out", str(tmp_path), "--no-progress", "sft_steps=10", "rl_steps=2",
                    "d=16", "layers=1", "test=8", "digits=1"])
