@@ -34,8 +34,8 @@ VARIANTS = {"grpo": ("group", "grpo"), "dr_grpo": ("none", "dr_grpo")}   # advan
 @dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0
-    digits: int = 2              # problems of 1 … digits digits per operand
-    sft_steps: int = 300
+    digits: int = 2              # problems of exactly this many digits per operand
+    sft_steps: int = 800
     rl_steps: int = 40
     prompts: int = 8             # P prompts per RL step
     group: int = 8               # G samples per prompt
@@ -47,7 +47,7 @@ class Config:
     layers: int = 2
     heads: int = 4
     eval_every: int = 10
-    test: int = 100
+    test: int = 200
     k: int = 8                   # samples per held-out problem for pass@k
 
     def __post_init__(self):
@@ -69,7 +69,7 @@ class Config:
         return 2 * self.digits + 2 + 9 * (self.digits + 1) + self.digits + 4
 
 
-QUICK = dict(digits=2, sft_steps=60, rl_steps=4, prompts=4, group=4, d=32, eval_every=2, test=16, k=4)
+QUICK = dict(digits=1, sft_steps=60, rl_steps=4, prompts=4, group=4, d=32, eval_every=2, test=16, k=4)
 
 
 def supports(rows: list[dict]) -> bool:
@@ -142,7 +142,7 @@ def _rl(cfg: Config, variant: str, apply, start, train, test, progress: bool) ->
 
 def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -> harness.LessonResult:
     t0 = time.perf_counter()
-    train, test = arith.split("add", 20_000, cfg.test, list(range(1, cfg.digits + 1)), cfg.seed)
+    train, test = arith.split("add", 20_000, cfg.test, [cfg.digits], cfg.seed)
     apply, start = _sft(cfg, train, progress)
     rows = [{"part": "pass@k", "variant": "sft", **_pass_at(apply, start, test, cfg, jax.random.key(5))}]
     for variant in VARIANTS:
@@ -152,8 +152,8 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
         rows.append({"part": "pass@k", "variant": variant, **_pass_at(apply, final, test, cfg, jax.random.key(5))})
     figures = [] if out_dir is None else [harness.figure(
         out_dir, "grpo.png", functools.partial(plot, rows=rows), panels=3,
-        title=f"GRPO from an SFT start: {cfg.prompts} prompts x {cfg.group} samples per step, addition up to "
-              f"{cfg.digits} digits")]
+        title=f"GRPO from an SFT start: {cfg.prompts} prompts x {cfg.group} samples per step, {cfg.digits}-digit "
+              f"addition")]
     return harness.result("grpo", rows, supports, figures, seconds=round(time.perf_counter() - t0, 1),
                           config=dataclasses.asdict(cfg))
 
