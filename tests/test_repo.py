@@ -29,7 +29,8 @@ LAYERS = [
     {"moe"},
     {"models"},
     {"decode"},                                  # sampling a model: never builds an optimiser
-    {"train"},                                   # the pure step, its state, the loop
+    {"train", "reasoning"},                      # the pure step, its state, the loop |
+                                                 # ICL/induction heads, scratchpads, GRPO on an arithmetic world
     {"interop", "scaling"},                      # Hugging Face checkpoints in and out (writes run dirs) |
                                                  # scaling laws: counts, fits, the IsoFLOP sweep (drives train)
     {"lessons", "bench"},

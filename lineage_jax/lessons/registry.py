@@ -92,6 +92,23 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "optimiser state shrinks in proportion to the trainable parameters (within 5%); the NF4 kernels take "
            "~4.127 bits per weight",
            "lineage_jax.lessons.lora", flags=("steps", "ranks", "seed")),
+    Lesson("icl", "2022", "Olsson et al. 2022, In-context Learning and Induction Heads; Brown et al. 2020, "
+           "Language Models are Few-Shot Learners",
+           "a 2-layer attention-only model trained on repeated random spans forms an induction head (prefix "
+           "matching, copying) in a phase change, and its in-context loss drops; a control without repeats does "
+           "not; few-shot lookup accuracy rises with the number of examples k, with no gradient step",
+           "lineage_jax.lessons.icl", flags=("steps", "seed")),
+    Lesson("cot", "2022", "Nye et al. 2021, Show Your Work: Scratchpads for Intermediate Computation; Wei et al. "
+           "2022, Chain-of-Thought Prompting; Wang et al. 2023, Self-Consistency",
+           "at equal parameters and equal training tokens, a model that writes a scratchpad (column sums with "
+           "carries) before the answer beats one that answers directly on held-out multi-digit additions, and the "
+           "margin grows with the number of digits",
+           "lineage_jax.lessons.cot", flags=("steps", "seed", "max_digits")),
+    Lesson("grpo", "2024", "Shao et al. 2024, DeepSeekMath, §4.1 (GRPO); DeepSeek-AI 2025, DeepSeek-R1; Liu et al. "
+           "2025, Understanding R1-Zero-Like Training (Dr. GRPO)",
+           "from an SFT start, GRPO with a verifier's reward (answer right, format followed) raises held-out "
+           "addition accuracy by >= 5 points; the rows also track response length, pass@1 vs pass@k and Dr. GRPO",
+           "lineage_jax.lessons.grpo", flags=("rl_steps", "seed")),
 )}
 
 
