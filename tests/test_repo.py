@@ -29,7 +29,8 @@ LAYERS = [
     {"models"},
     {"decode"},                                  # sampling a model: never builds an optimiser
     {"train"},                                   # the pure step, its state, the loop
-    {"interop"},                                 # Hugging Face checkpoints in and out (writes run dirs)
+    {"interop", "align"},                        # Hugging Face checkpoints in and out (writes run dirs) |
+                                                 # alignment: SFT, reward model, PPO, DPO (steps over train/)
     {"lessons", "bench"},
     {"commands"},                                # one module per CLI subcommand
     {"cli"},
