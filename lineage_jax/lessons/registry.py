@@ -79,6 +79,13 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "as a net fits, its activation gradients fall below fp16's 2^-24: unscaled fp16 flushes >= 5% of them "
            "to zero, dynamic loss scaling recovers most of those (the far tail stays lost), bf16 loses < 0.1%",
            "lineage_jax.lessons.mixed_precision", flags=("steps", "seed")),
+    Lesson("rlhf", "2022", "Ouyang et al. 2022, Training language models to follow instructions with human "
+           "feedback; Rafailov et al. 2023, Direct Preference Optimization; Gao et al. 2023, Scaling Laws for "
+           "Reward Model Overoptimization",
+           "on a toy task whose human is a program, PPO on a learned reward (with a KL penalty to SFT) and DPO "
+           "(on the same noisy comparisons) each raise the gold score of held-out responses over SFT, at a "
+           "bounded KL to SFT",
+           "lineage_jax.lessons.rlhf", flags=("seed",)),
 )}
 
 
