@@ -31,9 +31,10 @@ _ref_logp_jit = jax.jit(_ref_logp, static_argnums=0)
 
 
 def evaluate(model, lm_params, ref_params, tokenizer, prompts, *, new_tokens: int, seed: int = 0,
-             temperature: float = 1.0) -> dict:
+             temperature: float = 1.0, keep_rollouts: bool = False) -> dict:
     """{"gold": mean gold score, "correct": share correct, "rude": share rude, "length": mean response
-    characters, "kl": mean KL(π ‖ π_ref) estimate in nats (0 without a reference)}."""
+    characters, "kl": mean KL(π ‖ π_ref) estimate in nats (0 without a reference)}; with ``keep_rollouts``
+    also "rollouts" (the sampled rows, host arrays) for scoring by a reward model."""
     out, texts = sample(model, lm_params, tokenizer, prompts, new_tokens=new_tokens, seed=seed,
                         temperature=temperature)
     res = {"gold": float(np.mean([task.gold_score(p, r) for p, r in zip(prompts, texts)])),
@@ -44,4 +45,6 @@ def evaluate(model, lm_params, ref_params, tokenizer, prompts, *, new_tokens: in
         pol = np.asarray(out["logp"] * out["mask"][:, 1:]).sum(-1)
         ref = np.asarray(_ref_logp_jit(model, ref_params, out["tokens"], out["mask"]))
         res["kl"] = float(np.mean(pol - ref))
+    if keep_rollouts:
+        res["rollouts"] = out
     return res

@@ -126,8 +126,9 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     reward_fn = jax.jit(lambda p, t, n: heads.sequence_rewards(model, p, t, n))
 
     def measure(name, param, lm):
-        r = ev.evaluate(model, lm, sft, tok, prompts, new_tokens=T - PROMPT_WIDTH, seed=cfg.seed + 7)
-        out, _ = ev.sample(model, lm, tok, prompts, new_tokens=T - PROMPT_WIDTH, seed=cfg.seed + 7)
+        r = ev.evaluate(model, lm, sft, tok, prompts, new_tokens=T - PROMPT_WIDTH, seed=cfg.seed + 7,
+                        keep_rollouts=True)
+        out = r["rollouts"]
         proxy = float(np.mean(reward_fn(rm, out["tokens"], out["lengths"])))
         return {"policy": name, "param": param, "gold": r["gold"], "correct": r["correct"], "rude": r["rude"],
                 "kl": r["kl"], "proxy": proxy, "kl_bound": cfg.kl_bound}
