@@ -31,7 +31,7 @@ class AlignConfig:
     ptx_coef: float = 0.0        # PPO-ptx: weight of the NLL on demonstrations mixed in (InstructGPT)
     temperature: float = 1.0     # PPO rollouts and evaluation samples
     eval_prompts: int = 64       # held-out prompts scored by the gold function at the end
-    data_dir: str = ""           # TFDS data dir for align_toy ("" = ~/.cache/lineage_jax/tfds)
+    data_dir: str = ""           # TFDS data dir for align_toy ("" = data.data_dir, $TFDS_DATA_DIR, ~/.cache/lineage_jax/tfds)
 
     @property
     def new_tokens(self) -> int:

@@ -26,6 +26,7 @@ from lineage_jax.align import config as acfg, dataset, evaluate as ev, heads, se
 from lineage_jax.align.rollout import rollout
 from lineage_jax.config import Config, load_config
 from lineage_jax.config.errors import UserError
+from lineage_jax.data.sources import resolve_data_dir
 from lineage_jax.runs import atomic, checkpoint as ckpt, lock, rundir
 from lineage_jax.runs.rundir import RunDirError
 from lineage_jax.tokenize import get_tokenizer
@@ -71,13 +72,17 @@ class Batches:
     step is a function of (seed, step), so a resumed run reads what the uninterrupted one would."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.B, self.seed = n, batch_size, seed
+        self.n, self.B, self.seed, self._perms = n, batch_size, seed, {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n),
+                           **{e: p for e, p in self._perms.items() if e >= epoch - 1}}
+        return self._perms[epoch]
 
     def indices(self, step: int) -> np.ndarray:
         i = step * self.B + np.arange(self.B)
-        epochs, within = i // self.n, i % self.n
-        return np.array([np.random.default_rng([self.seed, int(e)]).permutation(self.n)[w]
-                         for e, w in zip(epochs, within)])
+        return np.array([self._perm(int(e))[w] for e, w in zip(i // self.n, i % self.n)])
 
 
 def _encode(tok, rows, key, T):
@@ -115,9 +120,8 @@ def run(kind: str, sources: dict[str, str], run_dir: str, overrides=(), *, progr
 
 
 def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -> dict:
-    data_dir = a.data_dir or str(Path.home() / ".cache" / "lineage_jax" / "tfds")
+    data_dir = a.data_dir or resolve_data_dir(cfg.data)
     train_rows, test_rows = dataset.load(data_dir, "train"), dataset.load(data_dir, "test")
-    T, B = a.seq_len, cfg.train.batch_size
     iters = cfg.train.steps
     if kind == "ppo":   # the optimizer's schedule counts PPO updates, not iterations
         cfg_opt = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=iters * a.ppo_epochs * a.minibatches))

@@ -1,6 +1,5 @@
 """The alignment steps: they learn what they claim on a toy batch, and under FSDP (ZeRO-3) and DP × TP on 8
 emulated devices they equal one device (loss and parameters after 3 steps)."""
-import dataclasses
 
 import flax.linen as nn
 import jax
@@ -66,6 +65,26 @@ def _rm_run(cfg, devices, n_steps=3):
     return losses, jax.device_get(state.params)
 
 
+def _ppo_run(cfg, devices, n_steps=3):
+    """PPO updates on one scored batch of fixed rollouts (the chosen rows as responses)."""
+    s = align_setup.build(cfg, with_head=True, devices=devices)
+    params = {"lm": _lm_params(cfg), "head": heads.init_head(jax.random.key(3), cfg.model.width)}
+    reward = jax.device_put({"lm": _lm_params(cfg, 2), "head": heads.init_head(jax.random.key(4), cfg.model.width)},
+                            s.head_sharding())
+    c, _ = _pairs()
+    score = s.jit(steps.make_score_fn(s.model, kl_coef=0.1, gamma=1.0, lam=0.95))
+    state = s.init_state(params)
+    batch, _ = score(state.params, jax.device_put(_lm_params(cfg, 1), s.lm_sharding()), reward,
+                     s.put_batch({"tokens": c["tokens"], "mask": c["mask"], "lengths": c["lengths"]}))
+    batch = s.put_batch(jax.device_get(batch))
+    step, losses = s.jit_step(steps.make_ppo_step(s.model, s.tx, ptx_coef=0.1)), []
+    batch.update(s.put_batch({"ptx_tokens": c["tokens"], "ptx_mask": c["mask"]}))
+    for _ in range(n_steps):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    return losses, jax.device_get(state.params)
+
+
 def _same(a, b):
     la, pa = a
     lb, pb = b
@@ -78,6 +97,13 @@ def test_dpo_step_on_8_devices_equals_one_under_fsdp():
     one = _dpo_run(_cfg(), jax.devices()[:1])
     assert one[0][-1] < one[0][0]                     # DPO lowers its loss on the batch it sees
     _same(one, _dpo_run(_cfg("mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3"), jax.devices()))
+
+
+@pytest.mark.slow
+def test_ppo_step_on_8_devices_equals_one_under_fsdp_and_dp_tp():
+    one = _ppo_run(_cfg(), jax.devices()[:1])
+    _same(one, _ppo_run(_cfg("mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3"), jax.devices()))
+    _same(one, _ppo_run(_cfg("mesh.data=2", "mesh.tensor=4"), jax.devices()))
 
 
 @pytest.mark.slow
