@@ -1,6 +1,8 @@
 """The alignment steps: they learn what they claim on a toy batch, and under FSDP (ZeRO-3) and DP × TP on 8
 emulated devices they equal one device (loss and parameters after 3 steps)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ from lineage_jax.align import dataset, heads, setup as align_setup, steps, task
 from lineage_jax.config import load_config
 from lineage_jax.tokenize import get_tokenizer
 
-TINY = ["model.layers=1", "model.width=16", "model.heads=4", "model.context=32", "model.attn_chunks=1",
+TINY = ["model.layers=1", "model.width=16", "model.heads=4", "model.context=32", "model.attn_chunks=1", "model.vocab_multiple=8",
         "train.batch_size=8", "train.steps=10", "optim.lr=3e-3", "optim.warmup_steps=0"]
 
 
@@ -52,6 +54,9 @@ def _dpo_run(cfg, devices, n_steps=3):
 
 
 def _rm_run(cfg, devices, n_steps=3):
+    """Bradley-Terry sees r_w - r_l only, so the head's bias and ln_f's bias have gradient exactly 0; Adam with
+    eps 1e-8 would turn one layout's rounding noise (~1e-10) into a full lr-sized step, so eps is 1e-4 here."""
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, eps=1e-4))
     s = align_setup.build(cfg, with_head=True, devices=devices)
     params = {"lm": _lm_params(cfg), "head": heads.init_head(jax.random.key(3), cfg.model.width)}
     c, r = _pairs()
