@@ -31,8 +31,9 @@ LAYERS = [
     {"decode"},                                  # sampling a model: never builds an optimiser
     {"train", "reasoning"},                      # the pure step, its state, the loop |
                                                  # ICL/induction heads, scratchpads, GRPO on an arithmetic world
-    {"interop", "scaling"},                      # Hugging Face checkpoints in and out (writes run dirs) |
-                                                 # scaling laws: counts, fits, the IsoFLOP sweep (drives train)
+    {"interop", "scaling", "align"},             # Hugging Face checkpoints in and out (writes run dirs) |
+                                                 # scaling laws: counts, fits, the IsoFLOP sweep (drives train) |
+                                                 # alignment: SFT, reward model, PPO, DPO (steps over train/)
     {"lessons", "bench"},
     {"commands"},                                # one module per CLI subcommand
     {"cli"},

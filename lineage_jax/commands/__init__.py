@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.scaling",
     "lineage_jax.commands.finetune",
     "lineage_jax.commands.plan",
+    "lineage_jax.commands.align",
 )
 
 BENCH_TARGETS: dict[str, str] = {

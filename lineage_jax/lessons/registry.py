@@ -109,6 +109,13 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "from an SFT start, GRPO with a verifier's reward (answer right, format followed) raises held-out "
            "addition accuracy by >= 5 points; the rows also track response length, pass@1 vs pass@k and Dr. GRPO",
            "lineage_jax.lessons.grpo", flags=("rl_steps", "seed")),
+    Lesson("rlhf", "2022", "Ouyang et al. 2022, Training language models to follow instructions with human "
+           "feedback; Rafailov et al. 2023, Direct Preference Optimization; Gao et al. 2023, Scaling Laws for "
+           "Reward Model Overoptimization",
+           "on a toy task whose human is a program, PPO on a learned reward (with a KL penalty to SFT) and DPO "
+           "(on the same noisy comparisons) each raise the gold score of held-out responses over SFT, at a "
+           "bounded KL to SFT",
+           "lineage_jax.lessons.rlhf", flags=("seed",)),
 )}
 
 

@@ -1,0 +1,86 @@
+"""``lineage align sft|rm|dpo|ppo``: the alignment stages over a pretrained run (``lineage_jax/align/``).
+
+    lineage align sft --from RUN --run-dir OUT [key=value ...]
+    lineage align rm  --from RUN --run-dir OUT
+    lineage align dpo --from SFT_RUN [--reference RUN] --run-dir OUT [align.beta=0.1 align.loss=ipo]
+    lineage align ppo --policy SFT_RUN --reward RM_RUN [--reference RUN] --run-dir OUT [align.kl_coef=0.05]
+
+``align.*`` keys set the stage (``lineage_jax/align/config.py``); any other key=value overrides the
+source run's config (train.steps, train.batch_size, optim.lr, mesh.*, parallel.*). Sources, keys and
+values are checked before JAX starts; rerunning a command resumes its run directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from lineage_jax.config import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("align", help="alignment: SFT, reward model, PPO (InstructGPT), DPO over a trained run")
+    sub = p.add_subparsers(dest="stage", required=True)
+    for stage, text in (("sft", "supervised fine-tuning on demonstrations (loss on response tokens)"),
+                        ("rm", "a Bradley-Terry reward model on comparison pairs"),
+                        ("dpo", "direct preference optimisation against a frozen reference"),
+                        ("ppo", "PPO on the reward model's score with a per-token KL penalty to the reference")):
+        q = sub.add_parser(stage, help=text)
+        if stage == "ppo":
+            q.add_argument("--policy", required=True, metavar="RUN", help="the SFT run to start from (also the reference)")
+            q.add_argument("--reward", required=True, metavar="RUN", help="a `lineage align rm` run")
+        else:
+            q.add_argument("--from", dest="source", required=True, metavar="RUN", help="the run to start from")
+        if stage in ("dpo", "ppo"):
+            q.add_argument("--reference", default=None, metavar="RUN", help="frozen reference (default: the start run)")
+        q.add_argument("--run-dir", required=True, metavar="OUT", help="the new (or resumed) run directory")
+        q.add_argument("--devices", type=int, default=None, help="emulate N CPU devices (before JAX starts)")
+        q.add_argument("--overwrite", action="store_true", help="start OUT afresh (clears only the run's own files)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        q.add_argument("--json", action="store_true", help="print the summary as JSON")
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="align.* settings or config overrides")
+        q.set_defaults(func=cmd_align)
+
+
+def _emulate(n: int | None) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise ConfigError(f"--devices={n}: must be a positive integer")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+    import jax
+    jax.config.update("jax_num_cpu_devices", n)
+
+
+def _sources(args) -> dict:
+    src = {"policy": args.policy, "reward": args.reward} if args.stage == "ppo" else {"from": args.source}
+    if getattr(args, "reference", None):
+        src["reference"] = args.reference
+    for flag, path in src.items():
+        if not os.path.isfile(os.path.join(path, "config.yaml")):
+            raise ConfigError(f"--{flag}={path}: not a run directory (no config.yaml); give a trained run")
+    return src
+
+
+def cmd_align(args) -> int:
+    from lineage_jax.align.config import AlignConfig, check, split_overrides
+    sources = _sources(args)
+    values, _ = split_overrides(args.overrides)
+    check(args.stage, AlignConfig(**values), 1 << 30)   # the context is checked against the model later
+    _emulate(args.devices)
+    from lineage_jax.align.run import run
+    summary = run(args.stage, sources, args.run_dir, args.overrides, progress=not args.no_progress,
+                  overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    f = summary["final"]
+    if args.stage == "rm":
+        print(f"done: {summary['steps']} steps; held-out pairs: accuracy {f['accuracy']:.3f}, loss {f['loss']:.3f}")
+    else:
+        print(f"done: {summary['steps']} {'iterations' if args.stage == 'ppo' else 'steps'}; held-out prompts: "
+              f"gold {f['gold']:.3f}, correct {f['correct']:.2f}, rude {f['rude']:.2f}, KL to reference {f['kl']:.2f} nats")
+        for p, r in f["examples"]:
+            print(f"  {p}{r}")
+    print(f"run files in {summary['run_dir']}")
+    return 0
