@@ -21,15 +21,16 @@ def test_ci_runs_the_readme_test_command():
 # A new chapter's package takes a row here; an import that points up or sideways fails.
 LAYERS = [
     {"config"},                                  # schema and validation: imports no other package
-    {"nn", "optim", "runs", "foundations"},      # building blocks, optimisers, run directories (atomic writes),
-                                                 # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout)
+    {"nn", "optim", "runs", "foundations",       # building blocks, optimisers, run directories (atomic writes),
+     "diffusion"},                               # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout),
+                                                 # diffusion schedules and samplers (pure functions)
     {"tokenize"},                                # tokenizers (save through runs.atomic)
     {"attention", "data"},
     {"moe"},
     {"models"},
-    {"decode"},                                  # sampling a model: never builds an optimiser
+    {"decode", "vision"},                        # sampling a model: never builds an optimiser | ViT (models' blocks)
     {"train"},                                   # the pure step, its state, the loop
-    {"interop"},                                 # Hugging Face checkpoints in and out (writes run dirs)
+    {"interop", "clip"},                         # Hugging Face checkpoints in and out (writes run dirs) | CLIP
     {"lessons", "bench"},
     {"commands"},                                # one module per CLI subcommand
     {"cli"},

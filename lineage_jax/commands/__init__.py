@@ -15,6 +15,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.tokenizer",
     "lineage_jax.commands.cache",
     "lineage_jax.commands.launch",
+    "lineage_jax.commands.diffusion",
 )
 
 BENCH_TARGETS: dict[str, str] = {
