@@ -21,19 +21,20 @@ def test_ci_runs_the_readme_test_command():
 # A new chapter's package takes a row here; an import that points up or sideways fails.
 LAYERS = [
     {"config"},                                  # schema and validation: imports no other package
-    {"nn", "optim", "runs", "foundations"},      # building blocks, optimisers, run directories (atomic writes),
-                                                 # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout)
+    {"nn", "optim", "runs", "foundations",       # building blocks, optimisers, run directories (atomic writes),
+     "diffusion"},                               # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout),
+                                                 # diffusion schedules and samplers (pure functions)
     {"tokenize", "adapt"},                       # tokenizers (save through runs.atomic) |
                                                  # LoRA / NF4 / QLoRA: pure transforms of parameter trees
     {"attention", "data"},
     {"moe"},
     {"models"},
-    {"decode"},                                  # sampling a model: never builds an optimiser
+    {"decode", "vision"},                        # sampling a model: never builds an optimiser | ViT, U-Net
     {"train", "reasoning"},                      # the pure step, its state, the loop |
                                                  # ICL/induction heads, scratchpads, GRPO on an arithmetic world
-    {"interop", "scaling", "align"},             # Hugging Face checkpoints in and out (writes run dirs) |
+    {"interop", "scaling", "align", "clip"},     # Hugging Face checkpoints in and out (writes run dirs) |
                                                  # scaling laws: counts, fits, the IsoFLOP sweep (drives train) |
-                                                 # alignment: SFT, reward model, PPO, DPO (steps over train/)
+                                                 # alignment: SFT, reward model, PPO, DPO (steps over train/) | CLIP
     {"lessons", "bench"},
     {"commands"},                                # one module per CLI subcommand
     {"cli"},

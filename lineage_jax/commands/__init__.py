@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.finetune",
     "lineage_jax.commands.plan",
     "lineage_jax.commands.align",
+    "lineage_jax.commands.diffusion",
 )
 
 BENCH_TARGETS: dict[str, str] = {
