@@ -13,7 +13,8 @@ Two directives, written as HTML comments so a page still reads as plain Markdown
 ``<!-- result: NAME -->``
     the lesson's committed result (``docs/results/NAME/result.json`` and its PNGs, written by
     ``lineage lesson NAME --out docs/results/NAME``): claim, verdict, the configuration it ran with,
-    the measured rows and the figures. Without a committed result the page says how to produce one.
+    the measured rows and the figures, and the mode it ran in (``run.json``, written by
+    ``docs/results/regenerate.py``). Without a committed result the page says how to produce one.
 
 ``extract`` and ``expand`` are plain functions so that tests/docs/ check them without MkDocs.
 """
@@ -89,14 +90,17 @@ def result_block(name: str, page_dir: Path, docs: Path = DOCS) -> str:
     res_dir = docs / "results" / name
     file = res_dir / "result.json"
     if not file.is_file():
-        return (f'!!! info "No committed result yet"\n    Run `lineage lesson {name} --out docs/results/{name}` '
-                f"(full mode) and commit `docs/results/{name}/` to show the measured table and figures here.\n")
+        return (f'!!! info "No committed result yet"\n    Run `python docs/results/regenerate.py {name}` (full mode) '
+                f"and commit `docs/results/{name}/` to show the measured table and figures here.\n")
     res = json.loads(file.read_text())
     verdict = "**supported**" if res.get("supported") else "**not supported**"
     cfg = res.get("details", {}).get("config", {})
+    run = json.loads((res_dir / "run.json").read_text()) if (res_dir / "run.json").is_file() else {}
+    mode = run.get("mode", "unrecorded")
     out = [f"**Claim** ({res.get('paper', '')}): {res.get('claim', '')}", "",
-           f"Verdict, computed from the rows below: {verdict}. Configuration as run: "
-           f"`{json.dumps(cfg, sort_keys=True)}`.", ""]
+           f"Verdict, computed from the rows below: {verdict}. Mode: **{mode}**"
+           + (f" (`{run['command']}`, {run['seconds']} s)" if "command" in run else "")
+           + f". Configuration as run: `{json.dumps(cfg, sort_keys=True)}`.", ""]
     rows = res.get("rows", [])
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))

@@ -70,7 +70,11 @@ def test_result_renders_claim_verdict_rows_and_figures(root):
            "details": {"config": {"steps": 5}}}
     (root / "docs" / "results" / "demo" / "result.json").write_text(json.dumps(res))
     out = hook.expand("<!-- result: demo -->\n", page_dir=Path("course"), root=root)
-    assert "**not supported**" in out and '{"steps": 5}' in out
+    assert "**not supported**" in out and '{"steps": 5}' in out and "Mode: **unrecorded**" in out
+    (root / "docs" / "results" / "demo" / "run.json").write_text(
+        json.dumps({"mode": "quick", "command": "lineage lesson demo --quick", "seconds": 3.0}))
+    out = hook.expand("<!-- result: demo -->\n", page_dir=Path("course"), root=root)
+    assert "Mode: **quick** (`lineage lesson demo --quick`, 3.0 s)" in out
     assert "| a | b | c |" in out and "| 1 | 0.1235 |  |" in out and "x\\|y" in out
     assert "![demo: demo.png](../results/demo/demo.png)" in out
     assert "No committed result yet" in hook.expand("<!-- result: other -->\n", root=root)
