@@ -151,7 +151,10 @@ def test_a_killed_process_stops_the_other_and_the_run_resumes(tmp_path):
     survivor = (tmp_path / "logs" / "process-0.log").read_text(errors="replace")
     assert codes[1] == -signal.SIGKILL
     assert codes[0] not in (None, 0), survivor[-2000:]           # exited by itself, with an error
-    assert "stopped sending heartbeats" in survivor or "distributed service detected fatal errors" in survivor
+    # the survivor learns of the death one of three ways, whichever comes first: the coordination
+    # service's missed heartbeats, its fatal-error broadcast, or the collective in flight losing its peer
+    signs = ("stopped sending heartbeats", "distributed service detected fatal errors", "Connection reset by peer")
+    assert any(sign in survivor for sign in signs), survivor[-2000:]
     last = ckpt.latest_step(run)
     assert last is not None and last >= 2
     summary = train(cfg_for(run, f"train.steps={last + 1}", "train.eval_every=0"), progress=False)   # 1 × 8
