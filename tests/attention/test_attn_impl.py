@@ -33,6 +33,7 @@ def test_kernels_compute_the_same_model(base, impl):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, ref_grads)
 
 
+@pytest.mark.slow   # flash = chunks on one device stays default (test_kernels_compute_the_same_model)
 def test_flash_trains_data_parallel_like_chunks():
     from lineage_jax.train.setup import build as setup_build
     over = ["model.context=32", "model.width=32", "model.heads=2", "model.layers=2", "train.batch_size=8"]

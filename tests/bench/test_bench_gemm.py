@@ -82,6 +82,7 @@ def test_scanned_layers_count_once_per_iteration():
     assert flops(scanned) == flops(unrolled) and two_d(scanned) == two_d(unrolled)
 
 
+@pytest.mark.slow   # the bench CLI's JSON stays default through tests/test_cli.py::test_bench_json
 def test_cli_quick_json(capsys, tmp_path):
     png = tmp_path / "gemm.png"
     args = ["bench", "gemm", "model.layers=1", "model.width=32", "model.heads=2", "model.context=32",

@@ -167,6 +167,7 @@ def _dense():
     return Llama(ModelConfig(arch="llama", vocab_size=11, context=4, layers=1, width=8, heads=2)), {}
 
 
+@pytest.mark.slow   # GPT-2's convert -> run dir -> sample stays default (test_hf_interop.py)
 def test_convert_to_run_dir_samples_and_fine_tunes(tmp_path):
     """``convert_to_run_dir`` -> ``lineage sample --run-dir ... --json`` (a subprocess) continues greedily as
     transformers does, token by token; ``lineage train`` resumes the converted run (fine-tuning)."""

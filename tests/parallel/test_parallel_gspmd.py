@@ -87,8 +87,8 @@ def reference():
 FAST = ("DP", "ZeRO-1/data", "ZeRO-3", "DPxFSDPxTP")
 
 
-def matrix(names):
-    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in names]
+def matrix(names, fast=FAST):
+    return [pytest.param(n, marks=() if n in fast else pytest.mark.slow) for n in names]
 
 
 @pytest.mark.parametrize("name", matrix(STRATEGIES))

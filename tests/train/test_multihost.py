@@ -219,6 +219,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow   # the default suite's "one stops the other": test_a_killed_process_stops_the_other_...
 def test_a_process_failing_with_an_error_mid_run_stops_the_other(tmp_path):
     """Process 1 raises in Python mid-run (injected): it prints its traceback and leaves at once, and
     process 0 stops within the heartbeat, instead of both waiting out JAX's shutdown barrier (5 min:
@@ -243,6 +244,7 @@ def test_a_process_failing_with_an_error_mid_run_stops_the_other(tmp_path):
     assert codes[0] not in (None, 0), logs[0][-2000:]            # stopped by itself, not killed at grace
 
 
+@pytest.mark.slow   # one process's fallback stays default: tests/reliability/test_checkpoint_damage.py
 def test_a_damaged_checkpoint_falls_back_on_every_process(runs, tmp_path):
     """Step 4 of the 2 × 4 run replaced by step 2's state under step 4's meta (only the digest can tell):
     both processes take the same verdict (the digest is a collective), process 0 alone moves step 4

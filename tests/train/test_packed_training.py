@@ -120,7 +120,7 @@ def reference():
     return train_packed("one")
 
 
-@pytest.mark.parametrize("name", ["gspmd", "shard_map"])
+@pytest.mark.parametrize("name", [pytest.param("gspmd", marks=pytest.mark.slow), "shard_map"])
 def test_packed_training_is_the_same_function_sharded(reference, name):
     losses, params, batch = train_packed(name)
     counts = batch["weights"].sum(axis=1)
