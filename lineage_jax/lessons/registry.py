@@ -37,7 +37,8 @@ class Lesson:
         return {"name": self.name, "era": self.era, "paper": self.paper, "claim": self.claim}
 
 
-LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
+# Listed in the lineage's order: by era, then as written (chapters append their lessons here).
+LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in sorted((
     Lesson("backprop", "1986", "Rumelhart, Hinton & Williams 1986, Learning representations by back-propagating "
            "errors; Linnainmaa 1970",
            "the delta rule by hand = a tape autodiff = jax.grad = finite differences (float64, rel. error <= 1e-6); "
@@ -116,7 +117,7 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
            "(on the same noisy comparisons) each raise the gold score of held-out responses over SFT, at a "
            "bounded KL to SFT",
            "lineage_jax.lessons.rlhf", flags=("seed",)),
-)}
+), key=lambda lesson: lesson.era)}
 
 
 def get(name: str) -> Lesson:
