@@ -10,24 +10,11 @@ import json
 import os
 import sys
 
+from lineage_jax.commands.devices import init_devices
 from lineage_jax.config import ConfigError, UserError, load_config
 from lineage_jax.tokenize import get_tokenizer
 
 DEFAULT_CONFIG = "tiny"
-
-
-def _init_devices(n: int | None) -> None:
-    """Emulate ``n`` CPU devices; must run before JAX initialises its backends."""
-    if n is None:
-        return
-    if n < 1:
-        raise ConfigError(f"--devices={n}: must be a positive integer")
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
-    import jax
-    jax.config.update("jax_num_cpu_devices", n)
-    if jax.default_backend() == "cpu" and jax.device_count() != n:
-        raise ConfigError(f"--devices={n}: JAX already initialised with {jax.device_count()} devices")
 
 
 def _init_jax(args) -> None:
@@ -36,11 +23,11 @@ def _init_jax(args) -> None:
     this process's local CPU devices; either way before any other JAX call."""
     given = (getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None))
     if not any(v is not None for v in given) and not os.environ.get("LINEAGE_COORDINATOR"):
-        return _init_devices(args.devices)
+        return init_devices(args.devices)
     from parallel import distributed
     cluster = distributed.cluster_from(*given, local_devices=args.devices)
     if cluster is None:
-        return _init_devices(args.devices)
+        return init_devices(args.devices)
     distributed.initialize(cluster)
     import jax
     n = cluster.local_devices
@@ -148,7 +135,7 @@ def _check_sample_args(args) -> list[str]:
 
 def cmd_sample(args) -> int:
     prompts = _check_sample_args(args)
-    _init_devices(args.devices)
+    init_devices(args.devices)
     from lineage_jax import decode
     temperature = 0.8 if args.temperature is None else args.temperature
     kw = dict(strategy=args.strategy, temperature=temperature, top_k=args.top_k or 0,
@@ -203,13 +190,13 @@ def cmd_bench(args) -> int:
     _check_plot_out(args.out)
     if target == "train":
         cfg = load_config(args.config, args.overrides)
-        _init_devices(args.devices)
+        init_devices(args.devices)
         from lineage_jax.bench import report, run_bench
         result = run_bench(cfg, steps=args.steps, torch_peer=not args.no_torch, depth_check=not args.no_depth)
         print(json.dumps(result, indent=1) if args.json else report(result))
         return 0
     import importlib
-    _init_devices(args.devices)
+    init_devices(args.devices)
     mod = importlib.import_module(BENCH_TARGETS[target])
     result = mod.run(args)
     print(json.dumps(result, indent=1) if args.json else mod.report(result))
@@ -222,7 +209,7 @@ def cmd_convert(args) -> int:
                           "--out DIR (run -> Hugging Face)")
     if args.to_hf and args.out is None:
         raise ConfigError("convert --to-hf: --out DIR is required")
-    _init_devices(args.devices)
+    init_devices(args.devices)
     if args.to_hf:   # any run directory (a LoRA fine-tune: base + adapters merged) -> config.json + model.safetensors
         from lineage_jax.decode import load_for_inference
         from lineage_jax.interop import hf
@@ -238,7 +225,7 @@ def cmd_convert(args) -> int:
 
 def cmd_shard_report(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    _init_devices(args.devices)
+    init_devices(args.devices)
     from pathlib import Path
 
     from lineage_jax.commands import shard_report as sr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+from lineage_jax.commands.devices import init_devices
 from lineage_jax.config import ConfigError
 
 
@@ -41,17 +42,6 @@ def register(subparsers) -> None:
         q.set_defaults(func=cmd_align)
 
 
-def _emulate(n: int | None) -> None:
-    if n is None:
-        return
-    if n < 1:
-        raise ConfigError(f"--devices={n}: must be a positive integer")
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
-    import jax
-    jax.config.update("jax_num_cpu_devices", n)
-
-
 def _sources(args) -> dict:
     src = {"policy": args.policy, "reward": args.reward} if args.stage == "ppo" else {"from": args.source}
     if getattr(args, "reference", None):
@@ -67,7 +57,7 @@ def cmd_align(args) -> int:
     sources = _sources(args)
     values, _ = split_overrides(args.overrides)
     check(args.stage, AlignConfig(**values), 1 << 30)   # the context is checked against the model later
-    _emulate(args.devices)
+    init_devices(args.devices)
     from lineage_jax.align.run import run
     summary = run(args.stage, sources, args.run_dir, args.overrides, progress=not args.no_progress,
                   overwrite=args.overwrite)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lineage_jax.commands.devices import init_devices
 from lineage_jax.config import ConfigError
 
 ACTIONS = ("merge", "export-peft")
@@ -47,19 +48,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
-def _init(devices):
-    """Emulate ``devices`` CPU devices (as ``lineage train --devices``) before JAX starts."""
-    if devices is None:
-        return
-    if devices < 1:
-        raise ConfigError(f"--devices={devices}: must be a positive integer")
-    import os
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
-    import jax
-    jax.config.update("jax_num_cpu_devices", devices)
-
-
 def cmd_finetune(args) -> int:
     action = args.rest[0] if args.rest and "=" not in args.rest[0] else None
     if action is not None and action not in ACTIONS:
@@ -71,7 +59,7 @@ def cmd_finetune(args) -> int:
             raise ConfigError(f"finetune {action}: --out DIR is required")
         if overrides:
             raise ConfigError(f"finetune {action}: takes no overrides (got {overrides[0]})")
-        _init(args.devices)
+        init_devices(args.devices)
         return merge(args) if action == "merge" else export_peft(args)
     if args.source is None:
         raise ConfigError("finetune: --from RUN_OR_HF_DIR is required (or an action: merge, export-peft)")
@@ -103,7 +91,7 @@ def run(args, overrides) -> int:
             raise ConfigError(f"--run-dir {out}: holds a fine-tune with rank {old.lora.rank}, alpha {old.lora.alpha}, "
                               f"targets {','.join(old.lora.targets)}, quant {old.quant}; rerun with those to resume, "
                               f"or --overwrite")
-    _init(args.devices)
+    init_devices(args.devices)
     from lineage_jax.config import load_config
     from lineage_jax.decode import generate_text, load_for_inference
     from lineage_jax.runs import lock, rundir

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from lineage_jax.commands.devices import init_devices
 from lineage_jax.config import ConfigError, load_config
 
 CHIP_NAMES = ("v4", "v5e", "v5p", "v6e", "h100", "a100")
@@ -128,12 +129,7 @@ def _row(name, predicted, measured) -> dict:
 
 def cmd_verify(args) -> int:
     cfg = load_config(args.config or "tiny", args.overrides)
-    if args.devices:   # emulate CPU devices before JAX starts (as the CLI's --devices does)
-        import os
-        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-        os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={args.devices}"])
-        import jax
-        jax.config.update("jax_num_cpu_devices", args.devices)
+    init_devices(args.devices)
     rows = predict_vs_compiled(cfg)
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 
+from lineage_jax.commands.devices import init_devices
 from lineage_jax.config import ConfigError
 
 DEFAULT_BUDGETS = "1e11,3e11,1e12"
@@ -48,11 +49,7 @@ def cmd_sweep(args) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"--out={args.out}: is a file; give a directory")
     base = load_config(args.config, [*BASE, *args.overrides])
-    if args.devices is not None:
-        if args.devices < 1:
-            raise ConfigError(f"--devices={args.devices}: must be a positive integer")
-        import jax
-        jax.config.update("jax_num_cpu_devices", args.devices)
+    init_devices(args.devices)
     from lineage_jax.scaling.sweep import sweep
     r = sweep(base, budgets, args.sizes, args.out, progress=not args.no_progress,
               tokens_per_param=args.tokens_per_param, spread=args.spread)
