@@ -34,12 +34,15 @@ class DataConfig:
     prepared_dir: str = ""             # a dataset from `lineage data prepare --out DIR`; used alone
     segment_mask: bool = True          # prepared rows: documents attend only within themselves, positions
                                        # restart per document, no loss across documents; false: one stream
+    loader: str = "numpy"              # the visiting order: numpy (cached permutation) or grain (MapDataset)
 
     def validate(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction={self.eval_fraction}: must be in (0, 1)")
         if self.max_docs < 0:
             raise ConfigError(f"data.max_docs={self.max_docs}: must be >= 0 (0 = all)")
+        if self.loader not in ("grain", "numpy"):
+            raise ConfigError(f"data.loader={self.loader}: allowed grain, numpy")
         if self.prepared_dir:
             if not self._prepared_meta_path().is_file():
                 raise ConfigError(f"data.prepared_dir={self.prepared_dir}: no prepared dataset there; "

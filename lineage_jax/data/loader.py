@@ -3,7 +3,10 @@
 ``load_splits`` turns the configured source into two 1-D int32 token streams (documents
 joined by ``eos_id``), cached as ``.npy`` under the data dir. ``Sampler`` cuts a stream into
 non-overlapping ``seq_len + 1`` windows and serves them in a per-epoch shuffled order that
-is a pure function of ``(seed, position)``, so a resumed run continues exactly.
+is a pure function of ``(seed, position)``, so a resumed run continues exactly, with any number of
+processes. The order comes from NumPy's permutation (``data.loader=numpy``, the default) or from
+Grain (``data.loader=grain``: ``grain_order.py``, which says why it is not the default); both give
+the same guarantees.
 
 A dataset written by ``lineage data prepare`` (``data/prepared.py``: rows of ``seq_len``
 packed tokens with segment ids) is read by ``load_prepared``. Its rows, laid end to end with
@@ -25,6 +28,7 @@ import numpy as np
 
 from lineage_jax.config import ConfigError, DataConfig
 from lineage_jax.data import cache as token_cache
+from lineage_jax.data.grain_order import ORDERS, GrainOrder
 from lineage_jax.data.prepared import read_prepared
 from lineage_jax.data.sources import load_documents, resolve_data_dir, source_identity
 from lineage_jax.tokenize import Tokenizer
@@ -93,10 +97,13 @@ class Sampler:
     Window ``w`` is ``tokens[w * seq_len : w * seq_len + seq_len + 1]`` (inputs and targets
     shifted by one; neighbours share one token). Epoch ``e`` visits every window once, in the
     order ``np.random.default_rng([seed, e]).permutation(num_windows)``; global index ``i``
-    is position ``i % num_windows`` of epoch ``i // num_windows``.
+    is position ``i % num_windows`` of epoch ``i // num_windows``. ``order="grain"`` takes the
+    visiting order from ``grain.MapDataset.range(num_windows).shuffle(seed).repeat()`` instead
+    (``grain_order.GrainOrder``): the same contract, Grain's permutation.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, max_cached_epochs: int = 4, where: str = ""):
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, max_cached_epochs: int = 4, where: str = "",
+                 order: str = "numpy"):
         self.tokens = np.asarray(tokens, np.int32).reshape(-1)
         self.seq_len, self.seed = int(seq_len), int(seed)
         if self.seq_len < 1:
@@ -109,10 +116,16 @@ class Sampler:
         self._offsets = np.arange(self.seq_len + 1)
         self._orders: OrderedDict[int, np.ndarray] = OrderedDict()
         self._max_cached = max_cached_epochs
+        if order not in ORDERS:
+            raise ConfigError(f"data.loader={order}: allowed {', '.join(ORDERS)}")
+        self.order = order
+        self._grain = GrainOrder(self.num_windows, self.seed) if order == "grain" else None
         self.rows_read = 0   # sequences served by ``batch`` so far (a multi-process run reads only its own)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The window visiting order of ``epoch``: a permutation of ``range(num_windows)`` (cached)."""
+        if self._grain is not None:
+            return self._grain.epoch_order(epoch)
         order = self._orders.get(epoch)
         if order is None:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
@@ -127,6 +140,8 @@ class Sampler:
         """Window numbers at global indices ``position .. position + batch_size - 1``."""
         if position < 0 or batch_size < 1:
             raise ValueError(f"position={position}, batch_size={batch_size}: need position >= 0 and batch_size >= 1")
+        if self._grain is not None:
+            return self._grain.window_ids(position, batch_size)
         epochs, slots = np.divmod(np.arange(position, position + batch_size, dtype=np.int64), self.num_windows)
         ids = np.empty(batch_size, np.int64)
         for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
@@ -186,9 +201,10 @@ class PackedSampler(Sampler):
     """``Sampler`` over packed rows: ``batch`` is ``Sampler(packed_stream(rows), L)``'s, window w
     being row w; ``batch_with_segments`` adds what packed training needs (see its docstring)."""
 
-    def __init__(self, rows: dict, seed: int, eos_id: int, max_cached_epochs: int = 4, where: str = ""):
+    def __init__(self, rows: dict, seed: int, eos_id: int, max_cached_epochs: int = 4, where: str = "",
+                 order: str = "numpy"):
         tokens = np.asarray(rows["tokens"], np.int32)
-        super().__init__(packed_stream(tokens, eos_id), tokens.shape[1], seed, max_cached_epochs, where)
+        super().__init__(packed_stream(tokens, eos_id), tokens.shape[1], seed, max_cached_epochs, where, order)
         self.segment_ids = np.asarray(rows["segment_ids"], np.int32)
         self.positions = np.asarray(rows["positions"], np.int32)
 

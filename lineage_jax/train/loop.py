@@ -49,12 +49,12 @@ def samplers(setup, tokenizer) -> tuple[Sampler, Sampler]:
         packed = load_prepared(cfg.data.prepared_dir)
         check_prepared_tokenizer(packed.meta, tokenizer)
         eos = int(packed.meta["eos_id"])
-        return (PackedSampler(packed.train, cfg.train.seed, eos, where=f"{src} (train split)"),
-                PackedSampler(packed.eval, cfg.train.seed, eos, where=f"{src} (eval split)"))
+        return (PackedSampler(packed.train, cfg.train.seed, eos, where=f"{src} (train split)", order=cfg.data.loader),
+                PackedSampler(packed.eval, cfg.train.seed, eos, where=f"{src} (eval split)", order=cfg.data.loader))
     splits = load_splits(cfg.data, tokenizer)
     T = cfg.model.context
-    return (Sampler(splits.train, T, cfg.train.seed, where=f"{src} (train split)"),
-            Sampler(splits.eval, T, cfg.train.seed, where=f"{src} (eval split)"))
+    return (Sampler(splits.train, T, cfg.train.seed, where=f"{src} (train split)", order=cfg.data.loader),
+            Sampler(splits.eval, T, cfg.train.seed, where=f"{src} (eval split)", order=cfg.data.loader))
 
 
 def draw(sampler: Sampler, position: int, batch_size: int):
