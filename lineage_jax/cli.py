@@ -242,7 +242,7 @@ def cmd_shard_report(args) -> int:
                       f"(theory {fmt_bytes(r['comm_theory'])})"))
             print(f"plot: {args.compare}")
         return 0
-    rep = sr.shard_report(cfg)
+    rep = sr.shard_report(cfg, processes=args.processes)
     print(json.dumps(sr.to_json(rep), indent=1) if args.json else format_report(rep))
     return 0
 
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--compare", metavar="PNG", help="report every strategy for this model and plot them to PNG")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="add the per-process view as if the devices were N equal processes: bytes each holds, "
+                        "collectives inside a process (ICI) vs across processes (DCN); always on in a multi-process run")
     p.set_defaults(func=cmd_shard_report)
 
     p = sub.add_parser("convert", help="a Hugging Face checkpoint directory -> a lineage run directory, or back "

@@ -125,17 +125,19 @@ def initialize(cluster: Cluster) -> None:
                                f"{cluster.process_id} of {cluster.num_processes}: {first}") from None
 
 
-def check_process_boundary(mesh, inner: tuple[str, ...] | None = None) -> None:
+def check_process_boundary(mesh, inner: tuple[str, ...] | None = None, process_of=None) -> None:
     """Refuse (one line) a mesh whose tensor or expert groups (every axis not in ``DATA_LIKE``) span
-    several processes: their collectives run every layer and would cross the slow inter-host link."""
+    several processes: their collectives run every layer and would cross the slow inter-host link.
+    ``process_of`` (device -> process; default ``d.process_index``) checks a planned layout."""
     inner = tuple(a for a in mesh.axis_names if a not in DATA_LIKE) if inner is None else inner
-    procs = {d.process_index for d in mesh.devices.flat}
+    process_of = process_of or (lambda d: d.process_index)
+    procs = {process_of(d) for d in mesh.devices.flat}
     if len(procs) < 2:
         return
     import numpy as np
     names = list(mesh.axis_names)
     order = [names.index(a) for a in names if a not in inner] + [names.index(a) for a in inner]
-    grouped = np.transpose(np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices), order)
+    grouped = np.transpose(np.vectorize(process_of, otypes=[int])(mesh.devices), order)
     group = int(np.prod([mesh.shape[a] for a in inner], dtype=int))
     flat = grouped.reshape(-1, group)
     split = [row for row in flat if len(set(row.tolist())) > 1]

@@ -10,19 +10,33 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 
 from lineage_jax.config import Config
 from lineage_jax.train.pipeline import schedule_of
-from lineage_jax.train.setup import build
+from lineage_jax.train.setup import build, compile_all
+from parallel import distributed
 from parallel import pipeline
 from parallel.report import build as report, plot, theory
+from parallel.report.processes import partition_processes
 from parallel.strategies import NAMED
 
 
-def shard_report(cfg: Config, devices=None) -> dict:
-    """The report's dict (see ``parallel.report.build.build_report``) plus the CLI's JSON keys."""
-    setup = build(cfg, devices=devices, compile_eval=False)   # the report reads the train step alone
+def shard_report(cfg: Config, devices=None, processes: int | None = None) -> dict:
+    """The report's dict (see ``parallel.report.build.build_report``) plus the CLI's JSON keys.
+
+    ``processes``: the per-process section as if the devices belonged to that many processes
+    (``parallel.report.processes``; a layout whose tensor or expert groups would span processes is
+    refused in one line before compiling); in a multi-process run the section is always there."""
+    setup = build(cfg, devices=devices, compile_steps=False)
+    flat = list(setup.mesh.devices.flat)
+    procs = None
+    if processes is not None or jax.process_count() > 1:
+        procs = partition_processes(flat, processes)
+        by_device = {id(d): p for d, p in zip(flat, procs)}
+        distributed.check_process_boundary(setup.mesh, process_of=lambda d: by_device[id(d)])
+    compile_all(setup, compile_eval=False)                  # the report reads the train step alone
     abstract = setup.abstract_state()
     p_bytes = jnp.dtype(setup.cfg.model.param_dtype).itemsize
     rep = report.build_report(report.ReportInputs(
@@ -30,7 +44,8 @@ def shard_report(cfg: Config, devices=None) -> dict:
         param_shardings=setup.state_sharding.params, opt_state=abstract.opt_state,
         opt_shardings=setup.state_sharding.opt_state, mesh_shape=dict(setup.mesh.shape),
         stage=cfg.parallel.zero_stage, param_bytes=p_bytes, grad_bytes=p_bytes, opt_bytes_per_param=2 * p_bytes,
-        title=f"{cfg.model.layers}L×{cfg.model.width} {strategy_name(cfg)} ({cfg.parallel.form})"))
+        title=f"{cfg.model.layers}L×{cfg.model.width} {strategy_name(cfg)} ({cfg.parallel.form})",
+        devices=flat, processes=procs))
     m, mesh = setup.cfg.model, dict(setup.mesh.shape)
     if m.moe_every and mesh.get("expert", 1) > 1 and "comm_theory" in rep:
         from lineage_jax.moe.routers import capacity
@@ -113,4 +128,14 @@ def to_json(rep: dict) -> dict:
             "params": [{"path": r["path"], "logical": list(r["logical"] or ()), "spec": r["spec"],
                         "shape": list(r["shape"]), "bytes_per_device": r["bytes_per_device"]} for r in rep["params"]],
             "warnings": rep.get("warnings", []), "compile_seconds": rep["compile_seconds"],
-            **({"pipeline": rep["pipeline"]} if "pipeline" in rep else {})}
+            **({"pipeline": rep["pipeline"]} if "pipeline" in rep else {}),
+            **({"processes": _processes_json(rep["processes"])} if "processes" in rep else {})}
+
+
+def _processes_json(view: dict) -> dict:
+    """JSON keys are strings: the per-process byte maps keyed by process number as text."""
+    rows = lambda r: [{k: c[k] for k in ("kind", "count", "bytes", "sent_bytes", "replica_groups")} for c in r]  # noqa: E731
+    return {"processes": view["processes"], "devices_per_process": view["devices_per_process"],
+            "held": {what: {str(p): b for p, b in per.items()} for what, per in view["held"].items()},
+            "ici": rows(view["ici"]), "dcn": rows(view["dcn"]),
+            "ici_sent_bytes": view["ici_sent_bytes"], "dcn_sent_bytes": view["dcn_sent_bytes"]}

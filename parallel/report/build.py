@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from parallel.report import theory
 from parallel.report.collectives import collectives_by_op, scale_by_trip_count, summarize
 from parallel.report.memory import memory, param_table, replicated_warnings, tree_bytes_per_device
+from parallel.report.processes import held_bytes, process_view
 from parallel.rules import ZERO_AXES
 
 
@@ -33,6 +34,11 @@ class ReportInputs:
     ``trip_count`` as in ``collectives.collectives`` (None: static counts, plus a per-execution
     view with XLA's known trip counts under ``collectives_executed``). Parameters of at least
     ``threshold_bytes`` stored whole on every device are warned about.
+
+    ``devices`` (the mesh's flat device order, i.e. partition id -> device) with ``processes``
+    (the process of each, ``processes.partition_processes``): the per-process section, ``processes``
+    in the report — bytes each process holds and the executed collectives split into those that stay
+    inside a process (ICI) and those that cross processes (DCN).
     """
     compiled: Any = None
     abstract_params: Any = None
@@ -49,6 +55,8 @@ class ReportInputs:
     trip_count: int | str | None = None
     threshold_bytes: int = 1 << 20
     title: str = ""
+    devices: Any = None
+    processes: Any = None
 
 
 def build_report(inputs: ReportInputs) -> dict:
@@ -75,9 +83,21 @@ def build_report(inputs: ReportInputs) -> dict:
         ops = collectives_by_op(text)
         rep["collectives"] = summarize(scale_by_trip_count(ops, i.trip_count) if i.trip_count is not None else ops)
         rep["collectives_executed"] = summarize(scale_by_trip_count(ops, "auto"))
+        if i.processes is not None:
+            rep["processes"] = _process_section(i, scale_by_trip_count(ops, "auto"))
     if i.stage is not None and "n_params" in rep:
         rep.update(_zero_theory(rep["params"], mesh_shape, i))
     return rep
+
+
+def _process_section(i: ReportInputs, executed: list[dict]) -> dict:
+    procs, devices = list(i.processes), list(i.devices)
+    held = {}
+    if i.abstract_params is not None and i.param_shardings is not None:
+        held["params"] = held_bytes(i.abstract_params, i.param_shardings, procs, devices)
+    if i.opt_state is not None and i.opt_shardings is not None:
+        held["opt_state"] = held_bytes(i.opt_state, i.opt_shardings, procs, devices)
+    return process_view(executed, procs, held)
 
 
 def _zero_theory(table, mesh_shape: Mapping[str, int], i: ReportInputs) -> dict:

@@ -93,6 +93,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         else:
             out.append("  none")
 
+    procs = report.get("processes")
+    if procs:
+        from parallel.report.processes import format_processes
+        out += [""] + format_processes(procs, fmt_bytes)
+
     pipe = report.get("pipeline")
     if pipe:
         from parallel.pipeline.report import format_pipeline
