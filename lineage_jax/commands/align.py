@@ -4,6 +4,7 @@
     lineage align rm  --from RUN --run-dir OUT
     lineage align dpo --from SFT_RUN [--reference RUN] --run-dir OUT [align.beta=0.1 align.loss=ipo]
     lineage align ppo --policy SFT_RUN --reward RM_RUN [--reference RUN] --run-dir OUT [align.kl_coef=0.05]
+    lineage align grpo --from RUN --run-dir OUT [grpo.group=4 grpo.digits=1 grpo.loss_type=dr_grpo ...]
 
 ``align.*`` keys set the stage (``lineage_jax/align/config.py``); any other key=value overrides the
 source run's config (train.steps, train.batch_size, optim.lr, mesh.*, parallel.*). Sources, keys and
@@ -24,7 +25,8 @@ def register(subparsers) -> None:
     for stage, text in (("sft", "supervised fine-tuning on demonstrations (loss on response tokens)"),
                         ("rm", "a Bradley-Terry reward model on comparison pairs"),
                         ("dpo", "direct preference optimisation against a frozen reference"),
-                        ("ppo", "PPO on the reward model's score with a per-token KL penalty to the reference")):
+                        ("ppo", "PPO on the reward model's score with a per-token KL penalty to the reference"),
+                        ("grpo", "GRPO on arithmetic with a verifier's reward (lineage_jax/align/grpo_stage.py)")):
         q = sub.add_parser(stage, help=text)
         if stage == "ppo":
             q.add_argument("--policy", required=True, metavar="RUN", help="the SFT run to start from (also the reference)")
@@ -53,6 +55,8 @@ def _sources(args) -> dict:
 
 
 def cmd_align(args) -> int:
+    if args.stage == "grpo":
+        return _cmd_grpo(args)
     from lineage_jax.align.config import AlignConfig, check, split_overrides
     sources = _sources(args)
     values, _ = split_overrides(args.overrides)
@@ -72,5 +76,26 @@ def cmd_align(args) -> int:
               f"gold {f['gold']:.3f}, correct {f['correct']:.2f}, rude {f['rude']:.2f}, KL to reference {f['kl']:.2f} nats")
         for p, r in f["examples"]:
             print(f"  {p}{r}")
+    print(f"run files in {summary['run_dir']}")
+    return 0
+
+
+def _cmd_grpo(args) -> int:
+    from lineage_jax.align.grpo_stage import GrpoConfig, check, split_overrides
+    sources = _sources(args)
+    values, _ = split_overrides(args.overrides)
+    check(GrpoConfig(**values))
+    init_devices(args.devices)
+    from lineage_jax.align.grpo_stage import run
+    summary = run(sources["from"], args.run_dir, args.overrides, progress=not args.no_progress,
+                  overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    b, f = summary["before"], summary["final"]
+    print(f"done: {summary['steps']} iterations; held-out greedy accuracy {b['accuracy']:.3f} -> {f['accuracy']:.3f}, "
+          f"format {b['formatted']:.2f} -> {f['formatted']:.2f}, length {b['length']:.1f} -> {f['length']:.1f}")
+    for p, r in f["examples"]:
+        print(f"  {p}{r}")
     print(f"run files in {summary['run_dir']}")
     return 0

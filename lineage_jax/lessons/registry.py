@@ -105,6 +105,16 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in sorted((
            "carries) before the answer beats one that answers directly on held-out multi-digit additions, and the "
            "margin grows with the number of digits",
            "lineage_jax.lessons.cot", flags=("steps", "seed", "max_digits")),
+    Lesson("react", "2023", "Yao et al. 2023, ReAct: Synergizing Reasoning and Acting in Language Models",
+           "at equal parameters and training steps, a model trained to call a calculator (its observations masked "
+           "out of the loss) and run through the ReAct loop beats the same model answering directly on held-out "
+           "multiplications, by >= 0.2 on average over the trained lengths and >= 0.3 on the largest numbers",
+           "lineage_jax.lessons.react", flags=("steps", "seed", "max_digits")),
+    Lesson("toolformer", "2023", "Schick et al. 2023, Toolformer: Language Models Can Teach Themselves to Use Tools, §2",
+           "a model trained without tools keeps, by its own loss (L- - L+ >= tau_f), right calculator calls far more "
+           "often than wrong ones; fine-tuned on the kept calls it gains >= 0.2 held-out multiplication accuracy "
+           "and calls the tool more on multiplications than on one-digit additions",
+           "lineage_jax.lessons.toolformer", flags=("base_steps", "seed", "tau")),
     Lesson("grpo", "2024", "Shao et al. 2024, DeepSeekMath, §4.1 (GRPO); DeepSeek-AI 2025, DeepSeek-R1; Liu et al. "
            "2025, Understanding R1-Zero-Like Training (Dr. GRPO)",
            "from an SFT start, GRPO with a verifier's reward (answer right, format followed) raises held-out "

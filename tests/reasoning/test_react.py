@@ -1,9 +1,10 @@
 """The ReAct loop's tool boundary with a scripted policy: generation is cut exactly at the action marker,
 the observation is the tool's and is masked out of the loss, errors and unknown tools become observations,
 and a policy that never answers stops at the step limit."""
+import jax
 import numpy as np
 
-from lineage_jax.reasoning import react, tools
+from lineage_jax.reasoning import arith, react, tiny, tools
 
 TOOLS = {"calc": tools.calculate}
 
@@ -41,3 +42,42 @@ def test_errors_unknown_tools_and_step_limit():
     assert react.react(gen, "q=", TOOLS)["stop"] == "no_progress"
     assert react.cut("abc") == "abc" and react.cut("a.b]") == "a." and react.cut("a]b.") == "a]"
     assert np.all(react.loss_mask({"text": "ab", "spans": []}, 0) == 1)
+
+
+def test_tool_trace_masks_only_the_prompt_and_observation():
+    p = arith.Problem("123*45=", 5535, (), "mul", 3)
+    trace = react.tool_trace(p)
+    assert trace["text"] == "123*45=[calc(123*45)]=5535;>5535."
+    tokens, mask = react.encode_traces([trace], [len(p.prompt)], 40)
+    targets = react.VOCAB.decode(tokens[0])[1:]
+    learned = "".join(c for c, k in zip(targets, mask[0]) if k)
+    assert learned == "[calc(123*45)]>5535."
+    # the trace the loop builds from the model's two moves is the reference trace, observation and all
+    gen, _ = scripted("[calc(123*45)]", ">5535.")
+    assert react.react(gen, p.prompt, TOOLS) == {**trace, "calls": ["=5535;"]}
+
+
+def test_a_batch_of_agents_at_different_steps_runs_each_as_if_alone():
+    """Scripted per prompt: one agent answers at once, one calls twice, one never answers, one writes too much."""
+    scripts = {"a=": [">1."], "b=": ["[calc(2*3)]", "[calc(6+1)]", ">7."], "c=": ["[calc(1)]"] * 9,
+               "d=": ["x" * 50]}
+
+    def generate(texts):
+        return [scripts[t[:2]][t.count("]")] for t in texts]
+    batch = react.run_batch(generate, list(scripts), TOOLS, max_steps=3, max_chars=40)
+    alone = [react.run_batch(generate, [p], TOOLS, max_steps=3, max_chars=40)[0] for p in scripts]
+    assert batch == alone
+    assert [t["stop"] for t in batch] == ["answer", "answer", "step_limit", "too_long"]
+    assert batch[1]["text"] == "b=[calc(2*3)]=6;[calc(6+1)]=7;>7." and len(batch[3]["text"]) == 40
+
+
+def test_greedy_generator_decodes_a_ragged_batch_as_if_alone():
+    """A real (random) model behind the loop: prompts of different lengths in one batch continue exactly as
+    each does alone (same greedy tokens)."""
+    cfg = tiny.TinyConfig(vocab=react.VOCAB.size, context=24, d=16, heads=2, layers=1)
+    model, params = tiny.init(cfg, jax.random.key(0))
+    generate = react.greedy_generator(lambda p, t: model.apply({"params": p}, t), params, window=24, max_new=6)
+    prompts = ["4*5=[calc(4*5)]=20;", "7="]          # alone, each is padded to the same 2 rows: one compile
+    together = generate(prompts)
+    assert together == [generate([p])[0] for p in prompts]
+    assert all(len(c) <= 6 for c in together)
