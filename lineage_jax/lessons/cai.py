@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from lineage_jax import models
-from lineage_jax.align import constitution as C, dataset, evaluate as ev, feedback as F, steps, task
+from lineage_jax.align import cai, constitution as C, dataset, evaluate as ev, feedback as F, steps, task
 from lineage_jax.align.config import PROMPT_WIDTH
 from lineage_jax.config import ConfigError, load_config
 from lineage_jax.lessons import harness
@@ -94,16 +94,6 @@ def _fit(step, state, batch_at, n, progress, desc):
     return harness.fit(jax.jit(step), state, batch_at, n, log_every=max(n // 5, 1), progress=progress, desc=desc)[0]
 
 
-def agreement(prompts, first, second, first_preferred) -> float:
-    """Share of pairs where the labeller's choice is gold's, over pairs gold does not tie (measurement only)."""
-    hits = []
-    for p, a, b, pref in zip(prompts, first, second, first_preferred):
-        ga, gb = task.gold_score(p, a), task.gold_score(p, b)
-        if ga != gb:
-            hits.append((ga > gb) == bool(pref))
-    return float(np.mean(hits)) if hits else float("nan")
-
-
 def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -> harness.LessonResult:
     tok = get_tokenizer("byte")
     mcfg = load_config("tiny", [f"model.layers={cfg.layers}", f"model.width={cfg.width}", "model.heads=4",
@@ -128,45 +118,22 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     sft = sft_on(init, demo, cfg.sft_steps, "sft")
 
     # 2. the AI feedback model, from the constitution's worked examples only
-    ex = C.worked_examples(cfg.examples, seed=cfg.seed + 12345)
-    exe = dataset.encode(tok, [e["prompt"] for e in ex], [e["response"] for e in ex], T)
-    exb = {"tokens": exe["tokens"], "lengths": exe["lengths"], "principle": np.array([e["principle"] for e in ex]),
-           "follows": np.array([e["follows"] for e in ex], np.float32)}
+    exb = cai.judge_batch(tok, C.worked_examples(cfg.examples, seed=cfg.seed + 12345), T)
     tx = optax.adam(1e-3)
     judge = _fit(F.make_judge_step(model, tx), _state(F.init_judge(jax.random.key(1), sft, cfg.width, len(C.NAMES)),
                                                       tx), lambda s: exb, cfg.judge_steps, progress, "judge").params
-    verdicts = jax.jit(lambda t, n: F.verdicts(model, judge, t, n))
-
-    def judge_probs(enc):
-        return np.concatenate([np.asarray(verdicts(enc["tokens"][i:i + 512], enc["lengths"][i:i + 512]))
-                               for i in range(0, len(enc["tokens"]), 512)])
-
-    # the judge's verdicts on held-out responses of every kind, against the task's truth (measurement only)
-    held = list(task.examples(cfg.seed + 2000, 256))
-    hp, hr = [r["prompt"] for r in held], [r["chosen"] for r in held] + [r["rejected"] for r in held]
-    hp = hp + hp
-    pr = judge_probs(dataset.encode(tok, hp, hr, T)) > 0.5
-    truth = np.array([[task.is_correct(p, r), not any(w.strip(",") in task.FILLER for w in r.split()),
-                       not task.is_rude(r)] for p, r in zip(hp, hr)])
-    judge_acc = {n: float(np.mean(pr[:, k] == truth[:, k])) for k, n in enumerate(C.NAMES)}
+    held = list(task.examples(cfg.seed + 2000, 256))   # responses of every kind, held out (measurement only)
+    judge_acc = cai.judge_accuracy(model, judge, tok, [r["prompt"] for r in held] * 2,
+                                   [r["chosen"] for r in held] + [r["rejected"] for r in held], T)
 
     # 4. AI labels on the human's pairs
-    ai_first = np.asarray(F.preference(jnp.asarray(judge_probs(ch)), jnp.asarray(judge_probs(rj)))[0])
-    human_agree = agreement(P_, [r["chosen"] for r in rows], [r["rejected"] for r in rows], np.ones(len(rows), bool))
-    ai_agree = agreement(P_, [r["chosen"] for r in rows], [r["rejected"] for r in rows], ai_first)
-    ai_ch = {k: np.where(ai_first[:, None] if v.ndim == 2 else ai_first, v, rj[k]) for k, v in ch.items()}
-    ai_rj = {k: np.where(ai_first[:, None] if v.ndim == 2 else ai_first, rj[k], v) for k, v in ch.items()}
+    ai_ch, ai_rj, ai_first = cai.relabel(model, judge, ch, rj)
+    human_agree = cai.agreement(P_, [r["chosen"] for r in rows], [r["rejected"] for r in rows], np.ones(len(rows)))
+    ai_agree = cai.agreement(P_, [r["chosen"] for r in rows], [r["rejected"] for r in rows], ai_first)
 
     # 3. SL-CAI: critique (the judge's verdicts on the policy's own samples) and revision, then SFT on revisions
-    rp = P_[:cfg.revise_prompts]
-    drawn = [ev.sample(model, sft, tok, rp, new_tokens=T - PROMPT_WIDTH, seed=cfg.seed + 100 + c)
-             for c in range(cfg.candidates + 1)]   # (rollout rows laid out like training rows, texts)
-    probs = np.stack([judge_probs(ro) for ro, _ in drawn])
-    pick = np.asarray(F.revision_choice(jnp.asarray(probs)))
-    revised = {k: np.stack([drawn[c][0][k][i] for i, c in enumerate(pick)]) for k in ("tokens", "mask")}
-    critiqued = float(np.mean(~np.all(probs[0] > 0.5, axis=-1)))
-    gold_before = float(np.mean([task.gold_score(p, r) for p, r in zip(rp, drawn[0][1])]))
-    gold_after = float(np.mean([task.gold_score(p, drawn[c][1][i]) for i, (p, c) in enumerate(zip(rp, pick))]))
+    revised, slcai_info = cai.revise(model, sft, judge, tok, P_[:cfg.revise_prompts], candidates=cfg.candidates,
+                                     new_tokens=T - PROMPT_WIDTH, seed=cfg.seed + 100)
     slcai = sft_on(sft, revised, cfg.slcai_steps, "sl-cai")
 
     logprob = jax.jit(steps.make_logprob_fn(model))
@@ -197,7 +164,7 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
         harness.figure(out_dir, "cai_gold.png", lambda axes: _draw(axes, table), panels=2,
                        title="Constitutional AI: labels and policies against the gold preference")]
     return harness.result("cai", table, supports, figures, constitution=C.render(), judge_accuracy=judge_acc,
-                          slcai={"critiqued": critiqued, "gold_samples": gold_before, "gold_revisions": gold_after},
+                          slcai=slcai_info,
                           config=dataclasses.asdict(cfg))
 
 
