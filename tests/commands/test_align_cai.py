@@ -2,6 +2,8 @@
 compiles; the judge trains from a run, then feeds SL-CAI (sft) and AI-labelled pairs (rm, dpo)."""
 import json
 
+import jax
+import numpy as np
 import pytest
 
 from lineage_jax import cli
@@ -40,6 +42,13 @@ def test_judge_then_slcai_and_rlaif(pre, tmp_path, capsys, small_data):  # noqa:
     assert {"verdict_correct", "verdict_brief", "verdict_polite", "ai_agreement", "human_agreement"} <= set(final)
     assert align_run.stage_of(judge) == "judge"
     assert set(align_run.load_params(judge)[1]) == {"lm", "heads"}
+    # the judge's heads are laid out by the same rules: ZeRO-3 over 8 devices = one device
+    assert cli.main(["align", "judge", "--from", str(pre), "--run-dir", str(tmp_path / "judge8"), "train.steps=2",
+                     "align.examples=4", "mesh.data=1", "mesh.fsdp=8", "parallel.zero_stage=3", *common]) == 0
+    capsys.readouterr()
+    for a, b in zip(jax.tree.leaves(align_run.load_params(judge)[1]),
+                    jax.tree.leaves(align_run.load_params(tmp_path / "judge8")[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert cli.main(["align", "sft", "--from", str(pre), "--judge", str(judge), "--run-dir", str(tmp_path / "sl"),
                      "train.steps=2", "align.revise_prompts=8", "align.candidates=1", *common]) == 0
     fb = _summary(capsys)["feedback"]
