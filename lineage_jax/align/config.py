@@ -10,7 +10,7 @@ import dataclasses
 
 from lineage_jax.config.errors import ConfigError
 
-KINDS = ("sft", "rm", "dpo", "ppo")
+KINDS = ("sft", "rm", "dpo", "ppo", "judge")
 PROMPT_WIDTH = 12                # the toy task's prompts are at most 10 bytes
 
 
@@ -30,6 +30,9 @@ class AlignConfig:
     minibatches: int = 2         # PPO: minibatches per pass
     ptx_coef: float = 0.0        # PPO-ptx: weight of the NLL on demonstrations mixed in (InstructGPT)
     temperature: float = 1.0     # PPO rollouts and evaluation samples
+    examples: int = 32           # CAI judge: worked examples per principle of the constitution
+    candidates: int = 4          # SL-CAI (sft --judge): fresh samples a revision is chosen from
+    revise_prompts: int = 1024   # SL-CAI: training prompts whose own samples are critiqued and revised
     eval_prompts: int = 64       # held-out prompts scored by the gold function at the end
     data_dir: str = ""           # TFDS data dir for align_toy ("" = data.data_dir, $TFDS_DATA_DIR, ~/.cache/lineage_jax/tfds)
 
@@ -43,6 +46,7 @@ STAGE_DEFAULTS = {
     "rm": ["train.steps=150", "optim.lr=1e-3"],
     "dpo": ["train.steps=100", "optim.lr=3e-4"],
     "ppo": ["train.steps=30", "optim.lr=3e-4"],
+    "judge": ["train.steps=150", "optim.lr=1e-3"],
 }
 COMMON_DEFAULTS = ["train.batch_size=16", "optim.warmup_steps=10", "optim.weight_decay=0.0", "train.log_every=5",
                    "train.ckpt_every=25", "train.eval_every=0"]
@@ -92,5 +96,8 @@ def check(kind: str, a: AlignConfig, context: int) -> None:
         bad("align.clip and align.vf_clip must be > 0; align.vf_coef and align.ptx_coef >= 0")
     if a.ppo_epochs < 1 or a.minibatches < 1 or a.eval_prompts < 1:
         bad("align.ppo_epochs, align.minibatches and align.eval_prompts must be >= 1")
+    if a.examples < 2 or a.candidates < 1 or a.revise_prompts < 1:
+        bad(f"align.examples={a.examples}, align.candidates={a.candidates}, align.revise_prompts={a.revise_prompts}: "
+            "need examples >= 2 (one following and one breaking each principle), candidates and revise_prompts >= 1")
     if a.temperature < 0:
         bad(f"align.temperature={a.temperature}: must be >= 0")

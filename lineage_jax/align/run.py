@@ -1,4 +1,4 @@
-"""``lineage align sft|rm|dpo|ppo``: the side effects of an alignment stage (files, progress, checkpoints).
+"""``lineage align sft|rm|dpo|ppo|judge``: the side effects of an alignment stage (files, progress, checkpoints).
 
 A stage starts from run directories (a ``lineage train`` run, a converted Hugging Face checkpoint, or an
 earlier stage) and writes a run directory like pretraining's: ``config.yaml`` (the source's model, this
@@ -8,7 +8,9 @@ from the latest checkpoint (the data order and PPO's rollout keys are functions 
 directory is locked and checked as ``lineage train`` checks it (``runs.rundir``).
 
 The trainable tree is the language model's params, or ``{"lm", "head"}`` for the reward model and for
-PPO (the policy with its value head, initialised from the reward model's head, as InstructGPT does).
+PPO (the policy with its value head, initialised from the reward model's head, as InstructGPT does), or
+``{"lm", "heads"}`` for a Constitutional AI judge. ``--judge`` swaps a stage's human data for AI feedback
+(``align.cai``): SL-CAI revisions for sft, judge-ordered pairs for rm and dpo.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from lineage_jax.align import config as acfg, dataset, evaluate as ev, heads, setup as align_setup, steps
+from lineage_jax.align import (cai, config as acfg, constitution as C, dataset, evaluate as ev, feedback, heads,
+                                setup as align_setup, steps)
 from lineage_jax.align.rollout import rollout
 from lineage_jax.config import Config, load_config
 from lineage_jax.config.errors import UserError
@@ -31,7 +34,14 @@ from lineage_jax.runs import atomic, checkpoint as ckpt, lock, rundir
 from lineage_jax.runs.rundir import RunDirError
 from lineage_jax.tokenize import get_tokenizer
 
-HEADED = ("rm", "ppo")   # stages whose checkpoints hold {"lm", "head"}
+HEADED = ("rm", "ppo")   # stages whose checkpoints hold {"lm", "head"}; a "judge" run's hold {"lm", "heads"}
+SOURCES = {"sft": ("pretrain", "sft"), "rm": ("pretrain", "sft"), "dpo": ("pretrain", "sft"),
+           "ppo": ("pretrain", "sft", "dpo"), "judge": ("pretrain", "sft")}
+
+
+def _build(cfg, stage: str, devices=None):
+    return align_setup.build(cfg, with_head=stage in HEADED, judge=len(C.NAMES) if stage == "judge" else 0,
+                             devices=devices)
 
 
 def stage_of(run_dir: Path) -> str:
@@ -54,8 +64,7 @@ def check_source(run_dir: Path, what: str, allowed: tuple[str, ...]) -> str:
 def load_params(run_dir: Path):
     """(config, host params) of a run's newest good checkpoint: the lm tree, or {"lm", "head"} for RM/PPO runs."""
     cfg = load_config(str(run_dir / "config.yaml"), [])
-    s = align_setup.build(dataclasses.replace(cfg, mesh=type(cfg.mesh)(data=1)), with_head=stage_of(run_dir) in HEADED,
-                          devices=jax.devices()[:1])
+    s = _build(dataclasses.replace(cfg, mesh=type(cfg.mesh)(data=1)), stage_of(run_dir), devices=jax.devices()[:1])
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), s.abstract_params())
     with ckpt.manager(run_dir, create=False, async_save=False) as mngr:
@@ -95,16 +104,16 @@ def run(kind: str, sources: dict[str, str], run_dir: str, overrides=(), *, progr
     a_values, rest = acfg.split_overrides(overrides)
     a = acfg.AlignConfig(**a_values)
     src = Path(sources["policy" if kind == "ppo" else "from"])
-    check_source(src, "--policy" if kind == "ppo" else "--from",
-                 {"sft": ("pretrain", "sft"), "rm": ("pretrain", "sft"), "dpo": ("pretrain", "sft"),
-                  "ppo": ("pretrain", "sft", "dpo")}[kind])
+    check_source(src, "--policy" if kind == "ppo" else "--from", SOURCES[kind])
     cfg = load_config(str(src / "config.yaml"), acfg.COMMON_DEFAULTS + acfg.STAGE_DEFAULTS[kind] + rest
                       + [f"run_dir={run_dir}"])
     acfg.check(kind, a, cfg.model.context)
     tok = get_tokenizer(cfg.data.tokenizer)
-    for name in ("reference", "reward"):
+    if sources.get("judge") and kind not in ("sft", "rm", "dpo"):
+        raise UserError(f"--judge: AI feedback is for sft (SL-CAI revisions), rm and dpo (AI-labelled pairs), not {kind}")
+    for name, allowed in (("reference", ("pretrain", "sft")), ("reward", ("rm",)), ("judge", ("judge",))):
         if sources.get(name):
-            check_source(Path(sources[name]), f"--{name}", ("rm",) if name == "reward" else ("pretrain", "sft"))
+            check_source(Path(sources[name]), f"--{name}", allowed)
             if tokenizer_sha(Path(sources[name])) not in (None, tok.fingerprint()):
                 raise RunDirError(f"--{name} {sources[name]}: was trained with another tokenizer than the policy "
                                   f"({cfg.data.tokenizer}); its token ids would mean other text")
@@ -127,10 +136,10 @@ def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -
         cfg_opt = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=iters * a.ppo_epochs * a.minibatches))
     else:
         cfg_opt = cfg
-    s = align_setup.build(cfg_opt, with_head=kind in HEADED)
+    s = _build(cfg_opt, kind)
     _, init_params = load_params(Path(sources["policy" if kind == "ppo" else "from"]))
     ref_lm = reward = None
-    if kind != "rm":   # the reference: for DPO and PPO's KL, and the KL every policy reports
+    if kind not in ("rm", "judge"):   # the reference: for DPO and PPO's KL, and the KL every policy reports
         ref_src = Path(sources.get("reference") or sources["policy" if kind == "ppo" else "from"])
         ref_lm = load_params(ref_src)[1]
         ref_lm = ref_lm["lm"] if isinstance(ref_lm, dict) and "head" in ref_lm else ref_lm
@@ -138,6 +147,9 @@ def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -
         init_params = init_params["lm"]
     if kind == "rm":
         init_params = {"lm": init_params, "head": heads.init_head(jax.random.key(cfg.train.seed), cfg.model.width)}
+    if kind == "judge":
+        init_params = feedback.init_judge(jax.random.key(cfg.train.seed), init_params, cfg.model.width, len(C.NAMES))
+    data, fb_info = _ai_feedback(kind, sources, s.model, init_params, train_rows, tok, a, cfg)
     if kind == "ppo":
         reward = load_params(Path(sources["reward"]))[1]
         init_params = {"lm": init_params, "head": reward["head"]}
@@ -158,7 +170,7 @@ def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -
     atomic.write_text(out / rundir.RUN_JSON, json.dumps({"tokenizer": record, "align": {
         "kind": kind, "sources": sources, "config": dataclasses.asdict(a)}}, indent=1) + "\n")
 
-    step_fn = _stage_step(kind, s, a, cfg, train_rows, tok, ref_dev, reward)
+    step_fn = _stage_step(kind, s, a, cfg, train_rows, tok, ref_dev, reward, data)
     bar = tqdm(total=iters, initial=start, disable=not progress, unit="it" if kind == "ppo" else "step",
                desc=f"align {kind} {out.name}", dynamic_ncols=True)
     window = []
@@ -182,19 +194,40 @@ def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -
         bar.close()
         mngr.wait_until_finished()
         mngr.close()
-    return {"kind": kind, "steps": iters, "run_dir": str(out), "final": _final_eval(kind, s, state.params, ref_lm, tok,
-                                                                                    test_rows, a, cfg)}
+    return {"kind": kind, "steps": iters, "run_dir": str(out), **({"feedback": fb_info} if fb_info else {}),
+            "final": _final_eval(kind, s, state.params, ref_lm, tok, test_rows, a, cfg)}
 
 
-def _stage_step(kind, s, a, cfg, train_rows, tok, ref_dev, reward):
-    """step(state, iteration) -> (state, metrics) for the stage: draws the iteration's data, then the pure steps."""
-    T, B, seed = a.seq_len, cfg.train.batch_size, cfg.train.seed
-    order = Batches(len(train_rows), B, seed)
+def _ai_feedback(kind, sources, model, policy, train_rows, tok, a, cfg):
+    """With ``--judge``: (the stage's data from AI feedback, what it did) — SL-CAI revisions of the start
+    policy's own samples for sft, the pairs re-ordered by the judge for rm and dpo; (None, {}) without."""
+    if not sources.get("judge"):
+        return None, {}
+    judge = load_params(Path(sources["judge"]))[1]
     if kind == "sft":
-        enc = _encode(tok, train_rows, "demonstration", T)
+        prompts = [r["prompt"] for r in train_rows[:a.revise_prompts]]
+        rows, info = cai.revise(model, policy, judge, tok, prompts, candidates=a.candidates, new_tokens=a.new_tokens,
+                                seed=cfg.train.seed + 100)
+        return rows, {"revised_prompts": len(prompts), **info}
+    c, r, first = cai.relabel(model, judge, _encode(tok, train_rows, "chosen", a.seq_len),
+                              _encode(tok, train_rows, "rejected", a.seq_len))
+    return (c, r), {"pairs": len(first), "kept_human_order": float(np.mean(first))}
+
+
+def _stage_step(kind, s, a, cfg, train_rows, tok, ref_dev, reward, data=None):
+    """step(state, iteration) -> (state, metrics) for the stage: draws the iteration's data, then the pure steps.
+    ``data``: AI feedback's rows instead of the dataset's (SL-CAI revisions; AI-ordered pairs)."""
+    T, B, seed = a.seq_len, cfg.train.batch_size, cfg.train.seed
+    order = Batches(len(train_rows) if data is None or kind != "sft" else len(data["tokens"]), B, seed)
+    if kind == "judge":
+        exb = cai.judge_batch(tok, C.worked_examples(a.examples, seed=seed + 12345), T)
+        ex_order, step = Batches(len(exb["tokens"]), B, seed), s.jit_step(feedback.make_judge_step(s.model, s.tx))
+        return lambda st, it: step(st, s.put_batch({k: v[ex_order.indices(it)] for k, v in exb.items()}))
+    if kind == "sft":
+        enc = data if data is not None else _encode(tok, train_rows, "demonstration", T)
         step = s.jit_step(steps.make_sft_step(s.model, s.tx))
         return lambda st, it: step(st, s.put_batch({k: enc[k][order.indices(it)] for k in ("tokens", "mask")}))
-    c, r = _encode(tok, train_rows, "chosen", T), _encode(tok, train_rows, "rejected", T)
+    c, r = data if data is not None else (_encode(tok, train_rows, "chosen", T), _encode(tok, train_rows, "rejected", T))
     if kind == "rm":
         step = s.jit_step(steps.make_rm_step(s.model, s.tx))
 
@@ -256,6 +289,13 @@ def _ppo_iteration(s, a, cfg, train_rows, tok, ref_dev, reward, order):
 def _final_eval(kind, s, params, ref_lm, tok, test_rows, a, cfg) -> dict:
     """RM: held-out pair accuracy; a policy: gold score, correctness and KL to its reference on held-out prompts."""
     one = jax.device_get(params)
+    if kind == "judge":   # its verdicts against the task's predicates, its labels against gold (measurement)
+        P, ch, rj = [r["prompt"] for r in test_rows], [r["chosen"] for r in test_rows], [r["rejected"] for r in test_rows]
+        _, _, first = cai.relabel(s.model, one, _encode(tok, test_rows, "chosen", a.seq_len),
+                                  _encode(tok, test_rows, "rejected", a.seq_len))
+        acc = cai.judge_accuracy(s.model, one, tok, P + P, ch + rj, a.seq_len)
+        return {**{f"verdict_{k}": v for k, v in acc.items()}, "ai_agreement": cai.agreement(P, ch, rj, first),
+                "human_agreement": cai.agreement(P, ch, rj, np.ones(len(P), bool))}
     if kind == "rm":
         c, r = _encode(tok, test_rows, "chosen", a.seq_len), _encode(tok, test_rows, "rejected", a.seq_len)
         fn = jax.jit(steps.make_rm_eval(s.model))

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import parallel
 from parallel import precision
-from lineage_jax.align import heads
+from lineage_jax.align import feedback, heads
 from lineage_jax.config import Config
 from lineage_jax.optim import make_optimizer
 from lineage_jax.train import setup as train_setup
@@ -35,6 +35,7 @@ class AlignSetup:
     specs: Any                    # logical PartitionSpecs of the trainable params
     shardings: dict               # table name -> NamedSharding pytree of the trainable params
     state_sharding: TrainState
+    judge: int = 0                # > 0: the trainable params are {"lm", "heads"}, a CAI judge with this many principles
 
     @property
     def model(self):
@@ -49,7 +50,7 @@ class AlignSetup:
 
     def lm_sharding(self) -> Any:
         """Shardings at rest of a language model's params (a frozen reference)."""
-        return self.shardings["params"]["lm"] if self.with_head else self.shardings["params"]
+        return self.shardings["params"]["lm"] if self.with_head or self.judge else self.shardings["params"]
 
     def head_sharding(self) -> Any:
         """Shardings at rest of a {"lm", "head"} tree (a frozen reward model)."""
@@ -87,6 +88,9 @@ class AlignSetup:
     def abstract_params(self):
         lm = jax.eval_shape(lambda: nn.unbox(self.model.init(jax.random.key(0), jnp.zeros(
             (1, self.base.cfg.model.context), jnp.int32))["params"]))
+        if self.judge:
+            return {"lm": lm, "heads": jax.eval_shape(lambda: feedback.init_judge(
+                jax.random.key(0), {}, self.base.cfg.model.width, self.judge)["heads"])}
         if not self.with_head:
             return lm
         return {"lm": lm, "head": jax.eval_shape(lambda: heads.init_head(jax.random.key(0), self.base.cfg.model.width))}
@@ -111,16 +115,19 @@ class AlignSetup:
         return run
 
 
-def build(cfg: Config, *, with_head: bool, devices=None) -> AlignSetup:
+def build(cfg: Config, *, with_head: bool, devices=None, judge: int = 0) -> AlignSetup:
     """The mesh and rules of ``cfg`` (its ``mesh`` and ``parallel`` sections, checked as pretraining checks
-    them) around a language model, with a scalar head when ``with_head``."""
+    them) around a language model, with a scalar head when ``with_head``, or a CAI judge's ``judge``
+    principle heads."""
     base = train_setup.build(cfg, compile_steps=False, devices=devices)
     specs = {"lm": base.logical_specs, "head": heads.head_specs()} if with_head else base.logical_specs
+    if judge:
+        specs = {"lm": base.logical_specs, "heads": feedback.judge_specs()}
     tx = make_optimizer(cfg.optim, cfg.train.steps, decay_mask)
     shardings = {name: parallel.logical_to_sharding(specs, base.mesh, table)
                  for name, table in base.strategy.tables().items()}
     replicated = NamedSharding(base.mesh, P())
-    setup = AlignSetup(base, with_head, tx, specs, shardings, None)
+    setup = AlignSetup(base, with_head, tx, specs, shardings, None, judge)
     abstract = setup.abstract_params()
     opt_sharding = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, abstract),
                                          shardings["opt_state"], transform_non_params=lambda _: replicated)

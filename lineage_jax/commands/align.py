@@ -1,10 +1,12 @@
-"""``lineage align sft|rm|dpo|ppo``: the alignment stages over a pretrained run (``lineage_jax/align/``).
+"""``lineage align sft|rm|dpo|ppo|judge``: the alignment stages over a pretrained run (``lineage_jax/align/``).
 
     lineage align sft --from RUN --run-dir OUT [key=value ...]
     lineage align rm  --from RUN --run-dir OUT
     lineage align dpo --from SFT_RUN [--reference RUN] --run-dir OUT [align.beta=0.1 align.loss=ipo]
     lineage align ppo --policy SFT_RUN --reward RM_RUN [--reference RUN] --run-dir OUT [align.kl_coef=0.05]
     lineage align grpo --from RUN --run-dir OUT [grpo.group=4 grpo.digits=1 grpo.loss_type=dr_grpo ...]
+    lineage align judge --from SFT_RUN --run-dir JUDGE           (Constitutional AI's feedback model)
+    lineage align sft|rm|dpo ... --judge JUDGE                   (AI feedback: SL-CAI revisions / RLAIF labels)
 
 ``align.*`` keys set the stage (``lineage_jax/align/config.py``); any other key=value overrides the
 source run's config (train.steps, train.batch_size, optim.lr, mesh.*, parallel.*). Sources, keys and
@@ -20,13 +22,16 @@ from lineage_jax.config import ConfigError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("align", help="alignment: SFT, reward model, PPO (InstructGPT), DPO over a trained run")
+    p = subparsers.add_parser("align", help="alignment: SFT, reward model, PPO (InstructGPT), DPO, Constitutional AI "
+                              "over a trained run")
     sub = p.add_subparsers(dest="stage", required=True)
     for stage, text in (("sft", "supervised fine-tuning on demonstrations (loss on response tokens)"),
                         ("rm", "a Bradley-Terry reward model on comparison pairs"),
                         ("dpo", "direct preference optimisation against a frozen reference"),
                         ("ppo", "PPO on the reward model's score with a per-token KL penalty to the reference"),
-                        ("grpo", "GRPO on arithmetic with a verifier's reward (lineage_jax/align/grpo_stage.py)")):
+                        ("grpo", "GRPO on arithmetic with a verifier's reward (lineage_jax/align/grpo_stage.py)"),
+                        ("judge", "Constitutional AI's feedback model: one head per principle of the written "
+                                  "constitution, trained on its worked examples only")):
         q = sub.add_parser(stage, help=text)
         if stage == "ppo":
             q.add_argument("--policy", required=True, metavar="RUN", help="the SFT run to start from (also the reference)")
@@ -35,6 +40,10 @@ def register(subparsers) -> None:
             q.add_argument("--from", dest="source", required=True, metavar="RUN", help="the run to start from")
         if stage in ("dpo", "ppo"):
             q.add_argument("--reference", default=None, metavar="RUN", help="frozen reference (default: the start run)")
+        if stage in ("sft", "rm", "dpo"):
+            q.add_argument("--judge", default=None, metavar="RUN", help="a `lineage align judge` run: AI feedback "
+                           "instead of human data (sft: SL-CAI revisions of the start run's own samples; rm, dpo: "
+                           "the pairs ordered by the judge)")
         q.add_argument("--run-dir", required=True, metavar="OUT", help="the new (or resumed) run directory")
         q.add_argument("--devices", type=int, default=None, help="emulate N CPU devices (before JAX starts)")
         q.add_argument("--overwrite", action="store_true", help="start OUT afresh (clears only the run's own files)")
@@ -46,8 +55,9 @@ def register(subparsers) -> None:
 
 def _sources(args) -> dict:
     src = {"policy": args.policy, "reward": args.reward} if args.stage == "ppo" else {"from": args.source}
-    if getattr(args, "reference", None):
-        src["reference"] = args.reference
+    for name in ("reference", "judge"):
+        if getattr(args, name, None):
+            src[name] = getattr(args, name)
     for flag, path in src.items():
         if not os.path.isfile(os.path.join(path, "config.yaml")):
             raise ConfigError(f"--{flag}={path}: not a run directory (no config.yaml); give a trained run")
@@ -69,7 +79,13 @@ def cmd_align(args) -> int:
         print(json.dumps(summary))
         return 0
     f = summary["final"]
-    if args.stage == "rm":
+    if summary.get("feedback"):
+        print("AI feedback: " + ", ".join(f"{k} {v:.3g}" for k, v in summary["feedback"].items()))
+    if args.stage == "judge":
+        print(f"done: {summary['steps']} steps; held-out verdicts: "
+              + ", ".join(f"{k.removeprefix('verdict_')} {v:.2f}" for k, v in f.items() if k.startswith("verdict_"))
+              + f"; agreement with gold: AI labels {f['ai_agreement']:.3f}, human labels {f['human_agreement']:.3f}")
+    elif args.stage == "rm":
         print(f"done: {summary['steps']} steps; held-out pairs: accuracy {f['accuracy']:.3f}, loss {f['loss']:.3f}")
     else:
         print(f"done: {summary['steps']} {'iterations' if args.stage == 'ppo' else 'steps'}; held-out prompts: "

@@ -127,6 +127,13 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in sorted((
            "(on the same noisy comparisons) each raise the gold score of held-out responses over SFT, at a "
            "bounded KL to SFT",
            "lineage_jax.lessons.rlhf", flags=("seed",)),
+    Lesson("cai", "2022", "Bai et al. 2022, Constitutional AI: Harmlessness from AI Feedback; Lee et al. 2023, "
+           "RLAIF",
+           "a judge that learned a written constitution from a few worked examples labels the human's comparison "
+           "pairs about as well as the noisy human (agreement with gold within 5 points); SL-CAI (critique and "
+           "revision of the policy's own samples), DPO on AI labels and the chain of both each raise the gold score "
+           "over SFT, DPO on AI labels to within 0.1 of DPO on human labels",
+           "lineage_jax.lessons.cai", flags=("seed",)),
 ), key=lambda lesson: lesson.era)}
 
 
