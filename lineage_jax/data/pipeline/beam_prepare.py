@@ -203,10 +203,18 @@ class Tokenize(beam.DoFn):
 
 def build(p, files: Sequence[str], cfg: PrepareConfig, records_prefix: str) -> None:
     """The pipeline on ``p``: ``files`` in, JSON-line records out under ``records_prefix``."""
-    bands, rows = choose_bands_rows(cfg.near_dup_threshold, cfg.num_perm)
     read = (p | "files" >> beam.Create(list(enumerate(files)))
             | "read" >> beam.FlatMap(read_file, cfg.text_key).with_outputs("record", main="docs"))
-    exact = (read.docs | "by hash" >> beam.Map(lambda d: (exact_hash(d[2]), d))
+    records = stages(read.docs, cfg)
+    ((read.record, records) | "all records" >> beam.Flatten()
+     | "json" >> beam.Map(json.dumps) | "write" >> beam.io.WriteToText(records_prefix, file_name_suffix=".jsonl"))
+
+
+def stages(docs, cfg: PrepareConfig):
+    """Every stage after read on a PCollection of (id, source, text), in any order: a PCollection of
+    records (dicts: kind 'removed', 'kept' or 'label')."""
+    bands, rows = choose_bands_rows(cfg.near_dup_threshold, cfg.num_perm)
+    exact = (docs | "by hash" >> beam.Map(lambda d: (exact_hash(d[2]), d))
              | "exact groups" >> beam.GroupByKey()
              | "first of each" >> beam.FlatMap(exact_group).with_outputs("record", main="docs"))
     sigs = exact.docs | "minhash" >> beam.Map(signature, cfg, bands, rows)
@@ -226,8 +234,7 @@ def build(p, files: Sequence[str], cfg: PrepareConfig, records_prefix: str) -> N
     filt = survivors | "filters" >> beam.ParDo(FilterDoc(cfg)).with_outputs("record", main="docs")
     kept = (filt.docs | "batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=512)
             | "tokenize" >> beam.ParDo(Tokenize(cfg)))
-    ((read.record, exact.record, near, filt.record, kept) | "all records" >> beam.Flatten()
-     | "json" >> beam.Map(json.dumps) | "write" >> beam.io.WriteToText(records_prefix, file_name_suffix=".jsonl"))
+    return (exact.record, near, filt.record, kept) | "stage records" >> beam.Flatten()
 
 
 def pipeline_options(workers: int, beam_args: Sequence[str]) -> PipelineOptions:
@@ -267,17 +274,23 @@ def prepare_beam(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = Prepa
     errors = sorted((r for r in records if r["kind"] == "error"), key=lambda r: r["file"])
     if errors:
         raise ConfigError(errors[0]["message"])
-    order = {s: k for k, s in enumerate(STAGES)}
-    removed = sorted((r for r in records if r["kind"] == "removed"), key=lambda r: (order[r["stage"]], r["id"]))
-    removed_docs = [{k: v for k, v in r.items() if k not in ("kind", "id")} for r in removed]
-    kept = sorted((r for r in records if r["kind"] == "kept"), key=lambda r: r["id"])
-    n_in = len(removed) + len(kept)
+    removed_docs, kept, labels = sort_records(records)
     ids = [np.frombuffer(base64.b64decode(r["ids"]), np.int32) for r in kept]
     paths = sorted({r["path"] for r in kept})
-    return finish(out, cfg, tokenizer, n_in, removed_docs, [(r["source"], r["head"], r["label"]) for r in kept],
-                  [r["label"] for r in records if r["kind"] == "label"], ids=ids,
+    return finish(out, cfg, tokenizer, len(removed_docs) + len(kept), removed_docs,
+                  [(r["source"], r["head"], r["label"]) for r in kept], labels, ids=ids,
                   encode_path=",".join(paths) or None, seconds=seconds, t0=t0,
                   runner={"runner": options.get_all_options().get("runner") or "DirectRunner", "workers": workers})
 
 
-__all__ = ["prepare_beam", "build", "pipeline_options", "UnionFind", "read_records"]
+def sort_records(records: Sequence[dict]) -> tuple[list[dict], list[dict], list[str]]:
+    """(removed documents in stage order then id order, as ``prepare`` reports them; kept records in id
+    order; the language labels) of the pipeline's records, which arrive in any order."""
+    order = {s: k for k, s in enumerate(STAGES)}
+    removed = sorted((r for r in records if r["kind"] == "removed"), key=lambda r: (order[r["stage"]], list(r["id"])))
+    removed_docs = [{k: v for k, v in r.items() if k not in ("kind", "id")} for r in removed]
+    kept = sorted((r for r in records if r["kind"] == "kept"), key=lambda r: list(r["id"]))
+    return removed_docs, kept, [r["label"] for r in records if r["kind"] == "label"]
+
+
+__all__ = ["prepare_beam", "build", "stages", "sort_records", "pipeline_options", "UnionFind", "read_records"]
