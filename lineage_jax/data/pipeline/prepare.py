@@ -362,7 +362,8 @@ def staging(out: Path):
             if (out / name).exists():
                 os.replace(out / name, old / name)
         for name in OUTPUTS:
-            os.replace(tmp / name, out / name)
+            if (tmp / name).exists():                    # funnel.png only when plotted
+                os.replace(tmp / name, out / name)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
