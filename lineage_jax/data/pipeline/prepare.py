@@ -1,7 +1,7 @@
 """``prepare``: the data pipeline's stages composed, from raw documents to a TFDS dataset of
 packed token rows (``lineage_jax/data/prepared.py``) that training reads.
 
-    read → exact dedup → near dedup → quality → language → split → tokenize → pack → write
+    read → exact dedup → near dedup → quality → language → content → split → tokenize → pack → write
 
 - read: text files (one document per file) or JSONL (one document per line, its
   ``text_key`` field); directories are walked, globs expanded;
@@ -13,6 +13,8 @@ packed token rows (``lineage_jax/data/prepared.py``) that training reads.
   stop words of each document's identified language, and it is skipped for ``other``
   (those are the language stage's to remove), so a German document is not dropped as junk;
 - language: the shipped n-gram naive Bayes (``langid``), keeping ``languages``;
+- content: C4's word blocklist (``blocklist``) and any ``scorers`` (``filters.py``), on the cleaned text;
+  quality, language and content run per document in ``filter_document``;
 - split: ``eval_fraction`` of the documents (stable hash of index and text) → ``validation``;
 - tokenize: ``byte`` (default) or a trained tokenizer path. The fast path: byte-level BPE
   through the ``tokenizers`` library (Rust, batched, ``encode_batch_fast`` where the library
@@ -22,24 +24,22 @@ packed token rows (``lineage_jax/data/prepared.py``) that training reads.
   (``packing.pack``, first fit).
 
 Returns a JSON-able report: ``input_docs``, ``output_docs``, ``removed`` {``exact_dup``,
-``near_dup``, ``quality``, ``language``}, ``tokens`` (document tokens with separators, no
-padding), per-stage counts (``stages``), quality reasons and languages tallied, and every
-removed document with its reason (``removed_docs``). Also written to ``out_dir/report.json``,
-with the kept documents' sources in ``out_dir/documents.jsonl``. The dataset and both files are
+``near_dup``, ``quality``, ``language``, ``content``}, ``tokens`` (document tokens with separators, no
+padding), per-stage counts (``stages``), quality and content reasons and languages tallied, every
+removed document with its reason (``removed_docs``), and ``throughput`` (runner, workers, seconds,
+documents/s and per worker, seconds per stage). Also written to ``out_dir/report.json``, with the
+kept documents' sources in ``out_dir/documents.jsonl`` and the funnel in ``out_dir/funnel.png``.
+``finish`` (split → write) is shared with the Beam pipeline (``beam_prepare.py``). The dataset and both files are
 built in a temporary directory inside ``out_dir`` and swapped in only once complete (``staging``),
 so ``--overwrite`` never leaves ``out_dir`` without a whole dataset, old or new.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,8 +54,9 @@ from lineage_jax.data.pipeline.filters import apply_filters, content_filters
 from lineage_jax.data.pipeline.funnel import plot_funnel
 from lineage_jax.data.pipeline.packing import pack
 from lineage_jax.data.pipeline.quality import QualityConfig, clean_document, quality_reasons
-from lineage_jax.data.prepared import NAME, PreparedTokens, dataset_dir
-from lineage_jax.data.sources import _quiet_tfds, expand_text_files, read_text_file
+from lineage_jax.data.pipeline.staging import OUTPUTS, _write, recover, staging  # noqa: F401 (prep.staging)
+from lineage_jax.data.prepared import PreparedTokens, dataset_dir
+from lineage_jax.data.sources import expand_text_files, read_text_file
 from lineage_jax.data.stdlib_docs import stable_unit_hash
 from lineage_jax.tokenize import get_tokenizer
 from lineage_jax.tokenize.byte import ByteTokenizer
@@ -342,66 +343,6 @@ def finish(out: Path, cfg: PrepareConfig, tokenizer, n_in: int, removed_docs: li
         if cfg.plot:
             plot_funnel(report, tmp / "funnel.png")
     return report
-
-
-OUTPUTS = (NAME, "report.json", "documents.jsonl", "funnel.png")    # what prepare puts in --out; swapped in together
-
-
-@contextlib.contextmanager
-def staging(out: Path):
-    """A fresh directory beside ``out``'s dataset to build the new one in; when the block ends without
-    an error, its ``OUTPUTS`` replace ``out``'s (old ones renamed away, new ones renamed in, then the
-    old deleted), so a failure or a kill mid-prepare leaves the old dataset whole and loadable."""
-    out.mkdir(parents=True, exist_ok=True)
-    recover(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".prepare-new-{os.getpid()}-", dir=out))
-    try:
-        yield tmp
-        old = Path(tempfile.mkdtemp(prefix=".prepare-old-", dir=out))
-        for name in OUTPUTS:
-            if (out / name).exists():
-                os.replace(out / name, old / name)
-        for name in OUTPUTS:
-            if (tmp / name).exists():                    # funnel.png only when plotted
-                os.replace(tmp / name, out / name)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def recover(out: Path) -> None:
-    """Undo what a killed prepare left in ``out``: an old dataset moved away but not yet replaced comes back;
-    a half-built new one goes, unless the prepare building it (the pid in its name) is still running."""
-    if not out.is_dir():
-        return
-    for stale in out.glob(".prepare-*"):
-        if stale.name.startswith(".prepare-old-"):
-            for name in OUTPUTS:
-                if (stale / name).exists() and not (out / name).exists():
-                    os.replace(stale / name, out / name)
-        elif _alive(stale.name.split("-")[2]):
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _write(out: Path, builder_cls, splits: dict, meta: dict) -> None:
-    """Write the TFDS dataset quietly (no TFDS banner on stdout: ``--json`` prints there)."""
-    with _quiet_tfds():
-        builder = builder_cls(splits=splits, metadata=meta, data_dir=str(out), file_format="array_record")
-        builder.download_and_prepare()
-    shutil.rmtree(out / "downloads", ignore_errors=True)     # TFDS makes an empty downloads/ folder
 
 
 __all__ = ["PrepareConfig", "prepare", "read_documents", "encode_documents", "split_indices"]
