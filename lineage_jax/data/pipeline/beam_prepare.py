@@ -24,7 +24,7 @@ the dataset is row for row the in-process one (``tests/data/test_beam_prepare.py
 
 Runners: ``DirectRunner`` here (``workers`` > 1: ``direct_running_mode=multi_processing``);
 ``beam_args`` are handed to ``PipelineOptions`` after these, so ``--runner=FlinkRunner`` or
-``--runner=DataflowRunner`` there wins (docs/data.md; not run here). The records go to
+``--runner=DataflowRunner`` there wins (docs/course/03_tokenization_data.md; not run here). The records go to
 ``temp_dir`` (default: a ``.prepare-PID-beam`` directory inside ``out``), which every worker must
 be able to write; the inputs must be readable from the workers too.
 """
