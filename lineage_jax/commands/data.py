@@ -57,6 +57,15 @@ def register(subparsers) -> None:
     q.add_argument("beam_args", nargs=argparse.REMAINDER, metavar="-- BEAM_OPTIONS",
                    help="Beam pipeline options (with --runner direct), e.g. -- --direct_running_mode=multi_threading")
     q.set_defaults(func=cmd_prepare)
+    m = sub.add_parser("mixture", help="preview data.mixture: what N steps would draw from each component "
+                                       "(mixture.json, mixture.png), without training")
+    m.add_argument("overrides", nargs="*", metavar="key=value",
+                   help='config overrides, e.g. "data.mixture=[{name: A, weight: 3, epochs: 1}, {name: B}]"')
+    m.add_argument("--config", default="tiny", help="YAML preset path or name in configs/ (default: tiny)")
+    m.add_argument("--steps", type=int, default=1000, help="training steps to preview (1000)")
+    m.add_argument("--out", required=True, metavar="DIR", help="where mixture.json and mixture.png are written")
+    m.add_argument("--json", action="store_true", help="print mixture.json")
+    m.set_defaults(func=cmd_mixture)
 
 
 def _coerce(key: str, raw: str, default):
@@ -169,4 +178,38 @@ def cmd_prepare(args) -> int:
         from lineage_jax.data.pipeline.prepare import prepare
         report = prepare(args.inputs, args.out, cfg, progress=not args.no_progress)
     print(json.dumps(report, indent=1, ensure_ascii=False) if args.json else format_report(report))
+    return 0
+
+
+def cmd_mixture(args) -> int:
+    """The mixture plan of the config, over ``--steps`` steps of ``train.batch_size``: realised
+    proportions and epochs per component, as training would draw them (the same pure plan)."""
+    from pathlib import Path
+
+    from lineage_jax.config import load_config
+    if args.steps < 1:
+        raise ConfigError(f"--steps={args.steps}: must be at least 1")
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.data.mixture:
+        raise ConfigError('data.mixture is empty: give it, e.g. "data.mixture=[{name: A, weight: 3}, {name: B}]"')
+    from lineage_jax.data.mixture import build_mixture, plot_mixture
+    from lineage_jax.tokenize import get_tokenizer
+    train, _ = build_mixture(cfg.data, cfg.train.seed, cfg.model.context, get_tokenizer(cfg.data.tokenizer))
+    plan, B = train.plan, cfg.train.batch_size
+    if args.steps * B > plan.total:
+        raise ConfigError(f"--steps={args.steps}: the mixture ends after {int(plan.total)} examples = "
+                          f"{int(plan.total) // B} steps of {B}; raise a component's epochs or preview fewer steps")
+    report = {**plan.realised(args.steps * B), "steps": args.steps, "batch_size": B}
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mixture.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    plot_mixture(plan, B, args.steps, out / "mixture.png")
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"{'component':<30} {'weight':>7} {'share':>7} {'examples':>9} {'epochs':>7} {'limit':>6}")
+        for c in report["components"]:
+            print(f"{c['name'][-30:]:<30} {c['weight']:>7.3f} {c['proportion']:>7.3f} {c['count']:>9} "
+                  f"{c['epochs']:>7.2f} {c['epoch_limit'] or '-':>6}")
+        print(f"{report['examples']} examples = {args.steps} steps of {B}; plot: {out / 'mixture.png'}")
     return 0

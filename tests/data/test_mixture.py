@@ -124,3 +124,27 @@ def test_training_on_a_mixture_logs_what_it_served(tmp_path):
     assert logged["components"][0]["count"] <= a_rows                    # epochs=1 on a: at most its rows
     assert (tmp_path / "run" / "mixture.png").is_file()
     assert set(summary["mixture"]) == {str(tmp_path / "a"), str(tmp_path / "b")}
+
+
+def test_mixture_preview_command_reports_the_plans_draws(tmp_path, capsys):
+    """``lineage data mixture``: the realised counts add up to steps × batch, the weights are
+    renormalised, the file is what it printed, and asking past the end of the mixture is one line."""
+    from lineage_jax import cli
+    from lineage_jax.data.pipeline import prepare as prep
+    from tests.data.test_prepare import make_corpus
+    make_corpus(tmp_path / "corpus")
+    for name, files in (("a", ["en0.txt", "en1.txt", "en2.txt"]), ("b", ["en3.txt", "en4.txt"])):
+        prep.prepare([str(tmp_path / "corpus" / f) for f in files], str(tmp_path / name),
+                     prep.PrepareConfig(seq_len=32, eval_fraction=0.3, plot=False))
+    mix = f"data.mixture=[{{name: {tmp_path / 'a'}, weight: 3}}, {{name: {tmp_path / 'b'}, weight: 1, epochs: 2}}]"
+    argv = ["data", "mixture", mix, "model.context=32", "train.batch_size=4", "--steps", "10", "--out",
+            str(tmp_path / "m"), "--json"]
+    assert cli.main(argv) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["examples"] == 40 and [c["weight"] for c in got["components"]] == [0.75, 0.25]
+    assert sum(c["count"] for c in got["components"]) == 40 and got["components"][1]["epochs"] <= 2
+    assert json.loads((tmp_path / "m" / "mixture.json").read_text()) == got and (tmp_path / "m" / "mixture.png").is_file()
+    assert cli.main(["data", "mixture", mix.replace("weight: 3}", "weight: 3, epochs: 1}"), "model.context=32",
+                     "train.batch_size=4", "--steps", "1000", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "the mixture ends after" in err and err.count("\n") == 1
