@@ -7,6 +7,8 @@ a per-stage table, or with ``--json`` one object (``input_docs``, ``output_docs`
 (a field of ``QualityConfig``); ``--blocklist`` and ``--scorer`` add content filters
 (``pipeline/filters.py``). ``--runner direct`` runs the same stages on Apache Beam
 (``pipeline/beam_prepare.py``), with the options after ``--`` handed to Beam.
+``lineage data mixture``: what ``--steps`` steps of a ``data.mixture`` config would draw from each
+component (``lineage_jax/data/mixture.py``), as mixture.json and mixture.png.
 No JAX here.
 """
 from __future__ import annotations
