@@ -6,6 +6,8 @@ data-parallel devices, sizes over a ``-1`` axis, parameter dims over the mesh) i
 """
 from __future__ import annotations
 
+import dataclasses
+
 from lineage_jax.config.errors import ConfigError, divisors
 from lineage_jax.config.sections import Config
 
@@ -28,6 +30,14 @@ def cross_section(cfg: Config) -> None:
                               f"set model.context={meta['seq_len']}")
         if meta.get("vocab_size", 0) > m.vocab_size:
             raise ConfigError(f"data.prepared_dir was tokenized with a vocabulary of {meta['vocab_size']}: "
+                              f"set model.vocab_size >= {meta['vocab_size']}")
+    for c in cfg.data.mixture if cfg.data.mixture_prepared() else ():
+        meta = dataclasses.replace(cfg.data, mixture=(), prepared_dir=c.name).prepared_meta()
+        if meta["seq_len"] != m.context:
+            raise ConfigError(f"data.mixture {c.name} was packed at --seq-len {meta['seq_len']}: "
+                              f"set model.context={meta['seq_len']} (every component must match it)")
+        if meta.get("vocab_size", 0) > m.vocab_size:
+            raise ConfigError(f"data.mixture {c.name} was tokenized with a vocabulary of {meta['vocab_size']}: "
                               f"set model.vocab_size >= {meta['vocab_size']}")
     expert = cfg.mesh.expert
     if expert > 1 or expert == -1:
@@ -68,8 +78,8 @@ def pipeline_checks(cfg: Config) -> None:
                 "train.grad_accum=1 (parallel.microbatches splits the batch)"),
                (t.nan_policy == "skip", "train.nan_policy=skip", "train.nan_policy=stop"),
                (p.sequence_parallel, "parallel.sequence_parallel=true", "parallel.sequence_parallel=false"),
-               (bool(cfg.data.prepared_dir) and cfg.data.segment_mask, "packed rows (data.segment_mask=true)",
-                "data.segment_mask=false")]
+               ((bool(cfg.data.prepared_dir) or cfg.data.mixture_prepared()) and cfg.data.segment_mask,
+                "packed rows (data.segment_mask=true)", "data.segment_mask=false")]
     for bad, what, use in refused:
         if bad:
             raise ConfigError(f"parallel.pipeline_stages={P}: the pipeline does not run {what} yet; use {use}")

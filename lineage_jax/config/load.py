@@ -95,6 +95,15 @@ def _build(cls, tree: Any, prefix: str, where: str):
 
 def _coerce(key: str, value: Any, typ) -> Any:
     origin = typing.get_origin(typ)
+    item = (typing.get_args(typ) or (None,))[0]
+    if origin is tuple and dataclasses.is_dataclass(item):           # a list of records, e.g. data.mixture
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
+            allowed = ", ".join(f.name for f in dataclasses.fields(item))
+            raise ConfigError(f"{key}={value!r}: expected a list of {{{allowed}}} mappings, "
+                              f"e.g. {key}=[{{name: a, weight: 2}}]")
+        return tuple(_build(item, v, f"{key}[{i}].", key) for i, v in enumerate(value))
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]

@@ -23,6 +23,18 @@ PIPELINE_SCHEDULES = ("gpipe", "1f1b", "circular")   # = parallel/pipeline/sched
 
 
 @dataclasses.dataclass(frozen=True)
+class MixtureComponent:
+    """One dataset of ``data.mixture`` (The Pile's Table 1): a prepared dataset directory or a TFDS
+    dataset name, its sampling weight, and its epoch limit (0 = unlimited; ``lineage_jax/data/mixture.py``)."""
+    name: str = ""
+    weight: float = 1.0
+    epochs: float = 0.0
+
+    def is_prepared(self) -> bool:
+        return (Path(self.name).expanduser() / "prepared_tokens" / "1.0.0" / "metadata.json").is_file()
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     text_files: tuple[str, ...] = ()   # user's own text files, one document per file
     tfds_name: str = ""                # a registered TFDS dataset (needs internet to prepare)
@@ -35,6 +47,8 @@ class DataConfig:
     segment_mask: bool = True          # prepared rows: documents attend only within themselves, positions
                                        # restart per document, no loss across documents; false: one stream
     loader: str = "numpy"              # the visiting order: numpy (cached permutation) or grain (MapDataset)
+    mixture: tuple[MixtureComponent, ...] = ()   # [{name, weight, epochs}, ...]: prepared dirs or TFDS names;
+                                                 # used alone (not with prepared_dir, text_files, tfds_name)
 
     def validate(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
@@ -49,6 +63,31 @@ class DataConfig:
                                   f"make one with `lineage data prepare --out {self.prepared_dir}`")
             if self.text_files or self.tfds_name:
                 raise ConfigError("data.prepared_dir: give it alone (not with data.text_files or data.tfds_name)")
+        if self.mixture:
+            if self.prepared_dir or self.text_files or self.tfds_name:
+                raise ConfigError("data.mixture: give it alone (not with data.prepared_dir, data.text_files or "
+                                  "data.tfds_name); its components name the datasets")
+            names = [c.name for c in self.mixture]
+            for c in self.mixture:
+                if not c.name:
+                    raise ConfigError("data.mixture: every component needs a name (a prepared dataset directory "
+                                      "or a TFDS dataset name), e.g. [{name: out_a, weight: 2, epochs: 1}]")
+                if not (c.weight > 0 and math.isfinite(c.weight)):
+                    raise ConfigError(f"data.mixture {c.name}: weight={c.weight} must be a positive number")
+                if not (c.epochs >= 0 and math.isfinite(c.epochs)):
+                    raise ConfigError(f"data.mixture {c.name}: epochs={c.epochs} must be >= 0 (0 = unlimited)")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"data.mixture: a component is named twice ({', '.join(names)})")
+            kinds = {c.is_prepared() for c in self.mixture}
+            if len(kinds) > 1:
+                raise ConfigError("data.mixture: mix prepared datasets with prepared datasets and TFDS datasets with "
+                                  "TFDS datasets (packed rows and token windows do not share a batch); got "
+                                  + ", ".join(f"{c.name} ({'prepared' if c.is_prepared() else 'tfds'})"
+                                              for c in self.mixture))
+
+    def mixture_prepared(self) -> bool:
+        """A mixture of prepared datasets (packed rows) rather than TFDS datasets."""
+        return bool(self.mixture) and self.mixture[0].is_prepared()
 
     def _prepared_meta_path(self) -> Path:
         return Path(self.prepared_dir).expanduser() / "prepared_tokens" / "1.0.0" / "metadata.json"

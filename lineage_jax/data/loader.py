@@ -151,9 +151,12 @@ class Sampler:
 
     def batch(self, position: int, batch_size: int) -> np.ndarray:
         """Sequences at global indices ``position ..``: int32 ``[batch_size, seq_len + 1]``."""
-        starts = self.window_ids(position, batch_size) * self.seq_len
         self.rows_read += batch_size
-        return self.tokens[starts[:, None] + self._offsets]
+        return self.windows(self.window_ids(position, batch_size))
+
+    def windows(self, ids: np.ndarray) -> np.ndarray:
+        """Windows ``ids`` (any order, e.g. a mixture's): int32 ``[len(ids), seq_len + 1]``."""
+        return self.tokens[np.asarray(ids, np.int64)[:, None] * self.seq_len + self._offsets]
 
 
 # ----------------------------------------------------------------------------- prepared datasets
@@ -213,9 +216,12 @@ class PackedSampler(Sampler):
         ``segment_ids`` and ``positions`` int32 [B, L] of the inputs (0 = padding; attend within a
         segment only), ``weights`` float32 [B, L]: 1 where the target is the same segment's next
         token (``packing.packed_targets``), 0 at a document's last token, padding and row ends}."""
-        w = self.window_ids(position, batch_size)
+        self.rows_read += batch_size
+        return self.windows_with_segments(self.window_ids(position, batch_size))
+
+    def windows_with_segments(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """``batch_with_segments`` of windows ``w`` (any order, e.g. a mixture's)."""
         seg = self.segment_ids[w]
         weights = np.zeros(seg.shape, np.float32)
         weights[:, :-1] = (seg[:, :-1] != 0) & (seg[:, 1:] == seg[:, :-1])
-        return {"tokens": self.batch(position, batch_size), "segment_ids": seg, "positions": self.positions[w],
-                "weights": weights}
+        return {"tokens": self.windows(w), "segment_ids": seg, "positions": self.positions[w], "weights": weights}

@@ -24,7 +24,8 @@ from lineage_jax.config.errors import UserError
 from lineage_jax.runs.lock import LOCK_NAME
 
 RUN_JSON = "run.json"
-OWN_FILES = ("config.yaml", RUN_JSON, "metrics.jsonl", "loss.png", LOCK_NAME, "adapter.json")
+OWN_FILES = ("config.yaml", RUN_JSON, "metrics.jsonl", "loss.png", LOCK_NAME, "adapter.json",
+             "mixture.json", "mixture.png")   # mixture.*: what a data.mixture run served
 OWN_DIRS = ("checkpoints", "checkpoints-corrupt", "base")   # adapter.json, base/: a fine-tuning run (adapt.store)
 # model settings that may change between invocations of one run (how it computes, not what it is)
 FREE_MODEL_KEYS = ("scan_layers", "remat", "attn_chunks", "dtype")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lineage_jax.config import Config, UserError
 from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
+from lineage_jax.data.mixture import build_mixture, plot_mixture
 from lineage_jax.data.loader import check_prepared_tokenizer
 from lineage_jax.data.sources import describe_source
 from lineage_jax.decode.generation import generate_text
@@ -44,6 +45,8 @@ def samplers(setup, tokenizer) -> tuple[Sampler, Sampler]:
     ``data.segment_mask`` gives ``PackedSampler``s, whose batches carry segment ids, positions
     and loss weights (``draw``), so packed documents never see each other."""
     cfg = setup.cfg
+    if cfg.data.mixture:                     # data.mixture: weighted components with epoch limits
+        return build_mixture(cfg.data, cfg.train.seed, cfg.model.context, tokenizer)
     src = describe_source(cfg.data)
     if setup.packed:
         packed = load_prepared(cfg.data.prepared_dir)
@@ -59,7 +62,7 @@ def samplers(setup, tokenizer) -> tuple[Sampler, Sampler]:
 
 def draw(sampler: Sampler, position: int, batch_size: int):
     """The host batch at ``position``: tokens, plus segments for a ``PackedSampler``."""
-    if isinstance(sampler, PackedSampler):
+    if isinstance(sampler, PackedSampler) or getattr(sampler, "packed", False):
         return sampler.batch_with_segments(position, batch_size)
     return sampler.batch(position, batch_size)
 
@@ -269,12 +272,19 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
     history = read_metrics(metrics_path) if is_main else rows    # other processes: this invocation's rows
     if is_main:
         plot_losses(history, run_dir / "loss.png", title=f"{run_dir.name}: {cfg.model.layers}L×{cfg.model.width}")
+        if cfg.data.mixture:                 # what the mixture served: proportions and epochs vs the config
+            mix = train_data.plan.realised(position)
+            atomic.write_text(run_dir / "mixture.json", json.dumps(mix, indent=1) + "\n")
+            plot_mixture(train_data.plan, B, max(1, position // B), run_dir / "mixture.png")
     summary = {"steps": int(jax.device_get(state.step)), "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None,
                "eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
                "compile_seconds": setup.compile_seconds, "run_dir": str(run_dir),
                "process": [jax.process_index(), jax.process_count()], "process_rows": [lo, hi],
                "rows_read": {"train": train_data.rows_read, "eval": eval_data.rows_read}}
+    if cfg.data.mixture:
+        summary["mixture"] = {c["name"]: {k: c[k] for k in ("weight", "proportion", "epochs")}
+                              for c in train_data.plan.realised(position)["components"]}
     if sample_chars and jax.process_count() == 1:   # sampling is a single-process program
         summary["sample"] = generate_text(setup.model, state.params, tokenizer, prompt="def ",
                                           max_new_tokens=sample_chars, temperature=0.8, seed=cfg.train.seed)

@@ -68,7 +68,7 @@ class Setup:
     @property
     def packed(self) -> bool:
         """Batches carry segment ids, positions and loss weights (a prepared dataset, ``data.segment_mask``)."""
-        return bool(self.cfg.data.prepared_dir) and self.cfg.data.segment_mask
+        return (bool(self.cfg.data.prepared_dir) or self.cfg.data.mixture_prepared()) and self.cfg.data.segment_mask
 
     def abstract_batch(self, batch_size: int | None = None) -> dict:
         b, T = batch_size or self.cfg.train.batch_size, self.cfg.model.context

@@ -87,7 +87,7 @@ def test_each_planted_document_is_removed_for_its_reason(corpus, prepared_byte):
     assert report["input_docs"] == len(fate)
     assert report["output_docs"] == sum(v == "kept" for v in fate.values())
     assert report["removed"] == {k: sum(v == k for v in fate.values())
-                                 for k in ("exact_dup", "near_dup", "quality", "language")}
+                                 for k in ("exact_dup", "near_dup", "quality", "language", "content")}
     dup = {_name(r["source"]): r for r in report["removed_docs"]}
     assert _name(dup["en0_copy.txt"]["duplicate_of"]) == "en0.txt"
     assert _name(dup["near_en1.txt"]["duplicate_of"]) == "en1.txt" and dup["near_en1.txt"]["jaccard"] >= 0.8

@@ -62,7 +62,7 @@ def test_train_then_prepare_through_the_cli(corpus, tmp_path):
                 "--seq-len", "64", "--no-progress")
     report = json.loads(p.stdout)                                        # stdout is exactly one JSON object
     assert report["input_docs"] == 8 and report["output_docs"] == 5 and report["tokens"] > 0
-    assert report["removed"] == {"exact_dup": 1, "near_dup": 0, "quality": 1, "language": 1}
+    assert report["removed"] == {"exact_dup": 1, "near_dup": 0, "quality": 1, "language": 1, "content": 0}
     assert report["tokenizer"]["encode_path"] == "tokenizers" and report["seq_len"] == 64
     splits, meta = prepared.read_prepared(out)
     assert meta["tokenizer_name"] == ours.name and meta["vocab_size"] == 320

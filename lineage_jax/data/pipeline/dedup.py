@@ -25,6 +25,11 @@ fewest false candidates) that still finds a pair exactly at the threshold t with
 missed one is a duplicate kept. For t = 0.8 and 128 permutations that is b = 16, r = 8
 (P = 0.95 at s = 0.8, 0.9999 at s = 0.9, 0.06 at s = 0.5). Candidates are then verified by the exact Jaccard of
 the shingle sets (default) or by the MinHash estimate.
+
+Which document of a near-duplicate group stays: ``resolve_near_duplicates`` (keep the first; a
+document goes when an earlier *kept* document is its verified near-duplicate). It decides each
+connected component of the verified pairs on its own, so a distributed pipeline may find the
+components apart and resolve them in parallel with the same result.
 """
 from __future__ import annotations
 
@@ -172,6 +177,14 @@ def choose_bands_rows(threshold: float, num_perm: int, min_recall: float = 0.9) 
     return best
 
 
+def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[bytes]:
+    """One signature's LSH bucket keys, one per band: the bytes of its ``rows`` rows there. Two
+    documents are candidates when some band's keys are equal (``lsh_candidates``; the Beam pipeline
+    groups by (band, key) to find the same pairs)."""
+    sig = np.ascontiguousarray(np.asarray(signature, np.uint64))
+    return [sig[b * rows:(b + 1) * rows].tobytes() for b in range(bands)]
+
+
 def lsh_candidates(signatures: np.ndarray, bands: int, rows: int) -> set[tuple[int, int]]:
     """Pairs (i, j), i < j, whose signatures [N, ≥ bands·rows] agree on all rows of some band."""
     sig = np.asarray(signatures, np.uint64)
@@ -209,21 +222,43 @@ def near_dedup(docs: Sequence[str], threshold: float = 0.8, num_perm: int = 128,
         bands, rows = choose_bands_rows(threshold, num_perm)
     sets = [shingles(d, ngram, unit) for d in docs]
     sigs = np.stack([minhash_signature(s, num_perm, seed) for s in sets]) if sets else np.zeros((0, num_perm), np.uint64)
-    earlier: dict[int, list[int]] = defaultdict(list)
-    for i, j in lsh_candidates(sigs, bands, rows):
-        earlier[j].append(i)
-    kept, removed, is_kept = [], [], np.zeros(len(docs), bool)
-    for j in range(len(docs)):
+    edges = []
+    for i, j in sorted(lsh_candidates(sigs, bands, rows)):
+        sim = jaccard(sets[i], sets[j]) if verify == "exact" else estimate_jaccard(sigs[i], sigs[j])
+        if sim >= threshold:
+            edges.append((i, j, float(sim)))
+    removed = resolve_near_duplicates(edges)
+    gone = {j for j, _, _ in removed}
+    return [j for j in range(len(docs)) if j not in gone], removed
+
+
+def resolve_near_duplicates(edges: Iterable[tuple]) -> list[tuple]:
+    """The keep-the-first rule over verified near-duplicate pairs: which documents go.
+
+    ``edges`` are (i, j, similarity) with i < j in document order (ids may be any sortable keys,
+    e.g. (file, line)), each a verified pair (similarity ≥ threshold). Documents are visited in
+    order; a document is removed when one of its earlier neighbours was kept, and points at the
+    kept earlier neighbour of highest similarity (lowest id on ties); otherwise it is kept. So the
+    first document of every group is kept, and a chain a~b~c with a≁c keeps a and c (c's only
+    earlier neighbour, b, went). The result is the lexicographically first maximal independent set
+    of the similarity graph: it depends only on each connected component's own edges, which is
+    what lets the Beam pipeline resolve the components apart (``beam_prepare``) and agree with
+    ``near_dedup`` exactly. Returns [(removed id, duplicate_of, similarity)] in id order; documents
+    in no edge are kept and not listed.
+    """
+    earlier: dict = defaultdict(list)
+    for i, j, sim in edges:
+        if not i < j:
+            raise ValueError(f"edge ({i!r}, {j!r}): the first id must come first in document order")
+        earlier[j].append((i, sim))
+    gone: set = set()
+    removed = []
+    for j in sorted(earlier):
         best = None
-        for i in sorted(earlier.get(j, ())):
-            if not is_kept[i]:
-                continue
-            sim = jaccard(sets[i], sets[j]) if verify == "exact" else estimate_jaccard(sigs[i], sigs[j])
-            if sim >= threshold and (best is None or sim > best[1]):
+        for i, sim in sorted(earlier[j]):
+            if i not in gone and (best is None or sim > best[1]):
                 best = (i, sim)
-        if best is None:
-            kept.append(j)
-            is_kept[j] = True
-        else:
+        if best is not None:
+            gone.add(j)
             removed.append((j, best[0], float(best[1])))
-    return kept, removed
+    return removed

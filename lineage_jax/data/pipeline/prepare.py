@@ -1,7 +1,7 @@
 """``prepare``: the data pipeline's stages composed, from raw documents to a TFDS dataset of
 packed token rows (``lineage_jax/data/prepared.py``) that training reads.
 
-    read → exact dedup → near dedup → quality → language → split → tokenize → pack → write
+    read → exact dedup → near dedup → quality → language → content → split → tokenize → pack → write
 
 - read: text files (one document per file) or JSONL (one document per line, its
   ``text_key`` field); directories are walked, globs expanded;
@@ -13,6 +13,8 @@ packed token rows (``lineage_jax/data/prepared.py``) that training reads.
   stop words of each document's identified language, and it is skipped for ``other``
   (those are the language stage's to remove), so a German document is not dropped as junk;
 - language: the shipped n-gram naive Bayes (``langid``), keeping ``languages``;
+- content: C4's word blocklist (``blocklist``) and any ``scorers`` (``filters.py``), on the cleaned text;
+  quality, language and content run per document in ``filter_document``;
 - split: ``eval_fraction`` of the documents (stable hash of index and text) → ``validation``;
 - tokenize: ``byte`` (default) or a trained tokenizer path. The fast path: byte-level BPE
   through the ``tokenizers`` library (Rust, batched, ``encode_batch_fast`` where the library
@@ -22,24 +24,23 @@ packed token rows (``lineage_jax/data/prepared.py``) that training reads.
   (``packing.pack``, first fit).
 
 Returns a JSON-able report: ``input_docs``, ``output_docs``, ``removed`` {``exact_dup``,
-``near_dup``, ``quality``, ``language``}, ``tokens`` (document tokens with separators, no
-padding), per-stage counts (``stages``), quality reasons and languages tallied, and every
-removed document with its reason (``removed_docs``). Also written to ``out_dir/report.json``,
-with the kept documents' sources in ``out_dir/documents.jsonl``. The dataset and both files are
+``near_dup``, ``quality``, ``language``, ``content``}, ``tokens`` (document tokens with separators, no
+padding), per-stage counts (``stages``), quality and content reasons and languages tallied, every
+removed document with its reason (``removed_docs``), and ``throughput`` (runner, workers, seconds,
+documents/s and per worker, seconds per stage). Also written to ``out_dir/report.json``, with the
+kept documents' sources in ``out_dir/documents.jsonl`` and the funnel in ``out_dir/funnel.png``.
+``finish`` (split → write) is shared with the Beam pipeline (``beam_prepare.py``). The dataset and both files are
 built in a temporary directory inside ``out_dir`` and swapped in only once complete (``staging``),
 so ``--overwrite`` never leaves ``out_dir`` without a whole dataset, old or new.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -49,10 +50,13 @@ import numpy as np
 from lineage_jax.config import ConfigError, MissingFileError
 from lineage_jax.data.pipeline import langid
 from lineage_jax.data.pipeline.dedup import exact_dedup, near_dedup
+from lineage_jax.data.pipeline.filters import apply_filters, content_filters
+from lineage_jax.data.pipeline.funnel import plot_funnel
 from lineage_jax.data.pipeline.packing import pack
 from lineage_jax.data.pipeline.quality import QualityConfig, clean_document, quality_reasons
-from lineage_jax.data.prepared import NAME, PreparedTokens, dataset_dir
-from lineage_jax.data.sources import _quiet_tfds, expand_text_files, read_text_file
+from lineage_jax.data.pipeline.staging import OUTPUTS, _write, recover, staging  # noqa: F401 (prep.staging)
+from lineage_jax.data.prepared import PreparedTokens, dataset_dir
+from lineage_jax.data.sources import expand_text_files, read_text_file
 from lineage_jax.data.stdlib_docs import stable_unit_hash
 from lineage_jax.tokenize import get_tokenizer
 from lineage_jax.tokenize.byte import ByteTokenizer
@@ -76,6 +80,9 @@ class PrepareConfig:
     fast: bool = True                       # tokenize through the tokenizers library when possible
     text_key: str = "text"                  # the JSONL field holding a document
     overwrite: bool = False                 # replace a dataset already in out_dir
+    blocklist: str | None = None            # C4's word blocklist: 'default' (the placeholder) or a file
+    scorers: tuple[str, ...] = ()           # 'module:function>=threshold' content scorers
+    plot: bool = True                       # write funnel.png beside report.json
 
     def validate(self) -> "PrepareConfig":
         if self.seq_len < 2:
@@ -92,36 +99,43 @@ class PrepareConfig:
             langid.parse_languages(self.languages)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        content_filters(self.blocklist, self.scorers)          # a bad file or spec: one line, before any work
         return self
 
 
 # ----------------------------------------------------------------------------- read
 
-def read_documents(inputs: Sequence[str], text_key: str = "text") -> tuple[list[str], list[str]]:
-    """(documents, their sources): a file is one document, a ``.jsonl`` line is one (``path:line``)."""
+def input_files(inputs: Sequence[str]) -> list[Path]:
+    """The files ``inputs`` name (directories walked, globs expanded), in the order documents are numbered."""
     try:
-        files = expand_text_files(list(inputs))
+        return expand_text_files(list(inputs))
     except MissingFileError as e:
         raise MissingFileError(str(e).replace("data.text_files", "--inputs")) from None
-    docs, srcs = [], []
-    for path in files:
-        text = read_text_file(path, "--inputs")
-        if path.suffix != ".jsonl":
-            docs.append(text)
-            srcs.append(str(path))
+
+
+def read_file_documents(path: Path, text_key: str = "text") -> list[tuple[str, str]]:
+    """[(source, document)] of one file: a text file is one document, a ``.jsonl`` line is one (``path:line``)."""
+    text = read_text_file(path, "--inputs")
+    if path.suffix != ".jsonl":
+        return [(str(path), text)]
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
             continue
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"--inputs: '{path}' line {n} is not JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-                raise ConfigError(f"--inputs: '{path}' line {n} has no string field '{text_key}'")
-            docs.append(record[text_key])
-            srcs.append(f"{path}:{n}")
-    return docs, srcs
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--inputs: '{path}' line {n} is not JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+            raise ConfigError(f"--inputs: '{path}' line {n} has no string field '{text_key}'")
+        out.append((f"{path}:{n}", record[text_key]))
+    return out
+
+
+def read_documents(inputs: Sequence[str], text_key: str = "text") -> tuple[list[str], list[str]]:
+    """(documents, their sources), every file of ``input_files`` in turn (``read_file_documents``)."""
+    pairs = [pair for path in input_files(inputs) for pair in read_file_documents(path, text_key)]
+    return [d for _, d in pairs], [s for s, _ in pairs]
 
 
 # ----------------------------------------------------------------------------- tokenize
@@ -176,9 +190,30 @@ def _quality_cfg(cfg: PrepareConfig, label: str) -> QualityConfig:
     return dataclasses.replace(cfg.quality, min_stop_words=0)       # 'other': the language stage decides
 
 
-def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareConfig(), *,
-            progress: bool = False) -> dict:
-    """Run every stage (module docstring) and write the dataset into ``out_dir``; the report."""
+STAGES = ("exact_dup", "near_dup", "quality", "language", "content")   # removal stages, in order
+
+
+def filter_document(doc: str, cfg: PrepareConfig, ident, languages: Sequence[str], filters=()) -> dict:
+    """The per-document stages after dedup, for one document: ``{"label": language}`` plus either
+    ``"text"`` (the cleaned text kept) or ``"stage"`` (quality, language or content) and ``"info"``
+    (the reason). Pure in ``doc``; the in-process and the Beam pipelines both call it."""
+    label = ident.predict(doc)
+    qcfg = _quality_cfg(cfg, label)
+    reasons = quality_reasons(doc, qcfg)
+    if reasons:
+        return {"label": label, "stage": "quality", "info": {"reason": ",".join(reasons), "reasons": reasons}}
+    if label not in languages:
+        return {"label": label, "stage": "language",
+                "info": {"reason": f"language {label} not in {','.join(languages)}", "language": label}}
+    text = clean_document(doc, qcfg)                      # C4 drops lines, not documents
+    refusal = apply_filters(text, filters)
+    if refusal is not None:
+        return {"label": label, "stage": "content", "info": refusal}
+    return {"label": label, "text": text}
+
+
+def setup(out_dir: str, cfg: PrepareConfig):
+    """Checks before any work: (validated cfg, languages, out path, tokenizer, content filters)."""
     cfg = cfg.validate()
     languages = langid.parse_languages(cfg.languages)
     out = Path(out_dir).expanduser()
@@ -191,158 +226,123 @@ def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareCon
         tokenizer = get_tokenizer(cfg.tokenizer)
     except ValueError as e:
         raise ConfigError(str(e).replace("data.tokenizer", "--tokenizer")) from None
+    return cfg, languages, out, tokenizer, content_filters(cfg.blocklist, cfg.scorers)
 
-    stages = Counter()
+
+def prepare(inputs: Sequence[str], out_dir: str, cfg: PrepareConfig = PrepareConfig(), *,
+            progress: bool = False) -> dict:
+    """Run every stage (module docstring) in this process and write the dataset into ``out_dir``; the report."""
+    cfg, languages, out, tokenizer, filters = setup(out_dir, cfg)
+    t0 = time.perf_counter()
     docs, srcs = read_documents(inputs, cfg.text_key)
-    n_in = len(docs)
+    seconds = {"read": time.perf_counter() - t0}
     removed_docs: list[dict] = []
-    alive = list(range(n_in))
-    stage_rows = [{"stage": "read", "docs_in": n_in, "removed": 0, "docs_out": n_in}]
+    alive = list(range(len(docs)))
 
-    def record(stage: str, kept_local: list[int], details: dict[int, dict]) -> None:
+    def record(stage: str, kept_local: list[int], details: dict[int, dict], t: float) -> None:
         nonlocal alive
         for j, info in sorted(details.items()):
             removed_docs.append({"source": srcs[alive[j]], "stage": stage, **info})
-        stages[stage] += len(details)
-        stage_rows.append({"stage": stage, "docs_in": len(alive), "removed": len(details), "docs_out": len(kept_local)})
         alive = [alive[j] for j in kept_local]
+        seconds[stage] = time.perf_counter() - t
 
-    with _bar(progress, total=6, desc="prepare", unit="stage") as bar:
+    with _bar(progress, total=4, desc="prepare", unit="stage") as bar:
         bar.set_postfix_str("exact dedup")
+        t = time.perf_counter()
         kept, rem = exact_dedup([docs[i] for i in alive])
-        record("exact_dup", kept, {j: {"reason": "exact duplicate", "duplicate_of": srcs[alive[f]]} for j, f in rem})
+        record("exact_dup", kept, {j: {"reason": "exact duplicate", "duplicate_of": srcs[alive[f]]} for j, f in rem}, t)
         bar.update()
 
         bar.set_postfix_str("near dedup")
+        t = time.perf_counter()
         kept, rem = near_dedup([docs[i] for i in alive], cfg.near_dup_threshold, cfg.num_perm, cfg.shingle_ngram)
-        record("near_dup", kept, {j: {"reason": f"jaccard {jac:.3f} >= {cfg.near_dup_threshold}",
-                                      "duplicate_of": srcs[alive[f]], "jaccard": jac} for j, f, jac in rem})
+        record("near_dup", kept, {j: near_dup_info(srcs[alive[f]], jac, cfg) for j, f, jac in rem}, t)
         bar.update()
 
-        bar.set_postfix_str("language id")
+        bar.set_postfix_str("quality, language, content")
+        t = time.perf_counter()
         ident = langid.default_identifier()
-        labels = [ident.predict(docs[i]) for i in _bar(progress, iterable=alive, desc="language id", unit="doc")]
-        bar.set_postfix_str("quality")
-        kept, rem, reasons_tally = [], {}, Counter()
-        for j, i in enumerate(_bar(progress, iterable=alive, desc="quality", unit="doc")):
-            qcfg = _quality_cfg(cfg, labels[j])
-            reasons = quality_reasons(docs[i], qcfg)
-            if reasons:
-                rem[j] = {"reason": ",".join(reasons), "reasons": reasons}
-                reasons_tally.update(reasons)
-            else:
-                kept.append(j)
-                docs[i] = clean_document(docs[i], qcfg)     # C4 drops lines, not documents
-        labels = [labels[j] for j in kept]
-        record("quality", kept, rem)
+        verdicts = [filter_document(docs[i], cfg, ident, languages, filters)
+                    for i in _bar(progress, iterable=alive, desc="filters", unit="doc")]
+        for stage in ("quality", "language", "content"):
+            removed_docs.extend({"source": srcs[i], "stage": stage, **v["info"]}
+                                for i, v in zip(alive, verdicts) if v.get("stage") == stage)
+        kept_docs = [(srcs[i], v["text"], v["label"]) for i, v in zip(alive, verdicts) if "text" in v]
+        labels = [v["label"] for v in verdicts if v.get("stage") != "quality"]
+        seconds["filters"] = time.perf_counter() - t
         bar.update()
 
-        kept, rem = langid.keep_languages([docs[i] for i in alive], languages, labels=labels)
-        language_tally = Counter(labels)
-        record("language", kept, {j: {"reason": f"language {lab} not in {','.join(languages)}", "language": lab}
-                                  for j, lab in rem.items()})
-        bar.update()
-        if not alive:
-            raise ConfigError(f"no document is left of {n_in}: removed " + ", ".join(
-                f"{k} {stages[k]}" for k in ("exact_dup", "near_dup", "quality", "language"))
-                + "; loosen the filters (e.g. --languages, --near-dup-threshold)")
-
-        bar.set_postfix_str("tokenize")
-        kept_docs = [docs[i] for i in alive]
-        ids, path = encode_documents(kept_docs, tokenizer, cfg.fast)
-        bar.update()
-
-        bar.set_postfix_str("pack + write")
-        train_idx, val_idx = split_indices(kept_docs, cfg.eval_fraction)
-        eos = tokenizer.eos_id
-        splits, split_report = {}, {}
-        for name, idx in (("train", train_idx), ("validation", val_idx)):
-            packed = pack([ids[i] for i in idx], cfg.seq_len, eos, eos_id=eos, strategy=cfg.strategy)
-            splits[name] = {k: packed[k] for k in ("tokens", "segment_ids", "positions", "document")}
-            n_tok = int((packed["segment_ids"] > 0).sum())
-            split_report[name] = {"docs": len(idx), "rows": int(packed["tokens"].shape[0]), "tokens": n_tok,
-                                  "padding": int(packed["tokens"].size - n_tok)}
-        meta = {"seq_len": cfg.seq_len, "tokenizer": cfg.tokenizer, "tokenizer_name": tokenizer.name,
-                "vocab_size": int(tokenizer.vocab_size), "eos_id": int(eos)}
-        tokens = sum(s["tokens"] for s in split_report.values())
-        stage_rows.append({"stage": "tokenize", "docs_in": len(alive), "tokens": tokens, "path": path})
-        report = {"input_docs": n_in, "output_docs": len(alive),
-                  "removed": {k: stages[k] for k in ("exact_dup", "near_dup", "quality", "language")},
-                  "tokens": tokens, "stages": stage_rows, "quality_reasons": dict(sorted(reasons_tally.items())),
-                  "languages": dict(sorted(language_tally.items())), "splits": split_report,
-                  "tokenizer": {**{k: meta[k] for k in ("tokenizer", "tokenizer_name", "vocab_size", "eos_id")},
-                                "encode_path": path},
-                  "seq_len": cfg.seq_len, "out_dir": str(out), "dataset_dir": str(dataset_dir(out)),
-                  "removed_docs": removed_docs}
-        sources = [{"split": name, "document": d, "source": srcs[alive[i]]}
-                   for name, idx in (("train", train_idx), ("validation", val_idx)) for d, i in enumerate(idx)]
-        with staging(out) as tmp:                            # built beside the old dataset, swapped in when whole
-            nonempty = {k: v for k, v in splits.items() if len(v["tokens"])}   # TFDS refuses an empty split (one
-            _write(tmp, PreparedTokens, nonempty, meta)                         # document: no validation split)
-            (tmp / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            (tmp / "documents.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sources),
-                                                 encoding="utf-8")
+        bar.set_postfix_str("tokenize, pack, write")
+        report = finish(out, cfg, tokenizer, len(docs), removed_docs, kept_docs, labels, seconds=seconds,
+                        t0=t0, runner={"runner": "in_process", "workers": 1})
         bar.update()
     return report
 
 
-OUTPUTS = (NAME, "report.json", "documents.jsonl")    # what prepare puts in --out; swapped in together
+def near_dup_info(duplicate_of: str, jac: float, cfg: PrepareConfig) -> dict:
+    return {"reason": f"jaccard {jac:.3f} >= {cfg.near_dup_threshold}", "duplicate_of": duplicate_of, "jaccard": jac}
 
 
-@contextlib.contextmanager
-def staging(out: Path):
-    """A fresh directory beside ``out``'s dataset to build the new one in; when the block ends without
-    an error, its ``OUTPUTS`` replace ``out``'s (old ones renamed away, new ones renamed in, then the
-    old deleted), so a failure or a kill mid-prepare leaves the old dataset whole and loadable."""
-    out.mkdir(parents=True, exist_ok=True)
-    recover(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".prepare-new-{os.getpid()}-", dir=out))
-    try:
-        yield tmp
-        old = Path(tempfile.mkdtemp(prefix=".prepare-old-", dir=out))
-        for name in OUTPUTS:
-            if (out / name).exists():
-                os.replace(out / name, old / name)
-        for name in OUTPUTS:
-            os.replace(tmp / name, out / name)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def finish(out: Path, cfg: PrepareConfig, tokenizer, n_in: int, removed_docs: list[dict],
+           kept: list[tuple[str, str, str]], labels: Sequence[str], *, ids: list[np.ndarray] | None = None,
+           encode_path: str | None = None, seconds: dict | None = None, t0: float, runner: dict) -> dict:
+    """What both pipelines share after filtering: split, tokenize (unless ``ids`` are given), pack,
+    the report, and the dataset written through ``staging``.
 
-
-def recover(out: Path) -> None:
-    """Undo what a killed prepare left in ``out``: an old dataset moved away but not yet replaced comes back;
-    a half-built new one goes, unless the prepare building it (the pid in its name) is still running."""
-    if not out.is_dir():
-        return
-    for stale in out.glob(".prepare-*"):
-        if stale.name.startswith(".prepare-old-"):
-            for name in OUTPUTS:
-                if (stale / name).exists() and not (out / name).exists():
-                    os.replace(stale / name, out / name)
-        elif _alive(stale.name.split("-")[2]):
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _write(out: Path, builder_cls, splits: dict, meta: dict) -> None:
-    """Write the TFDS dataset quietly (no TFDS banner on stdout: ``--json`` prints there)."""
-    with _quiet_tfds():
-        builder = builder_cls(splits=splits, metadata=meta, data_dir=str(out), file_format="array_record")
-        builder.download_and_prepare()
-    shutil.rmtree(out / "downloads", ignore_errors=True)     # TFDS makes an empty downloads/ folder
+    ``removed_docs``: {source, stage, reason, …} in stage order then document order; ``kept``:
+    (source, cleaned text, language) in document order; ``labels``: the language of every document
+    that passed quality (the languages tally)."""
+    counts = Counter(r["stage"] for r in removed_docs)
+    if not kept:
+        raise ConfigError(f"no document is left of {n_in}: removed " + ", ".join(f"{k} {counts[k]}" for k in STAGES)
+                          + "; loosen the filters (e.g. --languages, --near-dup-threshold)")
+    stage_rows, left = [{"stage": "read", "docs_in": n_in, "removed": 0, "docs_out": n_in}], n_in
+    for stage in STAGES:
+        stage_rows.append({"stage": stage, "docs_in": left, "removed": counts[stage], "docs_out": left - counts[stage]})
+        left -= counts[stage]
+    kept_docs = [d for _, d, _ in kept]
+    t = time.perf_counter()
+    if ids is None:
+        ids, encode_path = encode_documents(kept_docs, tokenizer, cfg.fast)
+    train_idx, val_idx = split_indices(kept_docs, cfg.eval_fraction)
+    eos = tokenizer.eos_id
+    splits, split_report = {}, {}
+    for name, idx in (("train", train_idx), ("validation", val_idx)):
+        packed = pack([ids[i] for i in idx], cfg.seq_len, eos, eos_id=eos, strategy=cfg.strategy)
+        splits[name] = {k: packed[k] for k in ("tokens", "segment_ids", "positions", "document")}
+        n_tok = int((packed["segment_ids"] > 0).sum())
+        split_report[name] = {"docs": len(idx), "rows": int(packed["tokens"].shape[0]), "tokens": n_tok,
+                              "padding": int(packed["tokens"].size - n_tok)}
+    meta = {"seq_len": cfg.seq_len, "tokenizer": cfg.tokenizer, "tokenizer_name": tokenizer.name,
+            "vocab_size": int(tokenizer.vocab_size), "eos_id": int(eos)}
+    tokens = sum(s["tokens"] for s in split_report.values())
+    stage_rows.append({"stage": "tokenize", "docs_in": len(kept), "tokens": tokens, "path": encode_path})
+    reasons_tally = Counter(q for r in removed_docs if r["stage"] == "quality" for q in r["reasons"])
+    content_tally = Counter(r["reason"] for r in removed_docs if r["stage"] == "content")
+    report = {"input_docs": n_in, "output_docs": len(kept), "removed": {k: counts[k] for k in STAGES},
+              "tokens": tokens, "stages": stage_rows, "quality_reasons": dict(sorted(reasons_tally.items())),
+              "content_reasons": dict(sorted(content_tally.items())),
+              "languages": dict(sorted(Counter(labels).items())), "splits": split_report,
+              "tokenizer": {**{k: meta[k] for k in ("tokenizer", "tokenizer_name", "vocab_size", "eos_id")},
+                            "encode_path": encode_path},
+              "seq_len": cfg.seq_len, "out_dir": str(out), "dataset_dir": str(dataset_dir(out)),
+              "removed_docs": removed_docs}
+    sources = [{"split": name, "document": d, "source": kept[i][0]}
+               for name, idx in (("train", train_idx), ("validation", val_idx)) for d, i in enumerate(idx)]
+    with staging(out) as tmp:                            # built beside the old dataset, swapped in when whole
+        nonempty = {k: v for k, v in splits.items() if len(v["tokens"])}   # TFDS refuses an empty split (one
+        _write(tmp, PreparedTokens, nonempty, meta)                         # document: no validation split)
+        wall = time.perf_counter() - t0
+        report["throughput"] = {**runner, "seconds": round(wall, 3), "docs_per_s": round(n_in / wall, 1),
+                                "docs_per_s_per_worker": round(n_in / wall / runner["workers"], 1),
+                                "stage_seconds": {k: round(v, 3) for k, v in
+                                                  {**(seconds or {}), "tokenize_pack_write": time.perf_counter() - t}.items()}}
+        (tmp / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "documents.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sources),
+                                             encoding="utf-8")
+        if cfg.plot:
+            plot_funnel(report, tmp / "funnel.png")
+    return report
 
 
 __all__ = ["PrepareConfig", "prepare", "read_documents", "encode_documents", "split_indices"]
