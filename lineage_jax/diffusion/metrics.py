@@ -8,6 +8,8 @@ everything is float64 numpy, outside ``jit``: it is a metric, not a training sig
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -25,10 +27,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     from scipy import linalg
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    with warnings.catch_warnings():      # a singular product warns; it is handled just below
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(s1.shape[0]) * eps
+            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     covmean = np.real(covmean)
     diff = mu1 - mu2
     return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))

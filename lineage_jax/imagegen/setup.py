@@ -207,7 +207,7 @@ def jit_train_step(cfg: DiffusionConfig, boxed, mesh: Mesh, how: str = "dp"):
 # --------------------------------------------------------------------------- the first stage
 
 def train_autoencoder(cfg: DiffusionConfig, images: np.ndarray, progress: Callable[[int, float], None] | None = None):
-    """(params, scale_factor, final losses): ``ae_steps`` of Adam on the KL-regularised bound over the
+    """(params, scale_factor, info: final losses and the step's FLOPs): ``ae_steps`` of Adam on the KL-regularised bound over the
     training images, then Stable Diffusion's scale = 1 / std of the training latents (posterior means)."""
     from lineage_jax.vision.autoencoder import scale_factor
     acfg = cfg.autoencoder()
@@ -226,13 +226,15 @@ def train_autoencoder(cfg: DiffusionConfig, images: np.ndarray, progress: Callab
         return optax.apply_updates(params, updates), opt, loss, parts
 
     opt, key = tx.init(params), jax.random.key(cfg.seed + 12)
+    compiled = step.lower(params, opt, key).compile()     # run ahead-of-time: its FLOPs are reported too
     parts = {}
     for s in range(cfg.ae_steps):
-        params, opt, loss, parts = step(params, opt, jax.random.fold_in(key, s))
+        params, opt, loss, parts = compiled(params, opt, jax.random.fold_in(key, s))
         if progress:
             progress(s + 1, float(loss))
+    from lineage_jax.imagegen.cost import flops
     mean = encode(cfg, params, images)
-    return params, scale_factor(mean), {k: float(v) for k, v in parts.items()}
+    return params, scale_factor(mean), {**{k: float(v) for k, v in parts.items()}, "flops_per_step": flops(compiled)}
 
 
 def encode(cfg: DiffusionConfig, ae_params, images, batch: int = 512) -> np.ndarray:
