@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     t.add_argument("--run-dir", required=True, help="the run directory (created, or resumed)")
     t.add_argument("--space", default=None, help="pixel (the U-Net on 8x8 images) or latent (on the autoencoder's 4x4 "
                                                  "latents)")
-    t.add_argument("--steps", type=int, default=None, help="diffusion training steps (default 1500)")
+    t.add_argument("--steps", dest="train_steps", type=int, default=None, help="diffusion training steps (default 1500)")
     t.add_argument("--parallel", default="dp", help="dp (parameters replicated) or fsdp (split over the devices)")
     t.add_argument("--devices", type=int, default=None, help="emulate N CPU devices (before JAX starts)")
     t.add_argument("--data-dir", default=None, help="where the TFDS digits are prepared (default $TFDS_DATA_DIR or "
@@ -95,9 +95,9 @@ def _train_config(args):
     from lineage_jax.config.errors import one_of
     one_of("--parallel", args.parallel, PARALLEL)
     values = parse_overrides(args.overrides, DiffusionConfig)
-    for flag in ("space", "steps"):
-        if getattr(args, flag) is not None:
-            values[flag] = str(getattr(args, flag))
+    for flag, value in (("space", args.space), ("steps", args.train_steps)):
+        if value is not None:
+            values[flag] = str(value)
     return configure(DiffusionConfig, values, spelling={"space": "--space", "steps": "--steps"})
 
 

@@ -41,7 +41,7 @@ class DiffusionConfig:
     ae_base: int = 32
     steps: int = 1500              # diffusion training steps
     batch: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     p_uncond: float = 0.1          # CFG label dropout (Ho & Salimans 2022 use 0.1-0.2)
     ema: float = 0.995             # decay of the weights' exponential moving average (sampled from)
     ae_steps: int = 600            # latent space: autoencoder training steps, before diffusion
