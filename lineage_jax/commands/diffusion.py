@@ -111,7 +111,8 @@ def cmd_train(args) -> int:
         print(json.dumps(summary))
         return 0
     if summary["resumed_from"] >= summary["steps"]:
-        print(f"nothing to do: {summary['run_dir']} is trained to step {summary['steps']} (raise --steps to go on)")
+        print(f"nothing to do: {summary['run_dir']} is trained to step {summary['resumed_from']} (raise --steps to "
+              f"go on)")
         return 0
     ae = summary["autoencoder"]
     extra = f"; autoencoder recon {ae['recon']:.3f}, scale factor {summary['scale']:.4f}" if ae else ""

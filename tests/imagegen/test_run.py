@@ -56,8 +56,13 @@ def test_sample_writes_the_requested_grid_and_the_seed_fixes_it(trained, tmp_pat
     assert img.format == "PNG" and img.size == (10 * 9 + 1, 2 * 9 + 1)      # 12 images, 10 a row, 8x8 + 1 px padding
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
-    assert cli.main(["diffusion", "sample", "--run-dir", run, "--n", "4", "--label", "7", "--sampler", "ddpm",
-                     "--out", str(tmp_path / "d.png")]) == 0
+
+
+@pytest.mark.slow
+def test_ddpm_sampling_of_one_label(trained, tmp_path):
+    """The ancestral sampler's T-step chain (another compile; the DDIM test above is its fast sibling)."""
+    assert cli.main(["diffusion", "sample", "--run-dir", str(trained / "straight"), "--n", "4", "--label", "7",
+                     "--sampler", "ddpm", "--out", str(tmp_path / "d.png")]) == 0
     assert Image.open(tmp_path / "d.png").size == (2 * 9 + 1, 2 * 9 + 1)
 
 

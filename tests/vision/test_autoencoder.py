@@ -24,11 +24,12 @@ def test_shapes_names_and_loss():
     leaves = jax.tree.leaves(nn.unbox(boxed))
     assert len(specs) == len(leaves) and all(len(s) == leaf.ndim for s, leaf in zip(specs, leaves))
     params = nn.unbox(boxed)
-    mean, logvar = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Autoencoder.encode))(params, x)
+    both = jax.jit(lambda p, x: (model.apply({"params": p}, x, method=Autoencoder.encode),
+                                 autoencoder_loss(model, p, x, jax.random.key(3), kl_weight=0.5)))
+    (mean, logvar), (loss, parts) = both(params, x)
     assert mean.shape == logvar.shape == (5, 4, 4, 3) == (5, *CFG.latent_shape) and CFG.factor == 2
     assert jax.eval_shape(lambda p, z: model.apply({"params": p}, z, method=Autoencoder.decode), params, mean).shape \
         == x.shape
-    loss, parts = jax.jit(lambda p, x: autoencoder_loss(model, p, x, jax.random.key(3), kl_weight=0.5))(params, x)
     np.testing.assert_allclose(float(loss), float(parts["recon"] + 0.5 * parts["kl"]), rtol=1e-6)
 
 
