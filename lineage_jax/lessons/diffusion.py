@@ -232,7 +232,6 @@ def _show(ax, images, title, nrow=10):
 
 
 def _grids(axes, grids, samples, lat_images, sweep, cfg):
-    last = max(grids)
     _show(axes[0], np.concatenate([grids[s][:20] for s in sorted(grids)]),
           "DDIM samples over training\n(2 rows per snapshot: steps " + ", ".join(map(str, sorted(grids))) + ")")
     _show(axes[1], np.concatenate([samples["ddpm"][:30], samples["ddim"][:30]]),
@@ -240,7 +239,7 @@ def _grids(axes, grids, samples, lat_images, sweep, cfg):
     ws = sorted(sweep)
     _show(axes[2], np.concatenate([sweep[w][:10] for w in ws]), "guidance w = " + ", ".join(f"{w:g}" for w in ws)
           + "\n(one row each)")
-    _show(axes[3], lat_images[:40], f"latent diffusion (4×4×c latents, decoded)\nstep {cfg.steps}; pixel at {last}")
+    _show(axes[3], lat_images[:40], f"latent diffusion (4×4×4 latents, decoded)\nafter {cfg.steps} steps")
 
 
 def _measures(axes, rows, pix_hist, lat_hist):
