@@ -30,8 +30,9 @@ LAYERS = [
     {"moe"},
     {"models"},
     {"decode", "vision"},                        # sampling a model: never builds an optimiser | ViT, U-Net
-    {"train", "reasoning"},                      # the pure step, its state, the loop |
-                                                 # ICL/induction heads, scratchpads, GRPO on an arithmetic world
+    {"train", "reasoning", "imagegen"},          # the pure step, its state, the loop |
+                                                 # ICL/induction heads, scratchpads, GRPO on an arithmetic world |
+                                                 # digit diffusion: runs, sampling, the judge, latent space
     {"interop", "scaling", "align", "clip"},     # Hugging Face checkpoints in and out (writes run dirs) |
                                                  # scaling laws: counts, fits, the IsoFLOP sweep (drives train) |
                                                  # alignment: SFT, reward model, PPO, DPO (steps over train/) | CLIP

@@ -134,6 +134,14 @@ LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in sorted((
            "revision of the policy's own samples), DPO on AI labels and the chain of both each raise the gold score "
            "over SFT, DPO on AI labels to within 0.1 of DPO on human labels",
            "lineage_jax.lessons.cai", flags=("seed",)),
+    Lesson("diffusion", "2020", "Ho, Jain & Abbeel 2020, Denoising Diffusion Probabilistic Models; Song, Meng & "
+           "Ermon 2021, DDIM; Ho & Salimans 2022, Classifier-Free Diffusion Guidance; Rombach et al. 2022, "
+           "High-Resolution Image Synthesis with Latent Diffusion Models",
+           "on the 8x8 digits a class-conditional DDPM's samples are recognised by a classifier trained on real "
+           "digits; DDIM's 50 steps come within 0.1 class accuracy and 1.5x FID of DDPM's 1000; guidance w = 3 "
+           "raises class accuracy over the conditional model (w = 1) and the unconditional one (w = 0, by >= 0.3); "
+           "a denoising step in the autoencoder's latent space costs at most half the FLOPs of a pixel step",
+           "lineage_jax.lessons.diffusion", flags=("steps", "seed")),
 ), key=lambda lesson: lesson.era)}
 
 
