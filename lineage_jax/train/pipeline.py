@@ -38,7 +38,7 @@ import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from lineage_jax.models.gpt import pipeline_parts
+from lineage_jax.models import pipeline_parts
 from lineage_jax.train.explicit import Layout, make_explicit_train_step
 from lineage_jax.train.state import TrainState
 from lineage_jax.train.step import split_micro, token_nll
@@ -61,11 +61,13 @@ def circular_order(layers: int, stages: int, virtual: int) -> np.ndarray:
 
 def make_grads_fn(setup, sched: pipeline.Schedule):
     """``grads_fn(params, batch, rng, loss_scale, scale)`` for ``make_explicit_train_step``: this
-    device's (loss, {}) and gradients by running ``sched``'s table."""
+    device's (loss, MoE metrics) and gradients by running ``sched``'s table."""
     cfg, L = setup.cfg, Layout(setup)
     Pn, M, v = sched.stages, sched.microbatches, sched.virtual
-    C, Lc = Pn * v, cfg.model.layers // (Pn * v)
+    C = Pn * v
     parts = pipeline_parts(cfg.model)
+    units = jax.tree.leaves(setup.abstract_state().params["blocks"])[0].shape[0]   # scanned units (layers)
+    Lc, n_moe = units // C, units * parts.moe_layers
     nll = token_nll
     if L.on("compute", "vocab"):
         tp = L.tp[0] if len(L.tp) == 1 else L.tp
@@ -76,12 +78,20 @@ def make_grads_fn(setup, sched: pipeline.Schedule):
     backward_ring = [(i, (i - 1) % Pn) for i in range(Pn)]
 
     def chunk_fn(cp, shared, x, tok, first, last):
-        """One chunk of Lc layers; the first embeds ``tok``, the last returns its mean loss."""
+        """One chunk of Lc units: ((y, objective), (cross-entropy, MoE sums)). The first embeds ``tok``,
+        the last adds its mean cross-entropy; every chunk adds its MoE layers' auxiliary losses."""
         x = lax.cond(first, lambda: parts.embed(shared, tok[:, :-1]).astype(x.dtype), lambda: x)
-        y, _ = lax.scan(lambda h, lp: (parts.layer(lp, h), None), x, cp)
-        loss = lax.cond(last, lambda: jnp.mean(nll(parts.head(shared, y), tok[:, 1:])).astype(jnp.float32),
-                        lambda: jnp.zeros((), jnp.float32))
-        return y, loss
+        stats0 = jax.tree.map(jnp.zeros_like, jax.eval_shape(parts.layer, jax.tree.map(lambda w: w[0], cp), x)[1])
+
+        def unit(carry, lp):
+            h, acc = carry
+            h, st = parts.layer(lp, h)
+            return (h, jax.tree.map(jnp.add, acc, st)), None
+
+        (y, stats), _ = lax.scan(unit, (x, stats0), cp)
+        ce = lax.cond(last, lambda: jnp.mean(nll(parts.head(shared, y), tok[:, 1:])).astype(jnp.float32),
+                      lambda: jnp.zeros((), jnp.float32))
+        return (y, ce + stats.get("aux", 0.0)), (ce, stats)
 
     def grads_fn(params, batch, rng, ls, scale):
         d = lax.axis_index("stage")
@@ -91,45 +101,54 @@ def make_grads_fn(setup, sched: pipeline.Schedule):
         like = jax.eval_shape(parts.embed, shared, tokens[0, :, :-1])
         zero = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
         cp_like = jax.tree.map(lambda w: w[0], blocks)
-        seed = (ls.scale / M).astype(jnp.float32)                            # d(mean over M)/d(loss_m)
+        stats_like = jax.eval_shape(lambda: chunk_fn(cp_like, shared, jnp.zeros(like.shape, like.dtype),
+                                                     tokens[0], True, True)[1][1])
+        seed = (ls.scale / M).astype(jnp.float32)                            # d(mean over M)/d(objective_m)
 
         def tick(carry, rows):
-            xbuf, gbuf, gacc, gsh, loss_sum = carry
+            xbuf, gbuf, gacc, gsh, ce_sum, st_sum = carry
             kind, r, m, xs, gs, rx, rg = (rows[d, i] for i in range(7))
             cp = jax.tree.map(lambda w: lax.dynamic_index_in_dim(w, r, 0, keepdims=False), blocks)
             tok = lax.dynamic_index_in_dim(tokens, m, 0, keepdims=False)
             first, last = r * Pn + d == 0, r * Pn + d == C - 1
             x = xbuf[xs]
             none = jnp.zeros_like(x)
+            f32 = jnp.zeros((), jnp.float32)
 
             def idle():
-                return none, none, jnp.zeros((), jnp.float32), zero(cp_like), zero(shared)
+                return none, none, f32, zero(stats_like), zero(cp_like), zero(shared)
 
             def fwd():
-                y, loss = chunk_fn(cp, shared, x, tok, first, last)
-                return y, none, loss, zero(cp_like), zero(shared)
+                (y, _), (ce, stats) = chunk_fn(cp, shared, x, tok, first, last)
+                return y, none, ce, stats, zero(cp_like), zero(shared)
 
             def bwd():
-                _, vjp = jax.vjp(lambda a, b, xx: chunk_fn(a, b, xx, tok, first, last), cp, shared, x)
+                _, vjp, _ = jax.vjp(lambda a, b, xx: chunk_fn(a, b, xx, tok, first, last), cp, shared, x,
+                                    has_aux=True)
                 g = jnp.where(last, jnp.zeros_like(x), gbuf[gs])
-                dp, dsh, dx = vjp((g, jnp.where(last, seed, 0.0).astype(jnp.float32)))
-                return none, dx, jnp.zeros((), jnp.float32), dp, dsh
+                dp, dsh, dx = vjp((g, seed))
+                return none, dx, f32, zero(stats_like), dp, dsh
 
-            send_f, send_b, loss, dp, dsh = lax.switch(kind, [idle, fwd, bwd])
+            send_f, send_b, ce, stats, dp, dsh = lax.switch(kind, [idle, fwd, bwd])
             gacc = jax.tree.map(lambda a, g: lax.dynamic_update_index_in_dim(
                 a, lax.dynamic_index_in_dim(a, r, 0, keepdims=False) + g, r, 0), gacc, dp)
             gsh = jax.tree.map(jnp.add, gsh, dsh)
             xbuf = xbuf.at[rx].set(lax.ppermute(send_f, "stage", forward_ring))
             gbuf = gbuf.at[rg].set(lax.ppermute(send_b, "stage", backward_ring))
-            return (xbuf, gbuf, gacc, gsh, loss_sum + loss), None
+            return (xbuf, gbuf, gacc, gsh, ce_sum + ce, jax.tree.map(jnp.add, st_sum, stats)), None
 
         init = (jnp.zeros((sched.x_slots + 1, *like.shape), like.dtype),
                 jnp.zeros((sched.g_slots + 1, *like.shape), like.dtype),
-                zero(blocks), zero(shared), jnp.zeros((), jnp.float32))
-        (_, _, gacc, gsh, loss_sum), _ = lax.scan(tick, init, jnp.asarray(table))
+                zero(blocks), zero(shared), jnp.zeros((), jnp.float32), zero(stats_like))
+        (_, _, gacc, gsh, ce_sum, st_sum), _ = lax.scan(tick, init, jnp.asarray(table))
         grads = dict(lax.psum(gsh, "stage"))      # embedding (first stage) + head (last stage)
         grads["blocks"] = jax.tree.map(lambda g: g.reshape(v * Lc, *g.shape[2:]), gacc)
-        return (lax.psum(loss_sum, "stage") / M, {}), precision.unscale(grads, ls)
+        ce_sum, st_sum = lax.psum((ce_sum, st_sum), "stage")   # every stage's MoE layers, the last's loss
+        moe = {}
+        if n_moe:   # as ``train.step.moe_metrics``: aux summed over layers, load and drops averaged
+            moe = {"moe_aux_loss": st_sum["aux"] / M, "moe_load": st_sum["load"] / (M * n_moe),
+                   "moe_dropped": st_sum["dropped"] / (M * n_moe)}
+        return (ce_sum / M, moe), precision.unscale(grads, ls)
 
     return grads_fn
 
@@ -141,7 +160,8 @@ def make_pipeline_train_step(setup):
     step = make_explicit_train_step(setup, grads_fn=make_grads_fn(setup, sched))
     if sched.virtual == 1:
         return step
-    order = circular_order(cfg.model.layers, sched.stages, sched.virtual)
+    units = jax.tree.leaves(setup.abstract_state().params["blocks"])[0].shape[0]
+    order = circular_order(units, sched.stages, sched.virtual)
     back = np.argsort(order)
     on_layers = jax.tree.map(lambda s: bool(s) and s[0] == "layers", setup.logical_specs,
                              is_leaf=lambda x: isinstance(x, P))
