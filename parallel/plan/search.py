@@ -15,6 +15,14 @@ Step time is a roofline (Williams et al. 2009), each term per chip and step, ove
   innermost, then fsdp, data, stage), else the slow network (DCN / InfiniBand).
 
 The largest term names the bound. MFU = 6·N·tokens / (chips · peak · step time).
+
+Two step times bound the truth: with **full overlap** (compute, HBM traffic and communication run
+at once) the step takes the largest term, max(terms) — the roofline, the time the plan reports
+and ranks by default (``overlap="full"``); with **no overlap** (each waits for the others) it
+takes their sum, Σ terms, at most 3× the first. Both are in every plan (``step_time_bounds_s``,
+``mfu_bounds``); ``overlap="none"`` reports and ranks by the pessimistic one instead. Real runs
+sit between: XLA overlaps collectives it can schedule asynchronously (FSDP gathers, DP
+reductions) but not a tensor-parallel all-reduce whose result the next matmul needs.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from parallel.plan.chips import Chip
 from parallel.plan.cost import Shape, collective_bytes, memory_per_chip, n_params, train_flops
 
 REMATS = ("none", "dots", "full")
+OVERLAPS = ("full", "none")
 INNER_TO_OUTER = ("tensor", "fsdp", "data", "stage")
 GiB = 2**30
 
@@ -39,8 +48,11 @@ def axis_bandwidth(chip: Chip, mesh: dict, axis: str) -> float:
 
 
 def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int, microbatches: int, remat: str,
-              mem: dict, comm: dict, act_bytes: int = 2) -> dict:
-    """The roofline's three terms, the step time, MFU and the bound with its reason."""
+              mem: dict, comm: dict, act_bytes: int = 2, overlap: str = "full") -> dict:
+    """The roofline's three terms, the step time (``overlap``: "full" = max of the terms, "none" =
+    their sum), both bounds, MFU and the bound with its reason."""
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap={overlap!r}: allowed {', '.join(OVERLAPS)}")
     P, M = mesh.get("stage", 1), microbatches
     tokens = global_batch * s.seq
     bubble = (P - 1) / (M + P - 1)
@@ -60,19 +72,24 @@ def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int
     communication = sum(comm_t.values())
     terms = {"compute": compute, "memory": hbm, "communication": communication}
     bound = max(terms, key=terms.get)
-    step = terms[bound]
-    mfu = 6 * n_params(s) * tokens / (chips * chip.flops * step)
+    bounds = {"full_overlap": terms[bound], "no_overlap": sum(terms.values())}
+    step = bounds["full_overlap" if overlap == "full" else "no_overlap"]
+    useful = 6 * n_params(s) * tokens / (chips * chip.flops)
     worst = max(comm_t, key=comm_t.get)
     reason = (f"{bound}-bound: compute {compute:.3g} s (bubble {bubble:.0%}), HBM {hbm:.3g} s, communication "
               f"{communication:.3g} s (most on {worst})")
-    return {"step_time_s": step, "mfu": mfu, "bound": bound, "reason": reason, "bubble": bubble,
-            "terms_s": terms}
+    return {"step_time_s": step, "mfu": useful / step, "bound": bound, "reason": reason, "bubble": bubble,
+            "terms_s": terms, "step_time_bounds_s": bounds,
+            "mfu_bounds": {k: useful / t for k, t in bounds.items()}}
 
 
 def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: int = 4, grad_bytes: int = 4,
          opt_bytes: int = 8, act_bytes: int = 2, schedule: str = "1f1b", hbm_fraction: float = 0.9,
-         remats=REMATS) -> dict:
-    """{"plans": [...] best first, "rejected": [... with "reason"], "assumptions": {...}}."""
+         remats=REMATS, overlap: str = "full") -> dict:
+    """{"plans": [...] best first, "rejected": [... with "reason"], "assumptions": {...}}; ``overlap``
+    picks the step time reported and ranked by (see the module docstring)."""
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap={overlap!r}: allowed {', '.join(OVERLAPS)}")
     plans, rejected = [], []
     budget = hbm_fraction * chip.hbm_bytes
     for tp in divisors(chips):
@@ -113,7 +130,7 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
                                                 remat=remat)
                         entry.update(collective_bytes=comm, **step_time(
                             s, chip, chips, mesh, global_batch=global_batch, microbatches=M, remat=remat, mem=mem,
-                            comm=comm, act_bytes=act_bytes))
+                            comm=comm, act_bytes=act_bytes, overlap=overlap))
                         plans.append(entry)
     sig = lambda x: float(f"{x:.9g}")   # noqa: E731  (near-ties are ties, whatever the time unit)
     plans.sort(key=lambda p: (sig(p["step_time_s"]), sig(p["terms_s"]["communication"]),
@@ -124,4 +141,10 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
                             "shape": s.__dict__, "global_batch": global_batch, "schedule": schedule,
                             "bytes_per_param": {"params": param_bytes, "grads": grad_bytes, "optimizer": opt_bytes},
                             "activation_bytes": act_bytes, "hbm_fraction": hbm_fraction,
-                            "overlap": "compute, HBM and communication overlap fully (roofline)"}}
+                            "overlap": OVERLAP_SAYS[overlap]}}
+
+
+OVERLAP_SAYS = {"full": "step_time_s and mfu assume compute, HBM and communication overlap fully (the roofline, "
+                        "max of the terms: a lower bound on the time); step_time_bounds_s.no_overlap is the sum",
+                "none": "step_time_s and mfu assume nothing overlaps (the sum of the terms: an upper bound on the "
+                        "time); step_time_bounds_s.full_overlap is the roofline's max"}

@@ -77,3 +77,21 @@ def test_collectives_data_parallel_is_one_ring_all_reduce_of_the_gradients():
     assert c["all-reduce"] == pytest.approx(2 * n_params(s) * 4 * 7 / 8)
     assert c["all-gather"] == c["reduce-scatter"] == c["collective-permute"] == 0
     assert math.isclose(c["total"], c["all-reduce"])
+
+
+def test_no_overlap_bound_is_the_sum_of_the_terms_and_ranks_when_asked():
+    """Full overlap (the roofline) takes the largest term, no overlap their sum: max ≤ sum ≤ 3·max, MFU
+    scaled inversely; ``overlap="none"`` reports and ranks by the sum, and says so."""
+    s, chip = shape_for_params(1e9, seq=1024), CHIPS["h100"]
+    full, none = plan(s, chip, 32, 128), plan(s, chip, 32, 128, overlap="none")
+    for p in full["plans"]:
+        b, terms = p["step_time_bounds_s"], p["terms_s"].values()
+        assert p["step_time_s"] == b["full_overlap"] == max(terms)
+        assert b["no_overlap"] == pytest.approx(sum(terms)) and max(terms) <= b["no_overlap"] <= 3 * max(terms)
+        assert p["mfu_bounds"]["no_overlap"] * b["no_overlap"] == pytest.approx(p["mfu"] * p["step_time_s"])
+    times = [p["step_time_s"] for p in none["plans"]]
+    assert times == sorted(times) and times[0] == pytest.approx(min(p["step_time_bounds_s"]["no_overlap"]
+                                                                    for p in full["plans"]))
+    assert "nothing overlaps" in none["assumptions"]["overlap"] and "overlap fully" in full["assumptions"]["overlap"]
+    with pytest.raises(ValueError, match="overlap='some': allowed full, none"):
+        plan(s, chip, 32, 128, overlap="some")
