@@ -71,9 +71,7 @@ def pipeline_checks(cfg: Config) -> None:
                (not m.scan_layers, "model.scan_layers=false", "model.scan_layers=true"),
                (t.grad_accum != 1, f"train.grad_accum={t.grad_accum}",
                 "train.grad_accum=1 (parallel.microbatches splits the batch)"),
-               (t.nan_policy == "skip", "train.nan_policy=skip", "train.nan_policy=stop"),
-               (bool(cfg.data.prepared_dir) and cfg.data.segment_mask, "packed rows (data.segment_mask=true)",
-                "data.segment_mask=false")]
+               (t.nan_policy == "skip", "train.nan_policy=skip", "train.nan_policy=stop")]
     for bad, what, use in refused:
         if bad:
             raise ConfigError(f"parallel.pipeline_stages={P}: the pipeline does not run {what} yet; use {use}")

@@ -233,11 +233,12 @@ class PipelineParts(NamedTuple):
     parameters less ``blocks`` (GPT-2: wte, wpe, ln_f; Llama: wte, norm, lm_head when untied),
     ``layer`` one slice of the scanned stack (a block, or with MoE a group of ``moe_every`` blocks).
 
-    ``embed(shared, tokens) -> x`` [B, T, D]; ``layer(p, x) -> (x, moe)`` with ``moe`` the unit's
-    routing statistics (``train.step.moe_metrics``; {} for a dense unit); ``head(shared, x) ->
-    logits``. Composed, they compute what the model's ``__call__`` does for a deterministic,
-    unpacked batch (the same modules and hooks, so a shard_map form's collectives apply inside
-    each piece). ``moe_layers``: MoE layers per unit (0 dense)."""
+    ``embed(shared, tokens, positions=None) -> x`` [B, T, D]; ``layer(p, x, segment_ids=None,
+    positions=None) -> (x, moe)`` with ``moe`` the unit's routing statistics (``unit_moe_stats``; {}
+    for a dense unit); ``head(shared, x) -> logits``. Composed, they compute what the model's
+    ``__call__`` does for a deterministic batch, packed rows included (``segment_ids`` and
+    restarting ``positions`` [B, T]), with the same modules and hooks, so a shard_map form's
+    collectives apply inside each piece. ``moe_layers``: MoE layers per unit (0 dense)."""
     embed: Callable
     layer: Callable
     head: Callable
@@ -270,14 +271,14 @@ def pipeline_parts(c: ModelConfig) -> PipelineParts:
     unit = MoEGroup(c, True) if c.moe_every else Block(c, True)
     ln_f = LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, param_dtype=pdtype)
 
-    def embed(shared, tokens):
+    def embed(shared, tokens, positions=None):
         h, T = hooks(), tokens.shape[-1]
         wte, wpe = read_param(shared["wte"], ("vocab", "embed")), read_param(shared["wpe"], ("position", "embed"))
-        x = (h.embed(wte, tokens) + h.positions(wpe, T, None)).astype(dtype)
+        x = (h.embed(wte, tokens) + h.positions(wpe, T, positions)).astype(dtype)
         return constrain(x, ("batch", "seq", "embed"))
 
-    def layer(p, x):
-        (y, _), sown = unit.apply({"params": p}, x, mutable=["moe"])
+    def layer(p, x, segment_ids=None, positions=None):   # GPT-2's positions were added by embed
+        (y, _), sown = unit.apply({"params": p}, x, None, None, segment_ids, mutable=["moe"])
         return y, unit_moe_stats(sown)
 
     def head(shared, x):

@@ -188,12 +188,12 @@ def pipeline_parts(c: ModelConfig) -> PipelineParts:
     dtype = jnp.dtype(c.dtype)
     block, norm = LlamaBlock(c, True), rms_norm("norm", c)
 
-    def embed(shared, tokens):
+    def embed(shared, tokens, positions=None):   # positions enter each layer (RoPE)
         wte = read_param(shared["wte"], ("vocab", "embed"))
         return constrain(hooks().embed(wte, tokens).astype(dtype), ("batch", "seq", "embed"))
 
-    def layer(p, x):
-        return block.apply({"params": p}, x)[0], {}
+    def layer(p, x, segment_ids=None, positions=None):
+        return block.apply({"params": p}, x, None, positions, segment_ids)[0], {}
 
     def head(shared, x):
         x = hooks().dense_in(norm.apply({"params": shared["norm"]}, x), ("embed", "vocab"), 1)

@@ -77,39 +77,52 @@ def make_grads_fn(setup, sched: pipeline.Schedule):
     forward_ring = [(i, (i + 1) % Pn) for i in range(Pn)]
     backward_ring = [(i, (i - 1) % Pn) for i in range(Pn)]
 
-    def chunk_fn(cp, shared, x, tok, first, last):
-        """One chunk of Lc units: ((y, objective), (cross-entropy, MoE sums)). The first embeds ``tok``,
-        the last adds its mean cross-entropy; every chunk adds its MoE layers' auxiliary losses."""
-        x = lax.cond(first, lambda: parts.embed(shared, tok[:, :-1]).astype(x.dtype), lambda: x)
-        stats0 = jax.tree.map(jnp.zeros_like, jax.eval_shape(parts.layer, jax.tree.map(lambda w: w[0], cp), x)[1])
+    def chunk_fn(cp, shared, x, mb, first, last, scale):
+        """One chunk of Lc units on microbatch ``mb``: ((y, objective), (cross-entropy, MoE sums)). The
+        first embeds the tokens, the last adds the cross-entropy (packed rows: Σ w·nll · ``scale``);
+        every chunk adds its MoE layers' auxiliary losses."""
+        tok, seg, pos = mb["tokens"], mb.get("segment_ids"), mb.get("positions")
+        x = lax.cond(first, lambda: parts.embed(shared, tok[:, :-1], pos).astype(x.dtype), lambda: x)
+        layer = lambda lp, h: parts.layer(lp, h, seg, pos)  # noqa: E731
+        stats0 = jax.tree.map(jnp.zeros_like, jax.eval_shape(layer, jax.tree.map(lambda w: w[0], cp), x)[1])
 
         def unit(carry, lp):
             h, acc = carry
-            h, st = parts.layer(lp, h)
+            h, st = layer(lp, h)
             return (h, jax.tree.map(jnp.add, acc, st)), None
 
+        def loss():
+            per_token = nll(parts.head(shared, y), tok[:, 1:])
+            if "weights" in mb:
+                return (jnp.sum(per_token * mb["weights"]) * scale).astype(jnp.float32)
+            return jnp.mean(per_token).astype(jnp.float32)
+
         (y, stats), _ = lax.scan(unit, (x, stats0), cp)
-        ce = lax.cond(last, lambda: jnp.mean(nll(parts.head(shared, y), tok[:, 1:])).astype(jnp.float32),
-                      lambda: jnp.zeros((), jnp.float32))
+        ce = lax.cond(last, loss, lambda: jnp.zeros((), jnp.float32))
         return (y, ce + stats.get("aux", 0.0)), (ce, stats)
 
     def grads_fn(params, batch, rng, ls, scale):
         d = lax.axis_index("stage")
         shared = {k: w for k, w in params.items() if k != "blocks"}
         blocks = jax.tree.map(lambda w: w.reshape(v, Lc, *w.shape[1:]), params["blocks"])
-        tokens = split_micro(batch, M)["tokens"]                              # [M, b, T+1]
+        micro = split_micro(batch, M)                                         # [M, b, ...] each
+        tokens = micro["tokens"]                                              # [M, b, T+1]
         like = jax.eval_shape(parts.embed, shared, tokens[0, :, :-1])
+        # packed rows: ``scale`` makes the mean over devices of Σ w·nll·scale the global weighted mean;
+        # the objective here is a mean over the M microbatches, hence M·scale per microbatch
+        mscale = None if scale is None else scale * M
+        mb0 = jax.tree.map(lambda a: a[0], micro)
         zero = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
         cp_like = jax.tree.map(lambda w: w[0], blocks)
         stats_like = jax.eval_shape(lambda: chunk_fn(cp_like, shared, jnp.zeros(like.shape, like.dtype),
-                                                     tokens[0], True, True)[1][1])
+                                                     mb0, True, True, mscale)[1][1])
         seed = (ls.scale / M).astype(jnp.float32)                            # d(mean over M)/d(objective_m)
 
         def tick(carry, rows):
             xbuf, gbuf, gacc, gsh, ce_sum, st_sum = carry
             kind, r, m, xs, gs, rx, rg = (rows[d, i] for i in range(7))
             cp = jax.tree.map(lambda w: lax.dynamic_index_in_dim(w, r, 0, keepdims=False), blocks)
-            tok = lax.dynamic_index_in_dim(tokens, m, 0, keepdims=False)
+            mb = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, m, 0, keepdims=False), micro)
             first, last = r * Pn + d == 0, r * Pn + d == C - 1
             x = xbuf[xs]
             none = jnp.zeros_like(x)
@@ -119,12 +132,12 @@ def make_grads_fn(setup, sched: pipeline.Schedule):
                 return none, none, f32, zero(stats_like), zero(cp_like), zero(shared)
 
             def fwd():
-                (y, _), (ce, stats) = chunk_fn(cp, shared, x, tok, first, last)
+                (y, _), (ce, stats) = chunk_fn(cp, shared, x, mb, first, last, mscale)
                 return y, none, ce, stats, zero(cp_like), zero(shared)
 
             def bwd():
-                _, vjp, _ = jax.vjp(lambda a, b, xx: chunk_fn(a, b, xx, tok, first, last), cp, shared, x,
-                                    has_aux=True)
+                _, vjp, _ = jax.vjp(lambda a, b, xx: chunk_fn(a, b, xx, mb, first, last, mscale), cp, shared,
+                                    x, has_aux=True)
                 g = jnp.where(last, jnp.zeros_like(x), gbuf[gs])
                 dp, dsh, dx = vjp((g, seed))
                 return none, dx, f32, zero(stats_like), dp, dsh
