@@ -30,6 +30,10 @@ def register(subparsers) -> None:
     p.add_argument("--param-bytes", type=int, default=4, help="bytes per stored parameter (4: f32 master weights)")
     p.add_argument("--opt-bytes", type=int, default=8, help="optimizer bytes per parameter (Adam: 8)")
     p.add_argument("--schedule", default="1f1b", choices=("1f1b", "gpipe"))
+    p.add_argument("--remat", default=None, choices=("none", "dots", "full"), help="only this remat policy "
+                   "(default: all three)")
+    p.add_argument("--no-fsdp", action="store_true", help="leave ZeRO-3 meshes out (Megatron-LM's 3D search: "
+                   "tensor × pipeline × data)")
     p.add_argument("--overlap", default="full", choices=("full", "none"),
                    help="step time reported and ranked by: full = compute, HBM and communication overlap (the "
                         "roofline's max), none = they add up (the sum); both bounds are in --json")
@@ -64,7 +68,8 @@ def cmd_plan(args) -> int:
         raise ConfigError("lineage plan: --chips must be a positive number of chips")
     s = shape_from_args(args)
     out = plan(s, CHIPS[args.chip], args.chips, args.global_batch, param_bytes=args.param_bytes,
-               grad_bytes=args.param_bytes, opt_bytes=args.opt_bytes, schedule=args.schedule, overlap=args.overlap)
+               grad_bytes=args.param_bytes, opt_bytes=args.opt_bytes, schedule=args.schedule, overlap=args.overlap,
+               fsdp=not args.no_fsdp, **({"remats": (args.remat,)} if args.remat else {}))
     if args.json:
         print(json.dumps(out, indent=1, default=float))
         return 0

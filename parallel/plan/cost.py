@@ -16,8 +16,8 @@ microbatches and a remat policy. The formulas are those of docs/parallelism.md, 
   all-reduce 2·Ψ_c·(n−1)/n; ZeRO-3 all-gather forward and (under remat) backward 2·Ψ_c·(n−1)/n plus the
   gradients' reduce-scatter Ψ_c·(n−1)/n (in a pipeline: per microbatch, gathered for each forward and
   each recomputing backward, ``pipeline_zero3_uses``); Megatron TP 4 all-reduces of b·s·h per layer and
-  microbatch and 2 for the vocab-parallel embedding and head, 2·(t−1)/t each (6 and 3 where the
-  forward is recomputed: full remat, or a pipeline); pipeline sends of b·s·h forward and back per microbatch, and the
+  microbatch and 2 for the vocab-parallel embedding and head, 2·(t−1)/t each (6 and 3 under a
+  pipeline, which recomputes the forward; 5 per layer under full remat); pipeline sends of b·s·h forward and back per microbatch, and the
   all-reduce over stages of the weights outside the layer stack (embedding on the first stage,
   head on the last; tied in GPT-2).
 """
@@ -183,15 +183,17 @@ def pipeline_zero3_uses(s: Shape, mesh: dict) -> float:
 
 def tensor_all_reduce_bytes(s: Shape, mesh: dict, *, microbatches: int, rows: int, act_bytes: int = 2,
                             remat: str = "full") -> float:
-    """Megatron's f/g all-reduces of b·s·h per chip and step: per layer 2 in each forward pass and 2
+    """Megatron's f/g all-reduces of b·s·h per chip and step: per layer 2 in the forward pass and 2
     in the backward, plus the vocab-parallel embedding's forward and the head input's backward (on
-    the first / last stage: averaged over the P stages). The forward runs twice where the backward
-    recomputes it — full remat, and always under a pipeline (the executor recomputes each chunk
-    from its stashed input) — so 6 per layer and 3 at the ends instead of 4 and 2."""
+    the first / last stage: averaged over the P stages). What the backward recomputes runs again:
+    under a pipeline the executor recomputes each chunk from its stashed input (both forward
+    all-reduces of every layer, and the embedding's: 6 per layer, 3 at the ends); under full remat
+    a block is recomputed from its input up to what its backward needs — the attention output's
+    all-reduce, not the block output's (5 per layer, as the compiled step shows)."""
     t, P = mesh.get("tensor", 1), mesh.get("stage", 1)
-    passes = 2 if P > 1 or remat == "full" else 1
+    again = 2 if P > 1 else (1 if remat == "full" else 0)
     act = rows * s.seq * s.width * act_bytes
-    return ((2 * passes + 2) * s.layers / P + (passes + 1) / P) * microbatches * 2 * act * ring(t)
+    return ((4 + again) * s.layers / P + (2 + (P > 1)) / P) * microbatches * 2 * act * ring(t)
 
 
 def train_flops(s: Shape, tokens: float, remat: str = "none") -> float:

@@ -2,8 +2,10 @@
 
 Meshes are ``tensor × stage × fsdp × data`` = chips (tensor dividing the heads and staying inside
 one slice / node; stage dividing the layers; fsdp > 1 means ZeRO-3 over data × fsdp, as this
-project's rules shard; tensor > 1 always with sequence parallelism). Microbatches: 1 without a
-pipeline, else P, 2P, 4P, 8P that split each data-parallel rank's rows. Remat: none, dots, full.
+project's rules shard; tensor > 1 always with sequence parallelism; ``fsdp=False`` leaves ZeRO out,
+as Megatron-LM's 3D parallelism does). Microbatches: 1 without a pipeline, else P, 2P, 4P, 8P and
+one row per microbatch (Megatron's b = 1), those that split each data-parallel rank's rows.
+Remat: none, dots, full.
 
 Step time is a roofline (Williams et al. 2009), each term per chip and step, overlapped:
 
@@ -85,7 +87,7 @@ def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int
 
 def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: int = 4, grad_bytes: int = 4,
          opt_bytes: int = 8, act_bytes: int = 2, schedule: str = "1f1b", hbm_fraction: float = 0.9,
-         remats=REMATS, overlap: str = "full") -> dict:
+         remats=REMATS, overlap: str = "full", fsdp: bool = True) -> dict:
     """{"plans": [...] best first, "rejected": [... with "reason"], "assumptions": {...}}; ``overlap``
     picks the step time reported and ranked by (see the module docstring)."""
     if overlap not in OVERLAPS:
@@ -98,16 +100,17 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
         for pp in divisors(chips // tp):
             if s.layers % pp:
                 continue
-            for fsdp in divisors(chips // (tp * pp)):
-                mesh = {"data": chips // (tp * pp * fsdp), "fsdp": fsdp, "tensor": tp, "stage": pp}
-                zero = 3 if fsdp > 1 else 0
-                ranks = mesh["data"] * fsdp
+            for fs in divisors(chips // (tp * pp)) if fsdp else [1]:
+                mesh = {"data": chips // (tp * pp * fs), "fsdp": fs, "tensor": tp, "stage": pp}
+                zero = 3 if fs > 1 else 0
+                ranks = mesh["data"] * fs
                 if global_batch % ranks:
                     rejected.append({"mesh": mesh, "reason": f"global batch {global_batch} does not split over "
                                                               f"data × fsdp = {ranks} ranks"})
                     continue
                 per = global_batch // ranks
-                micros = [1] if pp == 1 else [m for m in (pp, 2 * pp, 4 * pp, 8 * pp) if per % m == 0]
+                micros = [1] if pp == 1 else sorted({m for m in (pp, 2 * pp, 4 * pp, 8 * pp, per)
+                                                     if per % m == 0 and m >= pp})
                 if not micros:
                     rejected.append({"mesh": mesh, "reason": f"{per} sequences per rank do not split into "
                                                               f">= {pp} microbatches"})
@@ -138,7 +141,7 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
                               REMATS.index(p["remat"])))
     return {"plans": plans, "rejected": rejected,
             "assumptions": {"chip": chip.name, "source": chip.source, "chips": chips, "params": n_params(s),
-                            "shape": s.__dict__, "global_batch": global_batch, "schedule": schedule,
+                            "shape": s.__dict__, "global_batch": global_batch, "schedule": schedule, "fsdp": fsdp,
                             "bytes_per_param": {"params": param_bytes, "grads": grad_bytes, "optimizer": opt_bytes},
                             "activation_bytes": act_bytes, "hbm_fraction": hbm_fraction,
                             "overlap": OVERLAP_SAYS[overlap]}}
