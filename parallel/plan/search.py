@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 
 from parallel.plan.chips import Chip
-from parallel.plan.cost import Shape, collective_bytes, memory_per_chip, n_params, tensor_all_reduce_bytes, train_flops
+from parallel.plan.cost import (Shape, collective_bytes, memory_per_chip, n_params, tensor_all_reduce_bytes,
+                                train_flops)
 
 REMATS = ("none", "dots", "full")
 OVERLAPS = ("full", "none")
@@ -64,8 +65,8 @@ def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int
            * (M if P > 1 else 1)) / chip.hbm_bw
     dp_axis = "data" if mesh.get("data", 1) > 1 else "fsdp"
     on = {"all-reduce": None, "all-gather": dp_axis, "reduce-scatter": dp_axis, "collective-permute": "stage"}
-    tp_part = tensor_all_reduce_bytes(s, mesh, microbatches=M, rows=global_batch // (mesh["data"] * mesh["fsdp"] * M),
-                                      act_bytes=act_bytes, remat=remat)
+    rows = global_batch // (mesh["data"] * mesh["fsdp"] * M)
+    tp_part = tensor_all_reduce_bytes(s, mesh, microbatches=M, rows=rows, act_bytes=act_bytes, remat=remat)
     comm_t = {"tensor": tp_part / axis_bandwidth(chip, mesh, "tensor") if tp_part else 0.0,
               "data": (comm["all-reduce"] - tp_part) / axis_bandwidth(chip, mesh, dp_axis),
               "stage": comm["collective-permute"] / axis_bandwidth(chip, mesh, "stage")}

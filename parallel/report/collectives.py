@@ -182,7 +182,8 @@ def collectives_by_op(hlo_text: str) -> list[dict]:
                         "shape": result, "bytes": nbytes, "sent_bytes": _sent(kind, nbytes, n),
                         "replica_groups": groups or "", "group_size": n,
                         "op_name": op_name(attrs),
-                        "in_loop": in_loop, "trip_count": trips if in_loop else 1, "path": paths.get(comp, ())})
+                        "in_loop": in_loop, "trip_count": trips if in_loop else 1,
+                        "path": paths.get(comp, ())})
     return out
 
 
