@@ -92,7 +92,7 @@ def test_composed_equals_one_device(name):
 # stage, their all-to-alls inside the pipeline's ticks)
 MODELS = {
     "llama/PPxTP": (LLAMA, pp("1f1b", 2, 2, tensor=2), 4),
-    "llama/circular": (LLAMA, pp("circular", 2, 2, 2), 2),
+    "llama/circular": (LLAMA + ["model.layers=4"], pp("circular", 2, 2, 2), 2),
     "llama/PPxFSDP": (LLAMA, pp("gpipe", 2, 4, fsdp=2) + ["parallel.zero_stage=3"], 4),
     "moe/PPxEP": (MOE, pp("1f1b", 2, 2, expert=2), 4),
     "moe/PPxEPxDP": (MOE, pp("gpipe", 2, 4, data=2, expert=2), 8),
