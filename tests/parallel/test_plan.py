@@ -117,21 +117,24 @@ def megatron_plan(heads, width, layers, gpus, batch):
 
 def test_planner_reproduces_megatron_3d_configurations():
     """Parameter counts as the table's (within 0.5% from 7.5B up; the two smallest round 1.65B and 3.56B
-    up); the planner's best (t, p, d) is the paper's for 8 of the 10
-    models, and for the other two (310.1B, 529.6B: fewer stages also fit) the paper's is the runner-up within
-    0.5% of the best step time. Every choice keeps tensor parallelism inside a node of 8 (takeaway #1) and
-    grows the pipeline only as the model needs it (takeaway #2)."""
-    exact = 0
+    up). The paper's (t, p, d) takes the planner's best step time for 8 of the 10 models: it is the best
+    plan for 7, and for 1.7B it ties with t = 2 (compute-bound, the same time; the tie-break on
+    communication puts t = 2 first). For the other two (310.1B, 529.6B: fewer stages also fit) the paper's
+    is the runner-up within 0.5%. Every best plan keeps tensor parallelism inside a node of 8 (the
+    paper's takeaway #1) and adds pipeline stages only where the model needs them (takeaway #2)."""
+    best_time, exact = 0, 0
     for name, heads, width, layers, t, p, gpus, batch in MEGATRON_TABLE_1:
         s, out = megatron_plan(heads, width, layers, gpus, batch)
         assert n_params(s) == pytest.approx(float(name[:-1]) * 1e9, rel=0.03 if gpus < 128 else 0.005)
         best = out["plans"][0]
         got = (best["mesh"]["tensor"], best["mesh"]["stage"], best["mesh"]["data"])
         assert best["mesh"]["fsdp"] == 1 and best["mesh"]["tensor"] <= 8
-        if got == (t, p, gpus // (t * p)):
-            exact += 1
-            continue
-        theirs = [x for x in out["plans"] if (x["mesh"]["tensor"], x["mesh"]["stage"]) == (t, p)]
-        assert theirs and theirs[0]["step_time_s"] <= 1.005 * best["step_time_s"], name
-        assert got[0] == t and got[1] < p, name
-    assert exact == 8
+        theirs = [x for x in out["plans"] if (x["mesh"]["tensor"], x["mesh"]["stage"]) == (t, p)][0]
+        exact += got == (t, p, gpus // (t * p))
+        if theirs["step_time_s"] == pytest.approx(best["step_time_s"], rel=1e-9):
+            best_time += 1
+            assert got[1] == p, name                       # a tie moves only the tensor size, never the pipeline
+        else:
+            assert theirs["step_time_s"] <= 1.005 * best["step_time_s"], name
+            assert got[0] == t and got[1] < p, name
+    assert (exact, best_time) == (7, 8)
