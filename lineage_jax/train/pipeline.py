@@ -18,11 +18,16 @@ and this module runs it inside the explicit (``shard_map``) step of ``explicit.p
   ``lax.ppermute`` over ``stage`` (a ring: the circular schedule's last stage feeds the first);
   the table says which slot each arrival goes to.
 
-Embedding, positions and the final norm (``wte``, ``wpe``, ``ln_f``; the head is tied to
-``wte``) are replicated over ``stage``: the first stage's embedding gradient and the last
-stage's head gradient are summed over ``stage`` (one all-reduce of those parameters per step).
-Data, FSDP (ZeRO) and tensor parallelism compose through the same hooks and gradient reduction
-as the explicit form: the pipeline only replaces ``loss_and_grads``.
+The model is cut by ``models.pipeline_parts``: GPT-2 (its scanned unit a block, or with MoE a group
+of ``moe_every`` blocks) or Llama. The parameters outside the stack (GPT-2: ``wte``, ``wpe``,
+``ln_f``, the head tied to ``wte``; Llama: ``wte``, ``norm``, ``lm_head`` when untied) are
+replicated over ``stage``: the first stage's embedding gradient and the last stage's head gradient
+are summed over ``stage`` (one all-reduce of those parameters per step). Every chunk adds its MoE
+layers' auxiliary losses to the objective (their cotangent is seeded on every stage, not only the
+last), and the routing statistics are summed over ``stage`` for the metrics. Packed rows bring
+each microbatch's segment ids and positions to every chunk. Data, FSDP (ZeRO), tensor, sequence
+and expert parallelism compose through the same hooks and gradient reduction as the explicit
+form: the pipeline only replaces ``loss_and_grads``.
 
 Circular keeps the checkpoint's layer order at rest (contiguous blocks per stage); chunk c must
 sit on device c mod P, so the step reorders the stack (parameters and optimizer moments)
