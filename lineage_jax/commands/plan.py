@@ -30,6 +30,13 @@ def register(subparsers) -> None:
     p.add_argument("--param-bytes", type=int, default=4, help="bytes per stored parameter (4: f32 master weights)")
     p.add_argument("--opt-bytes", type=int, default=8, help="optimizer bytes per parameter (Adam: 8)")
     p.add_argument("--schedule", default="1f1b", choices=("1f1b", "gpipe"))
+    p.add_argument("--remat", default=None, choices=("none", "dots", "full"), help="only this remat policy "
+                   "(default: all three)")
+    p.add_argument("--no-fsdp", action="store_true", help="leave ZeRO-3 meshes out (Megatron-LM's 3D search: "
+                   "tensor × pipeline × data)")
+    p.add_argument("--overlap", default="full", choices=("full", "none"),
+                   help="step time reported and ranked by: full = compute, HBM and communication overlap (the "
+                        "roofline's max), none = they add up (the sum); both bounds are in --json")
     p.add_argument("--top", type=int, default=10, help="plans shown (text)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verify", action="store_true", help="compare the formulas with this machine's compiled step")
@@ -61,7 +68,8 @@ def cmd_plan(args) -> int:
         raise ConfigError("lineage plan: --chips must be a positive number of chips")
     s = shape_from_args(args)
     out = plan(s, CHIPS[args.chip], args.chips, args.global_batch, param_bytes=args.param_bytes,
-               grad_bytes=args.param_bytes, opt_bytes=args.opt_bytes, schedule=args.schedule)
+               grad_bytes=args.param_bytes, opt_bytes=args.opt_bytes, schedule=args.schedule, overlap=args.overlap,
+               fsdp=not args.no_fsdp, **({"remats": (args.remat,)} if args.remat else {}))
     if args.json:
         print(json.dumps(out, indent=1, default=float))
         return 0
@@ -73,14 +81,15 @@ def format_plans(out: dict, top: int = 10) -> str:
     a = out["assumptions"]
     lines = [f"{a['params'] / 1e9:.2f}B parameters ({a['shape']['arch']}, {a['shape']['layers']} layers × "
              f"{a['shape']['width']}) on {a['chips']} × {a['chip']}, {a['global_batch']} × {a['shape']['seq']} tokens "
-             f"per step", f"chip figures: {a['source']}", ""]
+             f"per step", f"chip figures: {a['source']}", f"step time: {a['overlap']}", ""]
     if not out["plans"]:
         lines.append("no plan fits; first reasons:")
     for i, p in enumerate(out["plans"][:top]):
+        b = p["step_time_bounds_s"]
         mesh = " ".join(f"{k}={v}" for k, v in p["mesh"].items() if v > 1) or "one chip"
         lines.append(f"{i + 1:>2}. {mesh:<34} M={p['microbatches']:<3} remat={p['remat']:<5} "
                      f"{p['memory_per_chip_bytes'] / 2**30:6.1f} GiB  {p['step_time_s']:8.3f} s  "
-                     f"MFU {p['mfu']:.0%}  {p['reason']}")
+                     f"MFU {p['mfu']:.0%} (bounds {b['full_overlap']:.3g}-{b['no_overlap']:.3g} s)  {p['reason']}")
     reasons = sorted({r["reason"].split(";")[0] if "needs" not in r["reason"] else "too large for the chip"
                       for r in out["rejected"]})
     lines += ["", f"rejected: {len(out['rejected'])} ({'; '.join(reasons[:4])})"]
@@ -113,6 +122,8 @@ def predict_vs_compiled(cfg, devices=None) -> list[dict]:
         comm["collective-permute"] = rep["pipeline"]["permute_bytes_per_device"]
     measured = {"params": rep["params_bytes_per_device"], "opt_state": rep["opt_state_bytes_per_device"]}
     executed = {c["kind"]: c["sent_bytes"] for c in rep.get("collectives_executed", ())}
+    if p.pipeline_stages > 1:   # the tick loop's branches as the schedule runs them, averaged over devices
+        executed = rep["pipeline"]["executed_sent_bytes"]
     out = []
     for k in ("params", "opt_state"):
         out.append(_row(k, predicted[k], measured[k]))

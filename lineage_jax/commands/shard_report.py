@@ -19,6 +19,7 @@ from lineage_jax.train.setup import build, compile_all
 from parallel import distributed
 from parallel import pipeline
 from parallel.report import build as report, plot, theory
+from parallel.report.collectives import collectives_by_op
 from parallel.report.processes import partition_processes
 from parallel.strategies import NAMED
 
@@ -78,6 +79,9 @@ def pipeline_section(setup, rep: dict) -> dict:
     out = pipeline.pipeline_report(schedule_of(cfg), act)
     permutes = [c for c in rep.get("collectives_executed", ()) if c["kind"] == "collective-permute"]
     out["compiled_permute_bytes"] = sum(c["sent_bytes"] for c in permutes) if permutes else None
+    # what runs: the tick loop's branches counted by the schedule, not on every tick
+    out["executed_sent_bytes"] = pipeline.executed_sent_bytes(collectives_by_op(setup.train_step.as_text()),
+                                                              schedule_of(cfg))
     return out
 
 

@@ -63,23 +63,25 @@ def cross_section(cfg: Config) -> None:
 
 
 def pipeline_checks(cfg: Config) -> None:
-    """What the pipeline executor (``lineage_jax/train/pipeline.py``) runs: GPT-2's dense scanned stack,
-    split into ``pipeline_stages × virtual_stages`` equal chunks, one microbatch per op."""
+    """What the pipeline executor (``lineage_jax/train/pipeline.py``) runs: a GPT-2 (dense or MoE) or
+    dense Llama scanned stack, split into ``pipeline_stages × virtual_stages`` equal chunks of whole
+    scanned units (a block, or with MoE a group of ``moe_every`` blocks), one microbatch per op."""
     m, t, p = cfg.model, cfg.train, cfg.parallel
     P, v = p.pipeline_stages, p.virtual_stages
-    if m.layers % (P * v):
+    unit = m.moe_every if m.moe_every and m.arch == "gpt2" else 1
+    if m.layers % (P * v * unit):
+        what = f" (model.moe_every={unit}: units of {unit} blocks)" if unit > 1 else ""
         raise ConfigError(f"model.layers={m.layers} does not split into parallel.pipeline_stages × "
-                          f"parallel.virtual_stages = {P} × {v} = {P * v} equal chunks; use a multiple of {P * v}")
-    refused = [(m.arch != "gpt2", f"model.arch={m.arch}", "model.arch=gpt2"),
-               (bool(m.moe_every), f"model.moe_every={m.moe_every}", "model.moe_every=0"),
+                          f"parallel.virtual_stages = {P} × {v} = {P * v} equal chunks{what}; "
+                          f"use a multiple of {P * v * unit}")
+    refused = [(m.arch == "llama" and bool(m.moe_every), "model.arch=llama with model.moe_every=1 (Mixtral "
+                "balances its router over the whole batch, so microbatches would change its loss)",
+                "model.moe_every=0, or model.arch=gpt2 with MoE groups"),
                (m.dropout > 0, f"model.dropout={m.dropout}", "model.dropout=0"),
                (not m.scan_layers, "model.scan_layers=false", "model.scan_layers=true"),
                (t.grad_accum != 1, f"train.grad_accum={t.grad_accum}",
                 "train.grad_accum=1 (parallel.microbatches splits the batch)"),
-               (t.nan_policy == "skip", "train.nan_policy=skip", "train.nan_policy=stop"),
-               (p.sequence_parallel, "parallel.sequence_parallel=true", "parallel.sequence_parallel=false"),
-               ((bool(cfg.data.prepared_dir) or cfg.data.mixture_prepared()) and cfg.data.segment_mask,
-                "packed rows (data.segment_mask=true)", "data.segment_mask=false")]
+               (t.nan_policy == "skip", "train.nan_policy=skip", "train.nan_policy=stop")]
     for bad, what, use in refused:
         if bad:
             raise ConfigError(f"parallel.pipeline_stages={P}: the pipeline does not run {what} yet; use {use}")

@@ -1,6 +1,7 @@
 """Models: Flax linen modules used purely, parameters annotated with logical axis names."""
 from lineage_jax.config import ModelConfig
-from lineage_jax.models.gpt import GPT, count_params
+from lineage_jax.models import gpt, llama
+from lineage_jax.models.gpt import GPT, PipelineParts, count_params
 from lineage_jax.models.llama import Llama
 
 
@@ -15,4 +16,9 @@ def build(cfg: ModelConfig):
     return GPT(cfg)
 
 
-__all__ = ["GPT", "Llama", "build", "count_params"]
+def pipeline_parts(cfg: ModelConfig) -> PipelineParts:
+    """The decoder of ``cfg.arch`` cut into embedding, one stack unit and head, for the pipeline executor."""
+    return (llama if cfg.arch == "llama" else gpt).pipeline_parts(cfg)
+
+
+__all__ = ["GPT", "Llama", "PipelineParts", "build", "count_params", "pipeline_parts"]

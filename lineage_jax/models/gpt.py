@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -228,42 +229,74 @@ class GPT(nn.Module):
 
 
 class PipelineParts(NamedTuple):
-    """GPT-2 cut where a pipeline cuts it (``lineage_jax/train/pipeline.py``): ``shared`` is the
-    parameters less ``blocks`` (wte, wpe, ln_f), ``layer`` one slice of the scanned stack.
+    """A decoder cut where a pipeline cuts it (``lineage_jax/train/pipeline.py``): ``shared`` is the
+    parameters less ``blocks`` (GPT-2: wte, wpe, ln_f; Llama: wte, norm, lm_head when untied),
+    ``layer`` one slice of the scanned stack (a block, or with MoE a group of ``moe_every`` blocks).
 
-    ``embed(shared, tokens) -> x`` [B, T, D]; ``layer(p, x) -> x``; ``head(shared, x) -> logits``.
-    Composed, they compute what ``GPT.__call__`` does for a dense, deterministic, unpacked batch
-    (the same modules and hooks, so a shard_map form's collectives apply inside each piece)."""
+    ``embed(shared, tokens, positions=None) -> x`` [B, T, D]; ``layer(p, x, segment_ids=None,
+    positions=None) -> (x, moe)`` with ``moe`` the unit's routing statistics (``unit_moe_stats``; {}
+    for a dense unit); ``head(shared, x) -> logits``. Composed, they compute what the model's
+    ``__call__`` does for a deterministic batch, packed rows included (``segment_ids`` and
+    restarting ``positions`` [B, T]), with the same modules and hooks, so a shard_map form's
+    collectives apply inside each piece. ``moe_layers``: MoE layers per unit (0 dense)."""
     embed: Callable
     layer: Callable
     head: Callable
+    moe_layers: int = 0
+
+
+def read_param(w, axes):
+    """A parameter as ``nn.hooks.param`` hands it to the module: through the hook, then constrained."""
+    return constrain(hooks().param(w, axes), axes)
+
+
+def unit_moe_stats(sown) -> dict:
+    """The ``moe`` collection one stack unit sowed -> {"aux": Σ aux losses, "load": Σ per-layer
+    normalised loads [E], "dropped": Σ dropped fractions}: sums, so a pipeline can add them over
+    units, chunks and microbatches and divide once ({} for a dense unit)."""
+    flat = flax.traverse_util.flatten_dict(sown.get("moe", {}))
+    pick = lambda name: [leaf for key, vals in flat.items() if key[-1] == name for leaf in vals]  # noqa: E731
+    aux, load, dropped = pick("aux_loss"), pick("load"), pick("dropped_fraction")
+    if not aux:
+        return {}
+    load = jnp.stack([jnp.reshape(x, (-1,)) for x in load])                            # [MoE layers, E]
+    load = load / jnp.maximum(jnp.sum(load, axis=-1, keepdims=True), 1.0)
+    return {"aux": sum(jnp.sum(a) for a in aux).astype(jnp.float32), "load": jnp.sum(load, axis=0),
+            "dropped": sum(jnp.sum(d) for d in dropped).astype(jnp.float32)}
 
 
 def pipeline_parts(c: ModelConfig) -> PipelineParts:
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-    V, block = padded_vocab(c), Block(c, True)
+    V = padded_vocab(c)
+    unit = MoEGroup(c, True) if c.moe_every else Block(c, True)
     ln_f = LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, param_dtype=pdtype)
-    used = lambda w, axes: constrain(hooks().param(w, axes), axes)   # noqa: E731  (as nn.hooks.param reads it)
 
-    def embed(shared, tokens):
+    def embed(shared, tokens, positions=None):
         h, T = hooks(), tokens.shape[-1]
-        wte, wpe = used(shared["wte"], ("vocab", "embed")), used(shared["wpe"], ("position", "embed"))
-        x = (h.embed(wte, tokens) + h.positions(wpe, T, None)).astype(dtype)
+        wte, wpe = read_param(shared["wte"], ("vocab", "embed")), read_param(shared["wpe"], ("position", "embed"))
+        x = (h.embed(wte, tokens) + h.positions(wpe, T, positions)).astype(dtype)
         return constrain(x, ("batch", "seq", "embed"))
 
-    def layer(p, x):
-        return block.apply({"params": p}, x)[0]
+    def layer(p, x, segment_ids=None, positions=None):   # GPT-2's positions were added by embed
+        (y, _), sown = unit.apply({"params": p}, x, None, None, segment_ids, mutable=["moe"])
+        return y, unit_moe_stats(sown)
 
     def head(shared, x):
         h = hooks()
         x = h.dense_in(ln_f.apply({"params": shared["ln_f"]}, x), ("embed", "vocab"), 1)
-        logits = constrain(linear(x, used(shared["wte"], ("vocab", "embed")).astype(dtype), True),
+        logits = constrain(linear(x, read_param(shared["wte"], ("vocab", "embed")).astype(dtype), True),
                            ("batch", "length", "vocab"))
-        if V > c.vocab_size:
-            logits = jnp.where(h.index(logits.shape[-1], "vocab") < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
-        return logits
+        return mask_padded_vocab(c, logits)
 
-    return PipelineParts(embed, layer, head)
+    return PipelineParts(embed, layer, head, 1 if c.moe_every else 0)
+
+
+def mask_padded_vocab(c: ModelConfig, logits):
+    """Padding rows of the vocabulary are never predicted (their logits set to the dtype's minimum)."""
+    if padded_vocab(c) > c.vocab_size:
+        logits = jnp.where(hooks().index(logits.shape[-1], "vocab") < c.vocab_size, logits,
+                           jnp.finfo(logits.dtype).min)
+    return logits
 
 
 def is_moe(c: ModelConfig, i: int) -> bool:

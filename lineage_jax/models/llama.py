@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from lineage_jax.attention.mha import attention as grouped_attention
 from lineage_jax.attention.positions import rope_rotate_half
 from lineage_jax.config import ModelConfig, ffn_dim
-from lineage_jax.models.gpt import REMAT_POLICIES, padded_vocab
+from lineage_jax.models.gpt import REMAT_POLICIES, PipelineParts, mask_padded_vocab, padded_vocab, read_param
 from lineage_jax.models.mixtral import SparseMoE
 from lineage_jax.attention.backend import attend_causal
 from lineage_jax.nn import Dense, RMSNorm, SwiGLU, constrain, hooks, linear, param
@@ -177,3 +177,30 @@ class Llama(nn.Module):
         if V > c.vocab_size:  # padding rows are never predicted
             logits = jnp.where(h.index(logits.shape[-1], "vocab") < c.vocab_size, logits, jnp.finfo(logits.dtype).min)
         return logits if cache is None else (logits, cache._replace(k=kv[0], v=kv[1]))
+
+
+def pipeline_parts(c: ModelConfig) -> PipelineParts:
+    """Llama cut where a pipeline cuts it (``gpt.PipelineParts``): the embedding on the first chunk,
+    ``LlamaBlock`` per layer (RoPE from positions 0 … T−1, GQA, SwiGLU, RMSNorm), the final RMSNorm
+    and the head (tied to ``wte`` or the separate ``lm_head``) on the last. Dense only: Mixtral's
+    router balances over every token of the batch, so splitting it into microbatches changes
+    its balance loss (``config/checks.py`` refuses it under a pipeline)."""
+    dtype = jnp.dtype(c.dtype)
+    block, norm = LlamaBlock(c, True), rms_norm("norm", c)
+
+    def embed(shared, tokens, positions=None):   # positions enter each layer (RoPE)
+        wte = read_param(shared["wte"], ("vocab", "embed"))
+        return constrain(hooks().embed(wte, tokens).astype(dtype), ("batch", "seq", "embed"))
+
+    def layer(p, x, segment_ids=None, positions=None):
+        return block.apply({"params": p}, x, None, positions, segment_ids)[0], {}
+
+    def head(shared, x):
+        x = hooks().dense_in(norm.apply({"params": shared["norm"]}, x), ("embed", "vocab"), 1)
+        if c.tied:
+            logits = linear(x, read_param(shared["wte"], ("vocab", "embed")).astype(dtype), True)
+        else:
+            logits = linear(x, read_param(shared["lm_head"], ("embed", "vocab")).astype(dtype))
+        return mask_padded_vocab(c, constrain(logits, ("batch", "length", "vocab")))
+
+    return PipelineParts(embed, layer, head)

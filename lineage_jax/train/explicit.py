@@ -128,8 +128,9 @@ class Layout:
         return x
 
     def tp_partial(self, names) -> bool:
-        """With SP a parameter replicated over tensor was used on sequence shards: partial gradient."""
-        return bool(self.tp) and self.sp and not any(self.on("compute", n) for n in names)
+        """With SP a parameter replicated over tensor was used on sequence shards: partial gradient.
+        (Only the tensor axes count: a pipeline's layer stack is split over ``stage``, not tensor.)"""
+        return bool(self.tp) and self.sp and not any(a in self.tp for n in names for a in self.on("compute", n))
 
     # ------------------------------------------------------------------ the model's hooks
     def hooks(self) -> dict:

@@ -5,10 +5,16 @@ The executor (``lineage_jax/train/pipeline.py``) permutes one activation buffer 
 cotangent buffer backward every tick, busy or idle (a static program), so the compiled
 collective-permutes move 2 · ticks · (b·T·D bytes) per device per step; of these the schedule's
 useful transfers are M·(C − 1) each way over all P devices.
+
+The compiled program's own execution counts (XLA's trip counts) would charge every collective
+inside the tick loop's ``lax.switch`` on every tick; ``executed_sent_bytes`` counts what runs:
+the forward branch on the M·v forward ticks of a device, the backward branch on its M·v backward
+ticks, and the first / last chunk's ``lax.cond`` (embedding, head and loss) on 1 of the C chunks,
+averaged over the devices.
 """
 from __future__ import annotations
 
-from parallel.pipeline.schedule import Schedule, bubble_formula, bubble_ratio
+from parallel.pipeline.schedule import BWD, FWD, IDLE, Schedule, bubble_formula, bubble_ratio
 
 
 def pipeline_report(s: Schedule, activation_bytes: int) -> dict:
@@ -38,3 +44,41 @@ def format_pipeline(p: dict, compiled_permute_bytes: int | None = None) -> list[
              f"{fmt_bytes(p['permute_bytes_per_device'])}/device (formula 2·ticks·b·T·D)"
              + (f", compiled {fmt_bytes(compiled_permute_bytes)}" if compiled_permute_bytes is not None else "")]
     return lines
+
+
+def op_executions(path: tuple, s: Schedule) -> float | None:
+    """How many times per step, on average over the devices, an instruction runs whose enclosing
+    frames are ``path`` (``parallel.report.hlo.call_paths``); None outside the tick loop (the
+    ordinary trip counts apply). The tick loop is the loop of ``s.ticks`` iterations whose body
+    switches three ways (idle, forward, backward); a two-way branch inside it is the first / last
+    chunk's ``lax.cond``: its true branch runs for 1 of the C chunks."""
+    C = s.stages * s.virtual
+    per_kind = {IDLE: s.ticks - 2 * s.microbatches * s.virtual, FWD: s.microbatches * s.virtual,
+                BWD: s.microbatches * s.virtual}
+    for i, frame in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if frame == ("while", s.ticks) and nxt[0] == "branch" and nxt[2] == 3:
+            n = 1.0
+            for f in path[:i]:
+                n *= f[1] if f[0] == "while" and f[1] else 1
+            n *= per_kind[nxt[1]]
+            for f in path[i + 2:]:
+                if f[0] == "while":
+                    n *= f[1] or 1
+                elif f[2] == 2:
+                    n *= 1 / C if f[1] == 1 else (C - 1) / C
+            return n
+    return None
+
+
+def executed_sent_bytes(ops: list[dict], s: Schedule) -> dict[str, float]:
+    """Bytes each device sends per step by collective kind, averaged over the devices: entries of
+    ``parallel.report.collectives.collectives_by_op`` counted by ``op_executions`` inside the tick
+    loop and by their trip counts elsewhere."""
+    out: dict[str, float] = {}
+    for op in ops:
+        n = op_executions(op.get("path", ()), s)
+        if n is None:
+            n = (op.get("trip_count") or 1) if op["in_loop"] else 1
+        out[op["kind"]] = out.get(op["kind"], 0.0) + op["sent_bytes"] * n
+    return out

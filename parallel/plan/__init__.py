@@ -3,7 +3,7 @@ formulas (``cost.py``), and the enumeration and roofline ranking (``search.py``)
 from parallel.plan.chips import CHIPS, Chip
 from parallel.plan.cost import (Shape, collective_bytes, memory_per_chip, n_params, per_chip_params,
                                 shape_for_params, train_flops, weight_groups)
-from parallel.plan.search import REMATS, plan, step_time
+from parallel.plan.search import OVERLAPS, REMATS, plan, step_time
 
-__all__ = ["CHIPS", "Chip", "REMATS", "Shape", "collective_bytes", "memory_per_chip", "n_params", "per_chip_params",
+__all__ = ["CHIPS", "Chip", "OVERLAPS", "REMATS", "Shape", "collective_bytes", "memory_per_chip", "n_params", "per_chip_params",
            "plan", "shape_for_params", "step_time", "train_flops", "weight_groups"]

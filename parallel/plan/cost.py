@@ -14,8 +14,10 @@ microbatches and a remat policy. The formulas are those of docs/parallelism.md, 
   stage holds (1F1B: P; GPipe: M; no pipeline: 1);
 * collectives per chip and step (ring algorithms, bytes each chip sends): data parallel
   all-reduce 2·Ψ_c·(n−1)/n; ZeRO-3 all-gather forward and (under remat) backward 2·Ψ_c·(n−1)/n plus the
-  gradients' reduce-scatter Ψ_c·(n−1)/n; Megatron TP 4 all-reduces of b·s·h per layer and
-  microbatch and 2 for the vocab-parallel embedding and head, 2·(t−1)/t each; pipeline sends of b·s·h forward and back per microbatch, and the
+  gradients' reduce-scatter Ψ_c·(n−1)/n (in a pipeline: per microbatch, gathered for each forward and
+  each recomputing backward, ``pipeline_zero3_uses``); Megatron TP 4 all-reduces of b·s·h per layer and
+  microbatch and 2 for the vocab-parallel embedding and head, 2·(t−1)/t each (6 and 3 under a
+  pipeline, which recomputes the forward; 5 per layer under full remat); pipeline sends of b·s·h forward and back per microbatch, and the
   all-reduce over stages of the weights outside the layer stack (embedding on the first stage,
   head on the last; tied in GPT-2).
 """
@@ -134,7 +136,11 @@ def collective_bytes(s: Shape, mesh: dict, *, zero: int, microbatches: int, rows
            "collective-permute": 0.0}
     if not zero:
         psi = _split(s, mesh, False)
-    if zero >= 3:
+    if zero >= 3 and P > 1:
+        uses = microbatches * pipeline_zero3_uses(s, mesh)
+        out["all-gather"] += 2 * uses * param_bytes * ring(n)
+        out["reduce-scatter"] += uses * grad_bytes * ring(n)
+    elif zero >= 3:
         out["all-gather"] += (1 if remat == "none" else 2) * psi * param_bytes * ring(n)
         out["reduce-scatter"] += psi * grad_bytes * ring(n)
     elif zero == 2:
@@ -145,16 +151,49 @@ def collective_bytes(s: Shape, mesh: dict, *, zero: int, microbatches: int, rows
         out["all-gather"] += psi * param_bytes * ring(n)
     else:
         out["all-reduce"] += 2 * psi * grad_bytes * ring(n)
+    out["all-reduce"] += tensor_all_reduce_bytes(s, mesh, microbatches=microbatches, rows=rows, act_bytes=act_bytes,
+                                                 remat=remat)
     act = rows * s.seq * s.width * act_bytes
-    # Megatron's f/g: 2 all-reduces per layer forward, 2 backward; plus the vocab-parallel embedding's
-    # forward and the head input's backward (on the first / last stage: counted once per step)
-    out["all-reduce"] += (4 * s.layers / P + 2 / P) * microbatches * 2 * act * ring(t)
     if P > 1:
         out["collective-permute"] += 2 * microbatches * act
-        shared = sum(n / t ** ("tensor" in axes) for _, n, axes in weight_groups(s) if "stage" not in axes)
+        shared = sum(k / t ** ("tensor" in axes) for _, k, axes in weight_groups(s) if "stage" not in axes)
+        if zero >= 3:   # their gradients arrive reduce-scattered over data × fsdp: the shards are summed
+            shared /= n
         out["all-reduce"] += 2 * shared * grad_bytes * ring(P)   # embedding (first) + head (last stage)
     out["total"] = sum(out.values())
     return out
+
+
+def pipeline_zero3_uses(s: Shape, mesh: dict) -> float:
+    """Parameters one chip gathers per microbatch under ZeRO-3 in a pipeline, averaged over the stages.
+
+    The executor gathers a chunk's weights for each forward op and again for its backward (which
+    recomputes the chunk), and reduce-scatters their gradients once per backward: per microbatch,
+    the stage's layers, plus the weights outside the stack where they are used — the embedding (and
+    GPT-2's positions) on the first stage, the final norm and head on the last (GPT-2's tied ``wte``
+    in both), each on 1 of the P stages."""
+    t, P = mesh.get("tensor", 1), mesh.get("stage", 1)
+    per = lambda k, axes: k / (t if "tensor" in axes else 1) / (P if "stage" in axes else 1)  # noqa: E731
+    groups = weight_groups(s)
+    stack = sum(per(k, axes) for _, k, axes in groups if "zero" in axes and "stage" in axes)
+    ends = sum(per(k, axes) for _, k, axes in groups if "zero" in axes and "stage" not in axes)
+    ends += sum(per(k, axes) for name, k, axes in groups if name == "wte")   # tied: the head reads it again
+    return stack + ends / P
+
+
+def tensor_all_reduce_bytes(s: Shape, mesh: dict, *, microbatches: int, rows: int, act_bytes: int = 2,
+                            remat: str = "full") -> float:
+    """Megatron's f/g all-reduces of b·s·h per chip and step: per layer 2 in the forward pass and 2
+    in the backward, plus the vocab-parallel embedding's forward and the head input's backward (on
+    the first / last stage: averaged over the P stages). What the backward recomputes runs again:
+    under a pipeline the executor recomputes each chunk from its stashed input (both forward
+    all-reduces of every layer, and the embedding's: 6 per layer, 3 at the ends); under full remat
+    a block is recomputed from its input up to what its backward needs — the attention output's
+    all-reduce, not the block output's (5 per layer, as the compiled step shows)."""
+    t, P = mesh.get("tensor", 1), mesh.get("stage", 1)
+    again = 2 if P > 1 else (1 if remat == "full" else 0)
+    act = rows * s.seq * s.width * act_bytes
+    return ((4 + again) * s.layers / P + (2 + (P > 1)) / P) * microbatches * 2 * act * ring(t)
 
 
 def train_flops(s: Shape, tokens: float, remat: str = "none") -> float:

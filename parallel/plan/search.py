@@ -2,8 +2,10 @@
 
 Meshes are ``tensor × stage × fsdp × data`` = chips (tensor dividing the heads and staying inside
 one slice / node; stage dividing the layers; fsdp > 1 means ZeRO-3 over data × fsdp, as this
-project's rules shard; tensor > 1 always with sequence parallelism). Microbatches: 1 without a
-pipeline, else P, 2P, 4P, 8P that split each data-parallel rank's rows. Remat: none, dots, full.
+project's rules shard; tensor > 1 always with sequence parallelism; ``fsdp=False`` leaves ZeRO out,
+as Megatron-LM's 3D parallelism does). Microbatches: 1 without a pipeline, else P, 2P, 4P, 8P and
+one row per microbatch (Megatron's b = 1), those that split each data-parallel rank's rows.
+Remat: none, dots, full.
 
 Step time is a roofline (Williams et al. 2009), each term per chip and step, overlapped:
 
@@ -15,15 +17,25 @@ Step time is a roofline (Williams et al. 2009), each term per chip and step, ove
   innermost, then fsdp, data, stage), else the slow network (DCN / InfiniBand).
 
 The largest term names the bound. MFU = 6·N·tokens / (chips · peak · step time).
+
+Two step times bound the truth: with **full overlap** (compute, HBM traffic and communication run
+at once) the step takes the largest term, max(terms) — the roofline, the time the plan reports
+and ranks by default (``overlap="full"``); with **no overlap** (each waits for the others) it
+takes their sum, Σ terms, at most 3× the first. Both are in every plan (``step_time_bounds_s``,
+``mfu_bounds``); ``overlap="none"`` reports and ranks by the pessimistic one instead. Real runs
+sit between: XLA overlaps collectives it can schedule asynchronously (FSDP gathers, DP
+reductions) but not a tensor-parallel all-reduce whose result the next matmul needs.
 """
 from __future__ import annotations
 
 import math
 
 from parallel.plan.chips import Chip
-from parallel.plan.cost import Shape, collective_bytes, memory_per_chip, n_params, train_flops
+from parallel.plan.cost import (Shape, collective_bytes, memory_per_chip, n_params, tensor_all_reduce_bytes,
+                                train_flops)
 
 REMATS = ("none", "dots", "full")
+OVERLAPS = ("full", "none")
 INNER_TO_OUTER = ("tensor", "fsdp", "data", "stage")
 GiB = 2**30
 
@@ -39,8 +51,11 @@ def axis_bandwidth(chip: Chip, mesh: dict, axis: str) -> float:
 
 
 def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int, microbatches: int, remat: str,
-              mem: dict, comm: dict, act_bytes: int = 2) -> dict:
-    """The roofline's three terms, the step time, MFU and the bound with its reason."""
+              mem: dict, comm: dict, act_bytes: int = 2, overlap: str = "full") -> dict:
+    """The roofline's three terms, the step time (``overlap``: "full" = max of the terms, "none" =
+    their sum), both bounds, MFU and the bound with its reason."""
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap={overlap!r}: allowed {', '.join(OVERLAPS)}")
     P, M = mesh.get("stage", 1), microbatches
     tokens = global_batch * s.seq
     bubble = (P - 1) / (M + P - 1)
@@ -50,8 +65,8 @@ def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int
            * (M if P > 1 else 1)) / chip.hbm_bw
     dp_axis = "data" if mesh.get("data", 1) > 1 else "fsdp"
     on = {"all-reduce": None, "all-gather": dp_axis, "reduce-scatter": dp_axis, "collective-permute": "stage"}
-    tp_part = (4 * s.layers / P + 2 / P) * M * 2 * (global_batch // (mesh["data"] * mesh["fsdp"] * M)) * s.seq * s.width \
-        * act_bytes * ((mesh["tensor"] - 1) / mesh["tensor"])
+    rows = global_batch // (mesh["data"] * mesh["fsdp"] * M)
+    tp_part = tensor_all_reduce_bytes(s, mesh, microbatches=M, rows=rows, act_bytes=act_bytes, remat=remat)
     comm_t = {"tensor": tp_part / axis_bandwidth(chip, mesh, "tensor") if tp_part else 0.0,
               "data": (comm["all-reduce"] - tp_part) / axis_bandwidth(chip, mesh, dp_axis),
               "stage": comm["collective-permute"] / axis_bandwidth(chip, mesh, "stage")}
@@ -60,19 +75,24 @@ def step_time(s: Shape, chip: Chip, chips: int, mesh: dict, *, global_batch: int
     communication = sum(comm_t.values())
     terms = {"compute": compute, "memory": hbm, "communication": communication}
     bound = max(terms, key=terms.get)
-    step = terms[bound]
-    mfu = 6 * n_params(s) * tokens / (chips * chip.flops * step)
+    bounds = {"full_overlap": terms[bound], "no_overlap": sum(terms.values())}
+    step = bounds["full_overlap" if overlap == "full" else "no_overlap"]
+    useful = 6 * n_params(s) * tokens / (chips * chip.flops)
     worst = max(comm_t, key=comm_t.get)
     reason = (f"{bound}-bound: compute {compute:.3g} s (bubble {bubble:.0%}), HBM {hbm:.3g} s, communication "
               f"{communication:.3g} s (most on {worst})")
-    return {"step_time_s": step, "mfu": mfu, "bound": bound, "reason": reason, "bubble": bubble,
-            "terms_s": terms}
+    return {"step_time_s": step, "mfu": useful / step, "bound": bound, "reason": reason, "bubble": bubble,
+            "terms_s": terms, "step_time_bounds_s": bounds,
+            "mfu_bounds": {k: useful / t for k, t in bounds.items()}}
 
 
 def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: int = 4, grad_bytes: int = 4,
          opt_bytes: int = 8, act_bytes: int = 2, schedule: str = "1f1b", hbm_fraction: float = 0.9,
-         remats=REMATS) -> dict:
-    """{"plans": [...] best first, "rejected": [... with "reason"], "assumptions": {...}}."""
+         remats=REMATS, overlap: str = "full", fsdp: bool = True) -> dict:
+    """{"plans": [...] best first, "rejected": [... with "reason"], "assumptions": {...}}; ``overlap``
+    picks the step time reported and ranked by (see the module docstring)."""
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap={overlap!r}: allowed {', '.join(OVERLAPS)}")
     plans, rejected = [], []
     budget = hbm_fraction * chip.hbm_bytes
     for tp in divisors(chips):
@@ -81,16 +101,17 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
         for pp in divisors(chips // tp):
             if s.layers % pp:
                 continue
-            for fsdp in divisors(chips // (tp * pp)):
-                mesh = {"data": chips // (tp * pp * fsdp), "fsdp": fsdp, "tensor": tp, "stage": pp}
-                zero = 3 if fsdp > 1 else 0
-                ranks = mesh["data"] * fsdp
+            for fs in divisors(chips // (tp * pp)) if fsdp else [1]:
+                mesh = {"data": chips // (tp * pp * fs), "fsdp": fs, "tensor": tp, "stage": pp}
+                zero = 3 if fs > 1 else 0
+                ranks = mesh["data"] * fs
                 if global_batch % ranks:
                     rejected.append({"mesh": mesh, "reason": f"global batch {global_batch} does not split over "
                                                               f"data × fsdp = {ranks} ranks"})
                     continue
                 per = global_batch // ranks
-                micros = [1] if pp == 1 else [m for m in (pp, 2 * pp, 4 * pp, 8 * pp) if per % m == 0]
+                micros = [1] if pp == 1 else sorted({m for m in (pp, 2 * pp, 4 * pp, 8 * pp, per)
+                                                     if per % m == 0 and m >= pp})
                 if not micros:
                     rejected.append({"mesh": mesh, "reason": f"{per} sequences per rank do not split into "
                                                               f">= {pp} microbatches"})
@@ -113,7 +134,7 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
                                                 remat=remat)
                         entry.update(collective_bytes=comm, **step_time(
                             s, chip, chips, mesh, global_batch=global_batch, microbatches=M, remat=remat, mem=mem,
-                            comm=comm, act_bytes=act_bytes))
+                            comm=comm, act_bytes=act_bytes, overlap=overlap))
                         plans.append(entry)
     sig = lambda x: float(f"{x:.9g}")   # noqa: E731  (near-ties are ties, whatever the time unit)
     plans.sort(key=lambda p: (sig(p["step_time_s"]), sig(p["terms_s"]["communication"]),
@@ -121,7 +142,13 @@ def plan(s: Shape, chip: Chip, chips: int, global_batch: int, *, param_bytes: in
                               REMATS.index(p["remat"])))
     return {"plans": plans, "rejected": rejected,
             "assumptions": {"chip": chip.name, "source": chip.source, "chips": chips, "params": n_params(s),
-                            "shape": s.__dict__, "global_batch": global_batch, "schedule": schedule,
+                            "shape": s.__dict__, "global_batch": global_batch, "schedule": schedule, "fsdp": fsdp,
                             "bytes_per_param": {"params": param_bytes, "grads": grad_bytes, "optimizer": opt_bytes},
                             "activation_bytes": act_bytes, "hbm_fraction": hbm_fraction,
-                            "overlap": "compute, HBM and communication overlap fully (roofline)"}}
+                            "overlap": OVERLAP_SAYS[overlap]}}
+
+
+OVERLAP_SAYS = {"full": "step_time_s and mfu assume compute, HBM and communication overlap fully (the roofline, "
+                        "max of the terms: a lower bound on the time); step_time_bounds_s.no_overlap is the sum",
+                "none": "step_time_s and mfu assume nothing overlaps (the sum of the terms: an upper bound on the "
+                        "time); step_time_bounds_s.full_overlap is the roofline's max"}

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from parallel.report.hlo import attr, called, ints, loop_context, op_name, parse_module, shape_bytes
+from parallel.report.hlo import attr, call_paths, called, ints, loop_context, op_name, parse_module, shape_bytes
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
          "ragged-all-to-all", "collective-broadcast")
@@ -119,8 +119,9 @@ def collectives_by_op(hlo_text: str) -> list[dict]:
     ``bytes``, ``sent_bytes``, ``replica_groups`` (raw text; ``source_target_pairs`` for a
     collective-permute), ``group_size`` (devices per group; 2 for a permute's pairs), ``op_name`` (from ``metadata``, '' if absent),
     ``in_loop`` (inside a ``while`` body/condition, i.e. a ``scan``: executes once per
-    iteration though it appears once) and ``trip_count`` (product of the enclosing loops'
-    ``known_trip_count``; None when unknown, 1 outside loops).
+    iteration though it appears once), ``trip_count`` (product of the enclosing loops'
+    ``known_trip_count``; None when unknown, 1 outside loops) and ``path`` (the enclosing loops
+    and conditional branches, ``hlo.call_paths``).
 
     ``bytes`` is the size of the array(s) the collective works on, per device, one execution:
       all-reduce          operand size (= result size)
@@ -150,6 +151,7 @@ def collectives_by_op(hlo_text: str) -> list[dict]:
             if ins["opcode"].endswith("-start") and ins["opcode"] != "async-start":
                 wrapped.update(c for _, c in called(ins["attrs"], comps))
     ctx = loop_context(comps, entry)
+    paths = call_paths(comps, entry)
     out = []
     for comp, body in comps.items():
         if comp in wrapped:
@@ -180,7 +182,8 @@ def collectives_by_op(hlo_text: str) -> list[dict]:
                         "shape": result, "bytes": nbytes, "sent_bytes": _sent(kind, nbytes, n),
                         "replica_groups": groups or "", "group_size": n,
                         "op_name": op_name(attrs),
-                        "in_loop": in_loop, "trip_count": trips if in_loop else 1})
+                        "in_loop": in_loop, "trip_count": trips if in_loop else 1,
+                        "path": paths.get(comp, ())})
     return out
 
 

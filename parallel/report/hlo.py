@@ -231,6 +231,39 @@ def loop_context(comps, entry) -> dict[str, tuple[bool, int | None]]:
     return ctx
 
 
+def call_paths(comps, entry) -> dict[str, tuple]:
+    """Computation -> the frames that enclose it, outermost first: ``("while", known trip count or
+    None)`` for a loop body or condition, ``("branch", index, branches)`` for a conditional's branch
+    (``lax.switch`` / ``lax.cond``: branch 1 of a cond is its true branch). The first path found
+    where a computation is called from several places (what a per-tick count of a pipeline's
+    ``lax.switch`` needs: ``parallel/pipeline/report.py``)."""
+    paths: dict[str, tuple] = {}
+    stack = [(entry, ())] if entry else []
+    while stack:
+        comp, path = stack.pop()
+        if comp in paths:
+            continue
+        paths[comp] = path
+        for ins in comps.get(comp, ()):
+            calls = called(ins["attrs"], comps)
+            if ins["opcode"] == "conditional":
+                branches = [c for k, c in calls if k in ("branch_computations", "false_computation",
+                                                          "true_computation")]
+                if any(k == "true_computation" for k, _ in calls):   # (pred, true, false): false is branch 0
+                    branches = [c for k, c in calls if k == "false_computation"] + \
+                               [c for k, c in calls if k == "true_computation"]
+                for i, callee in enumerate(branches):
+                    stack.append((callee, path + (("branch", i, len(branches)),)))
+                continue
+            for key, callee in calls:
+                if ins["opcode"] == "while" and key in ("body", "condition"):
+                    t = _TRIP.search(ins["attrs"])
+                    stack.append((callee, path + (("while", int(t.group(1)) if t else None),)))
+                else:
+                    stack.append((callee, path))
+    return paths
+
+
 def op_name(attrs: str) -> str:
     """An instruction's ``metadata`` ``op_name`` (JAX's name stack: named scopes, jvp, transpose); '' if absent."""
     m = _OP_NAME.search(attrs)

@@ -100,3 +100,21 @@ def test_pipeline_report_counts_from_the_table():
     assert rep["useful_bytes_per_device"] == 24 * 1000 // 4
     assert rep["permute_bytes_per_device"] == 2 * 14 * 1000
     assert "bubble: 3/7" in "\n".join(format_pipeline(rep))
+
+
+def test_op_executions_count_the_tick_loops_branches_as_the_schedule_runs_them():
+    """Inside the tick loop's three-way switch, the forward branch runs M·v times per device and the
+    backward branch M·v times, not on every tick; a two-way branch inside (the first / last chunk's
+    ``lax.cond``) runs for 1 of the C chunks, and loops multiply; outside the tick loop, None."""
+    from parallel.pipeline import executed_sent_bytes, op_executions
+    s = build("circular", 2, 4, 2)                         # C = 4 chunks, 8 forward ops per device
+    tick = ("while", s.ticks)
+    assert op_executions((tick, ("branch", 1, 3)), s) == 8
+    assert op_executions((tick, ("branch", 2, 3), ("while", 3)), s) == 24          # a 3-layer chunk's scan
+    assert op_executions((tick, ("branch", 1, 3), ("branch", 1, 2)), s) == 8 / 4    # the embedding: chunk 0
+    assert op_executions((tick, ("branch", 0, 3)), s) == s.ticks - 16
+    assert op_executions((("while", 5),), s) is None and op_executions((), s) is None
+    ops = [{"kind": "all-reduce", "sent_bytes": 10, "in_loop": True, "trip_count": s.ticks,
+            "path": (tick, ("branch", 1, 3))},
+           {"kind": "all-reduce", "sent_bytes": 1, "in_loop": False, "trip_count": 1, "path": ()}]
+    assert executed_sent_bytes(ops, s) == {"all-reduce": 10 * 8 + 1}

@@ -101,9 +101,14 @@ STRATEGIES = {
 
 
 def train_packed(name, steps=3):
-    cfg = config(STRATEGIES[name])
+    return train_packed_with(STRATEGIES[name], 1 if name == "one" else len(jax.devices()), steps)
+
+
+def train_packed_with(overrides, devices, steps=3):
+    """Losses, final parameters and last batch of ``steps`` packed steps under ``overrides`` on ``devices``."""
+    cfg = config(overrides)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prepared_dir="packed"))  # batches carry segments
-    setup = build(cfg, devices=jax.devices()[:1] if name == "one" else jax.devices())
+    setup = build(cfg, devices=jax.devices()[:devices])
     assert setup.packed and set(setup.abstract_batch()) == {"tokens", "segment_ids", "positions", "weights"}
     sampler = PackedSampler(packed_rows(documents(48, seed=5)), seed=0, eos_id=EOS)
     state = setup.init_state(jax.random.key(0))
