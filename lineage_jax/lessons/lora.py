@@ -29,6 +29,9 @@ from lineage_jax.train.setup import build
 TINY = ["model.arch=llama", "model.layers=2", "model.width=64", "model.heads=4", "model.vocab_size=64",
         "model.context=32", "model.scan_layers=true", "mesh.data=1", "optim.warmup_steps=10", "optim.clip_norm=1.0",
         "train.batch_size=16"]
+# GPT-2 small's compiled rows: (method, rank, quant, LoRA forward); "merged" builds W + ΔW per kernel (the reference)
+GPT2_METHODS = [("full", 0, "none", "-"), ("lora", 8, "none", "onthefly"), ("lora", 8, "none", "merged"),
+                ("qlora", 8, "nf4", "onthefly")]
 GPT2_SMALL = ["mesh.data=1", "train.batch_size=8", "train.grad_accum=1", "model.dropout=0.0", "model.remat=full"]
 
 
@@ -106,12 +109,13 @@ def methods(cfg: Config):
     yield "qlora", cfg.qlora_rank, "nf4"
 
 
-def adapt_setup(c, method: str, rank: int, q: str, params, devices):
-    """(setup, trained-state abstract, frozen) of one method, compiled."""
+def adapt_setup(c, method: str, rank: int, q: str, params, devices, mode: str = "onthefly"):
+    """(setup, trained-state abstract, frozen, compiled step) of one method."""
     if method == "full":
         setup = build(c, devices=devices)
         return setup, setup.abstract_state(), None, setup.train_step
-    ft = build_finetune(c, lora.LoraConfig(rank=rank, alpha=2.0 * rank), params, quant_kind=q, devices=devices)
+    ft = build_finetune(c, lora.LoraConfig(rank=rank, alpha=2.0 * rank), params, quant_kind=q, devices=devices,
+                        mode=mode)
     return ft.setup, ft.setup.abstract_state(), ft.base, ft.step_fn
 
 
@@ -152,6 +156,7 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
         curves[label] = [(h["step"], h["loss"]) for h in hist]
         trained = lora.count(abstract.params)
         rows.append({"model": "tiny", "method": method, "rank": rank, "quant": q, "ran": True,
+                     "mode": "-" if method == "full" else "onthefly",
                      "trainable": trained, "trainable_frac": trained / lora.count(params),
                      "base_loss_new_domain": base_loss, "final_loss_new_domain": eval_loss(s, st),
                      **memory_row(compiled, abstract.params, abstract.opt_state, frozen)})
@@ -171,12 +176,12 @@ def gpt2_small_rows(cfg: Config, devices, progress: bool) -> list[dict]:
     params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)     # shapes only matter (host zeros)
     rows = []
     total = lora.count(params)
-    for method, rank, q in [("full", 0, "none"), ("lora", 8, "none"), ("qlora", 8, "nf4")]:
+    for method, rank, q, mode in GPT2_METHODS:
         if progress:
-            print(f"compiling gpt2_small: {method}", flush=True)
-        s, abstract, frozen, compiled = adapt_setup(c, method, rank, q, params, devices)
+            print(f"compiling gpt2_small: {method} {mode}", flush=True)
+        s, abstract, frozen, compiled = adapt_setup(c, method, rank, q, params, devices, mode)
         trained = lora.count(abstract.params)
-        rows.append({"model": "gpt2_small", "method": method, "rank": rank, "quant": q, "ran": False,
+        rows.append({"model": "gpt2_small", "method": method, "rank": rank, "quant": q, "mode": mode, "ran": False,
                      "trainable": trained, "trainable_frac": trained / total,
                      **memory_row(compiled, abstract.params, abstract.opt_state, frozen)})
     return rows
