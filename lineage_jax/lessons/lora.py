@@ -109,13 +109,14 @@ def methods(cfg: Config):
     yield "qlora", cfg.qlora_rank, "nf4"
 
 
-def adapt_setup(c, method: str, rank: int, q: str, params, devices, mode: str = "onthefly"):
-    """(setup, trained-state abstract, frozen, compiled step) of one method."""
+def adapt_setup(c, method: str, rank: int, q: str, params, devices, mode: str = "onthefly", compile_eval=True):
+    """(setup, trained-state abstract, frozen, compiled step) of one method (``compile_eval=False``: the train
+    step alone, for the memory rows)."""
     if method == "full":
-        setup = build(c, devices=devices)
+        setup = build(c, devices=devices, compile_eval=compile_eval)
         return setup, setup.abstract_state(), None, setup.train_step
     ft = build_finetune(c, lora.LoraConfig(rank=rank, alpha=2.0 * rank), params, quant_kind=q, devices=devices,
-                        mode=mode)
+                        mode=mode, compile_eval=compile_eval)
     return ft.setup, ft.setup.abstract_state(), ft.base, ft.step_fn
 
 
@@ -179,7 +180,7 @@ def gpt2_small_rows(cfg: Config, devices, progress: bool) -> list[dict]:
     for method, rank, q, mode in GPT2_METHODS:
         if progress:
             print(f"compiling gpt2_small: {method} {mode}", flush=True)
-        s, abstract, frozen, compiled = adapt_setup(c, method, rank, q, params, devices, mode)
+        s, abstract, frozen, compiled = adapt_setup(c, method, rank, q, params, devices, mode, compile_eval=False)
         trained = lora.count(abstract.params)
         rows.append({"model": "gpt2_small", "method": method, "rank": rank, "quant": q, "mode": mode, "ran": False,
                      "trainable": trained, "trainable_frac": trained / total,

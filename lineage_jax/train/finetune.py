@@ -91,7 +91,7 @@ def host_offload_supported(devices=None) -> bool:
 
 def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kind: str | None = None,
                    devices=None, compile_steps: bool = True, offload_opt_state: bool = False,
-                   mode: str = "onthefly") -> Finetune:
+                   mode: str = "onthefly", compile_eval: bool = True) -> Finetune:
     """The finetune Setup for ``cfg`` (the base's model config; train/optim/mesh as configured) and the
     base's parameters (host or device arrays, unquantised). Adapter shardings follow their kernels.
 
@@ -135,12 +135,12 @@ def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kin
     ft = Finetune(ft_setup, lcfg, base, base_sharding, offload=offload_opt_state,
                   device_opt_sharding=device_opt_sharding, mode=mode)
     if compile_steps:
-        compile_finetune(ft)
+        compile_finetune(ft, compile_eval=compile_eval)
     return ft
 
 
-def compile_finetune(ft: Finetune) -> None:
-    """AOT-compile (state, batch, base) -> (state, metrics) and the eval step; bind the base."""
+def compile_finetune(ft: Finetune, compile_eval: bool = True) -> None:
+    """AOT-compile (state, batch, base) -> (state, metrics) and (``compile_eval``) the eval step; bind the base."""
     s, cfg = ft.setup, ft.setup.cfg
     if cfg.parallel.form == "shard_map":
         raise parallel.MeshError("parallel.form=shard_map: LoRA fine-tuning runs in the GSPMD form; use "
@@ -169,9 +169,10 @@ def compile_finetune(ft: Finetune) -> None:
         state, batch = s.abstract_state(), s.abstract_batch()
         ft.step_fn = jax.jit(step, out_shardings=(s.state_sharding, replicated), donate_argnums=0).lower(
             state, batch, abstract_base).compile()
-        eval_fn = jax.jit(evaluate, out_shardings=replicated).lower(state.params, batch, abstract_base).compile()
+        eval_fn = jax.jit(evaluate, out_shardings=replicated).lower(state.params, batch, abstract_base).compile() \
+            if compile_eval else None
     s.train_step = functools.partial(_bound, ft.step_fn, ft)
-    s.eval_step = functools.partial(_bound, eval_fn, ft)
+    s.eval_step = functools.partial(_bound, eval_fn, ft) if compile_eval else None
     s.compile_seconds = time.perf_counter() - t0
 
 
