@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from lineage_jax.adapt import nf4, quant
 from lineage_jax.nn.hooks import hooks
-from lineage_jax.nn.linear import Dense
+from lineage_jax.nn.linear import Dense, linear
 
 MODES = ("onthefly", "merged")
 
@@ -35,8 +35,10 @@ def lora_term(x: jax.Array, a: jax.Array, b: jax.Array, n_in: int, scale: float,
     """((x·A)·B)·scale: x [*lead, *in] contracting its last ``n_in`` axes with A [*in, r], then B [r, *out]."""
     r = a.shape[-1]
     lead = x.shape[:x.ndim - n_in]
-    h = jnp.matmul(x.astype(dtype).reshape(*lead, -1), a.astype(dtype).reshape(-1, r))       # [*lead, r]
-    y = jnp.matmul(h, b.astype(dtype).reshape(r, -1)) * jnp.asarray(scale, dtype)            # [*lead, prod(out)]
+    # ``linear``: the hand-written VJP whose weight gradient contracts the token axes directly (autodiff's
+    # transposes the activations first, and XLA:CPU keeps those copies: +18% temporaries measured)
+    h = linear(x.astype(dtype).reshape(*lead, -1), a.astype(dtype).reshape(-1, r))            # [*lead, r]
+    y = linear(h * jnp.asarray(scale, dtype), b.astype(dtype).reshape(r, -1))                 # [*lead, prod(out)]
     return y.reshape(*lead, *b.shape[1:])
 
 
