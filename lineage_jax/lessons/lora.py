@@ -204,14 +204,17 @@ def supports(rows: list[dict]) -> bool:
     """Every adapted model (LoRA, QLoRA) learns the new domain: its held-out loss falls below the base's by
     at least half as much as full fine-tuning's does, training a fraction of the parameters; the optimiser
     state scales with the trainable parameters (5%); QLoRA's frozen kernels take 4–4.2 bits per weight
-    (NF4 + double quantisation), under a third of LoRA's 32."""
+    (NF4 + double quantisation), under a third of LoRA's 32; where GPT-2 small is compiled, LoRA on the fly
+    holds fewer temporaries than the merged form (no W + ΔW, no kernel cotangent per layer)."""
     tiny = [r for r in rows if r["model"] == "tiny"]
     full = next(r for r in tiny if r["method"] == "full")
     gain = full["base_loss_new_domain"] - full["final_loss_new_domain"]
     learns = all(r["base_loss_new_domain"] - r["final_loss_new_domain"] >= 0.5 * gain and r["trainable_frac"] < 1
                  for r in tiny if r["method"] != "full")
     small = all(4.0 <= r["frozen_kernel_bits"] <= 4.2 for r in rows if r["method"] == "qlora")
-    return bool(gain > 0 and learns and opt_ratio_ok(rows) and small)
+    gpt2 = {r["mode"]: r["temp_bytes"] for r in rows if r["model"] == "gpt2_small" and r["method"] == "lora"}
+    lighter = not gpt2 or gpt2["onthefly"] < gpt2["merged"]
+    return bool(gain > 0 and learns and opt_ratio_ok(rows) and small and lighter)
 
 
 def label(r: dict) -> str:
