@@ -217,7 +217,7 @@ def supports(rows: list[dict]) -> bool:
     return bool(gain > 0 and learns and opt_ratio_ok(rows) and small and lighter)
 
 
-def label(r: dict) -> str:
+def row_label(r: dict) -> str:
     """"lora r=8", with " merged" for the reference form's row."""
     return r["method"] + (f" r={r['rank']}" if r["rank"] else "") + (" merged" if r.get("mode") == "merged" else "")
 
@@ -226,7 +226,7 @@ def report(res: harness.LessonResult) -> list[str]:
     mb = lambda n: f"{n / 2 ** 20:.2f} MiB"  # noqa: E731
     lines = []
     for r in res.rows:
-        name = label(r)
+        name = row_label(r)
         loss = f"loss {r['final_loss_new_domain']:.3f}, " if r["ran"] else "compiled only, "
         bits = f" ({r['frozen_kernel_bits']:.3g} bits/weight in adapted kernels)" if r["frozen_kernel_bits"] else ""
         lines.append(f"{r['model']:>10} {name:>17}: {loss}trainable {r['trainable']:,} ({r['trainable_frac']:.2%}), "
@@ -245,7 +245,7 @@ def plot(axes, rows, curves) -> None:
     a.legend(fontsize=8)
     show = [r for r in rows if r["model"] == ("gpt2_small" if any(r["model"] == "gpt2_small" for r in rows)
                                                else "tiny")]
-    names = [label(r) for r in show]
+    names = [row_label(r) for r in show]
     bottom = np.zeros(len(show))
     for key, label in (("frozen_param_bytes", "frozen weights"), ("trained_param_bytes", "trained weights"),
                        ("opt_state_bytes", "optimiser state")):
