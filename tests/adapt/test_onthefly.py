@@ -32,16 +32,18 @@ def tiny(arch):
     return model, params, base, ad
 
 
-def loss_and_grads(model, base, ad, mode):
+def both_forms(model, base, ad):
+    """(loss, logits, adapter gradients) of the merged and the on-the-fly forms, from one compiled program."""
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, T + 1)))
-    adapted = Adapted(model, base, CFG, mode)
 
-    def loss(a):
-        logits = adapted.apply({"params": a}, tokens[:, :-1])
-        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
-        return nll.mean(), logits
-    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(ad)
-    return value, logits, grads
+    def one(mode):
+        def loss(a):
+            logits = Adapted(model, base, CFG, mode).apply({"params": a}, tokens[:, :-1])
+            nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
+            return nll.mean(), logits
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(ad)
+        return value, logits, grads
+    return jax.jit(lambda: (one("merged"), one("onthefly")))()
 
 
 # GPT-2 (unscanned blocks, biases through the quantised path) under -m slow; Llama (scanned) is the default case
@@ -51,8 +53,7 @@ def test_onthefly_equals_merged_logits_and_grads(arch):
     kernels = [x for x in jax.tree.leaves(base, is_leaf=quant.is_quantized) if quant.is_quantized(x)]
     n_adapted = sum(1 for p, _ in jax.tree_util.tree_leaves_with_path(ad) if p[-1].key == "lora_a")
     assert 0 < len(kernels) < n_adapted                          # both paths: qmatmul and the intercepted Dense
-    l_m, logits_m, g_m = loss_and_grads(model, base, ad, "merged")
-    l_o, logits_o, g_o = loss_and_grads(model, base, ad, "onthefly")
+    (l_m, logits_m, g_m), (l_o, logits_o, g_o) = both_forms(model, base, ad)
     assert np.abs(np.asarray(logits_m) - np.asarray(model.apply({"params": params}, np.zeros((2, T), int)))).max() > 0
     np.testing.assert_allclose(logits_o, logits_m, atol=2e-6, rtol=0)
     np.testing.assert_allclose(l_o, l_m, rtol=1e-6)
