@@ -10,13 +10,11 @@ and the adapted layer computes with W + ΔW, ΔW = (α/r)·lora_a·lora_b (= the
 A is drawn at random and B is zero (§4.1), so the adapted model starts as the base model exactly.
 
 The design: adaptation is a *parameter transform*. ``merge(base, adapters, cfg)`` returns an ordinary
-parameter tree; the training loss is ``loss(merge(stop_gradient(base), adapters))`` differentiated with
-respect to ``adapters`` alone (``train/finetune.py``), so every model, every parallel form and the
-sampler work unchanged, and gradients reach only the adapters. The same function, applied once and
-kept, is the merged model; ``unmerge`` subtracts ΔW again. (The alternative — intercepting every
-``Dense`` call to add (x·A)·B — would need each model's call signature inside the adapter code.)
-The cost of the transform is one ΔW per adapted kernel as a temporary of the step; its FLOPs are
-r/(batch·tokens) of the kernel's matmul, negligible at training batch sizes.
+parameter tree, so every model, every parallel form and the sampler work unchanged; applied once and kept,
+it is the merged model, and ``unmerge`` subtracts ΔW again. Inside a training step the adapters are applied on
+the fly instead (``onthefly.py``: ((x·A)·B)·α/r added at each adapted ``Dense`` call through
+``flax.linen.intercept_methods``), because merging there makes W + ΔW of every adapted kernel, and its
+cotangent, temporaries of the step; ``train/finetune.py`` keeps the merged form selectable as the reference.
 
 Adapters follow their kernel's logical axes (``logical_specs``): ``lora_a`` keeps the kernel's
 lead and input names, ``lora_b`` its lead and output names, the rank axis is unnamed (replicated),

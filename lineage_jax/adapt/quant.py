@@ -10,6 +10,7 @@ kernel's leading axes, so its arrays shard like the kernel they replace.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.struct
@@ -66,18 +67,32 @@ def quantize(w: jax.Array, kind: str = "nf4", *, block: int = nf4.BLOCK, double:
     if fold is None:
         raise ConfigError(f"quant {kind}: a kernel of shape {tuple(w.shape)} has no trailing axes whose size is "
                           f"a multiple of the block size {block}")
-    flat = w.reshape(*w.shape[:w.ndim - fold], -1)
-    codes, absmax = nf4.quantize_blockwise(flat, _values(kind), block)
-    codes = nf4.pack(codes) if kind in ("nf4", "int4") else (codes.astype(jnp.int16) - 127).astype(jnp.int8)
-    scale2 = mean2 = None
-    if double if double is not None else kind == "nf4":
-        absmax, scale2, mean2 = nf4.double_quantize(absmax)
+    double = double if double is not None else kind == "nf4"
+    codes, absmax, scale2, mean2 = _quantize(w, kind, block, fold, double)
     return Quantized(codes, absmax, scale2, mean2, kind=kind, shape=tuple(w.shape), dtype=jnp.dtype(w.dtype).name,
                      block=block, fold=fold)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _quantize(w, kind: str, block: int, fold: int, double: bool):
+    """The array work of ``quantize``, one compiled program per kernel shape (eagerly it is dozens of
+    small dispatches per kernel; under jit it fuses)."""
+    flat = w.reshape(*w.shape[:w.ndim - fold], -1)
+    codes, absmax = nf4.quantize_blockwise(flat, _values(kind), block)
+    codes = nf4.pack(codes) if kind in ("nf4", "int4") else (codes.astype(jnp.int16) - 127).astype(jnp.int8)
+    scale2 = mean2 = None
+    if double:
+        absmax, scale2, mean2 = nf4.double_quantize(absmax)
+    return codes, absmax, scale2, mean2
+
+
 def dequantize(q: Quantized, dtype=None) -> jax.Array:
     """The kernel again, in ``dtype`` (default: the dtype it was quantised from)."""
+    return _dequantize(q, jnp.dtype(dtype or q.dtype).name)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _dequantize(q: Quantized, dtype: str) -> jax.Array:
     codes = nf4.unpack(q.codes) if q.kind in ("nf4", "int4") else (q.codes.astype(jnp.int16) + 127)
     absmax = q.absmax if q.scale2 is None else nf4.double_dequantize(q.absmax, q.scale2, q.mean2)
     w = nf4.dequantize_blockwise(codes, absmax, _values(q.kind), dtype or q.dtype)

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--lora-targets", default="q,k,v,o,mlp", help="comma list of q, k, v, o, mlp")
     p.add_argument("--quant", default="none", help="the frozen base's adapted kernels: none, nf4 (QLoRA), int8")
+    p.add_argument("--lora-mode", default="onthefly",
+                   help="the adapted forward in the step: onthefly (x·W + (x·A)·B·α/r at each layer, no merged kernel; "
+                        "default) or merged (W + ΔW per kernel; more temporaries)")
     p.add_argument("--offload-opt-state", action="store_true",
                    help="keep the Adam moments in host memory (pinned_host) between steps (QLoRA's paged optimiser; "
                         "on CPU host and device memory are the same RAM, so nothing is saved there)")
@@ -80,6 +83,8 @@ def run(args, overrides) -> int:
     lcfg = lora.LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=lora.parse_targets(args.lora_targets))
     if args.quant not in store.QUANT:
         raise ConfigError(f"--quant={args.quant}: allowed {', '.join(store.QUANT)}")
+    if args.lora_mode not in ("onthefly", "merged"):
+        raise ConfigError(f"--lora-mode={args.lora_mode}: allowed onthefly, merged")
     src, out = Path(args.source).resolve(), Path(args.run_dir)
     kind = _source_kind(src)
     if out.resolve() == src:
@@ -117,7 +122,8 @@ def run(args, overrides) -> int:
     rec = store.Record(lcfg, base_ref, args.quant, hf_source)
 
     def builder(c):
-        ft = build_finetune(c, lcfg, params, quant_kind=args.quant, offload_opt_state=args.offload_opt_state)
+        ft = build_finetune(c, lcfg, params, quant_kind=args.quant, offload_opt_state=args.offload_opt_state,
+                            mode=args.lora_mode)
         return ft.setup, lambda _: compile_finetune(ft)
 
     summary = train(cfg, progress=not args.no_progress, overwrite=False, builder=builder,

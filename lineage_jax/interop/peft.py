@@ -5,7 +5,8 @@ peft stores, per adapted torch module, ``lora_A.weight`` [r, in] and ``lora_B.we
 adds (lora_alpha/r)·B·A to the weight; ours are the same factors in our kernel layout
 (``adapt.lora``: lora_a [*in, r], lora_b [r, *out]), so the mapping is transposes and reshapes:
 
-    Llama   q/k/v/o_proj, mlp.{gate,up,down}_proj   one module per kernel
+    Llama   q/k/v/o_proj, mlp.{gate,up,down}_proj   one module per kernel (Mistral the same)
+    Mixtral q/k/v/o_proj                             the experts are no ``Dense`` here: attention only
     GPT-2   attn.c_attn (q|k|v fused, Conv1D: ``fan_in_fan_out``), attn.c_proj, mlp.c_fc, mlp.c_proj
 
 GPT-2's fused c_attn takes our q, k and v adapters as one of rank 3r: A stacked [3r, D] and B
@@ -41,10 +42,9 @@ def _family(model) -> tuple[str, str]:
     arch = model.cfg.arch
     if arch == "gpt2":
         return arch, "base_model.model.transformer.h.{i}."
-    if arch == "llama" and not model.cfg.moe_every:
+    if arch == "llama":      # Llama, Mistral; Mixtral (MoE) through its attention modules
         return arch, "base_model.model.model.layers.{i}."
-    raise InteropError(f"peft export: {arch} with MoE layers has no peft mapping here; supported: gpt2, llama "
-                       f"(dense)")
+    raise InteropError(f"peft: {arch} has no peft mapping here; supported: gpt2, llama / mistral / mixtral")
 
 
 def _matrices(ad: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,11 @@ def to_peft(model, adapters, cfg: lora.LoraConfig) -> tuple[dict[str, np.ndarray
     arch, prefix = _family(model)
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), adapters)
     tensors, modules, ranks = {}, set(), {}
-    for i, layer in enumerate(unstack_layers(host, model.cfg.layers)):
+    layers = unstack_layers(host, model.cfg.layers)
+    if model.cfg.moe_every and any(layer.get("mlp") for layer in layers):
+        raise InteropError("peft export: a model with MoE layers maps onto Hugging Face Mixtral, whose feed-forward "
+                           "is experts only; adapt its attention (--lora-targets q,k,v,o)")
+    for i, layer in enumerate(layers):
         p = prefix.format(i=i)
         for (group, name), mod in (LLAMA if arch == "llama" else GPT2).items():
             ad = layer.get(group, {}).get(name)

@@ -4,9 +4,13 @@
 The trained state is the adapters alone — ``TrainState(params=adapters, opt_state=tx.init(adapters))`` —
 so the optimiser holds state for adapter leaves only, checkpoints are a few MB and ``train.loop``
 resumes them unchanged. The frozen base (plain, or with NF4/int8 kernels) is an *argument* of the
-compiled step, never a constant folded into it and never differentiated: the step's loss is
-``loss(adapt.lora.merge(stop_gradient(base), adapters))``. ``Setup.train_step`` / ``eval_step`` are
-the compiled programs with the base bound, so the loop calls them as it calls a full run's.
+compiled step, never a constant folded into it and never differentiated. Two forms of the adapted forward
+(``mode``): ``"onthefly"`` (the default; ``adapt.onthefly``) adds ((x·A)·B)·α/r at each adapted ``Dense``
+call over the frozen kernel, so no merged kernel and no kernel cotangent is ever a temporary of the step;
+``"merged"`` runs ``loss(adapt.lora.merge(stop_gradient(base), adapters))``, which builds W + ΔW for every
+adapted kernel of every layer (more temporaries than full fine-tuning; kept as the reference form).
+``Setup.train_step`` / ``eval_step`` are the compiled programs with the base bound, so the loop calls them
+as it calls a full run's.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import parallel
 from parallel import precision
-from lineage_jax.adapt import lora, quant
-from lineage_jax.config import Config
+from lineage_jax.adapt import lora, onthefly, quant
+from lineage_jax.config import Config, ConfigError
 from lineage_jax.optim import make_optimizer
 from lineage_jax.train.setup import Setup, build
 from lineage_jax.train.state import TrainState
@@ -31,16 +35,25 @@ from lineage_jax.train.step import make_eval_step, make_train_step
 
 
 class Adapted:
-    """Duck-types a model's ``apply`` for the step: parameters are adapters, merged into the bound
-    frozen base (no gradient reaches it) before the base model's own ``apply``."""
+    """Duck-types a model's ``apply`` for the step: parameters are adapters over the bound frozen base (no
+    gradient reaches it), applied on the fly at each adapted ``Dense`` (``mode="onthefly"``) or merged into
+    the base's kernels before the base model's own ``apply`` (``mode="merged"``)."""
 
-    def __init__(self, model, base, cfg: lora.LoraConfig):
-        self.model, self.base, self.cfg = model, base, cfg
+    def __init__(self, model, base, cfg: lora.LoraConfig, mode: str = "onthefly"):
+        check_mode(mode)
+        self.model, self.base, self.cfg, self.mode = model, base, cfg, mode
 
     def apply(self, variables, *args, **kw):
+        if self.mode == "onthefly":
+            return onthefly.apply(self.model, self.base, variables["params"], self.cfg.scale, *args, **kw)
         dtype = jnp.dtype(self.model.cfg.param_dtype)
         params = lora.merge(jax.lax.stop_gradient(self.base), variables["params"], self.cfg, dtype)
         return self.model.apply({"params": params}, *args, **kw)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in onthefly.MODES:
+        raise ConfigError(f"lora mode '{mode}': allowed {', '.join(onthefly.MODES)}")
 
 
 def quantize_base(params, specs, cfg: lora.LoraConfig, kind: str | None):
@@ -66,6 +79,7 @@ class Finetune:
     step_fn: Any = None          # compiled (state, batch, base) -> (state, metrics)
     offload: bool = False        # optimiser state at rest in host memory (``memory_kind="pinned_host"``)
     device_opt_sharding: Any = None
+    mode: str = "onthefly"       # the adapted forward: "onthefly" (x·W + (x·A)·B·α/r) or "merged" (W + ΔW)
 
 
 def host_offload_supported(devices=None) -> bool:
@@ -76,7 +90,8 @@ def host_offload_supported(devices=None) -> bool:
 
 
 def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kind: str | None = None,
-                   devices=None, compile_steps: bool = True, offload_opt_state: bool = False) -> Finetune:
+                   devices=None, compile_steps: bool = True, offload_opt_state: bool = False,
+                   mode: str = "onthefly", compile_eval: bool = True) -> Finetune:
     """The finetune Setup for ``cfg`` (the base's model config; train/optim/mesh as configured) and the
     base's parameters (host or device arrays, unquantised). Adapter shardings follow their kernels.
 
@@ -118,21 +133,21 @@ def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kin
                                    grad_sharding=shardings["grads"],
                                    init_state=jax.jit(init_state, out_shardings=state_sharding))
     ft = Finetune(ft_setup, lcfg, base, base_sharding, offload=offload_opt_state,
-                  device_opt_sharding=device_opt_sharding)
+                  device_opt_sharding=device_opt_sharding, mode=mode)
     if compile_steps:
-        compile_finetune(ft)
+        compile_finetune(ft, compile_eval=compile_eval)
     return ft
 
 
-def compile_finetune(ft: Finetune) -> None:
-    """AOT-compile (state, batch, base) -> (state, metrics) and the eval step; bind the base."""
+def compile_finetune(ft: Finetune, compile_eval: bool = True) -> None:
+    """AOT-compile (state, batch, base) -> (state, metrics) and (``compile_eval``) the eval step; bind the base."""
     s, cfg = ft.setup, ft.setup.cfg
     if cfg.parallel.form == "shard_map":
         raise parallel.MeshError("parallel.form=shard_map: LoRA fine-tuning runs in the GSPMD form; use "
                                  "parallel.form=gspmd")
 
     def step(state, batch, base):
-        model = Adapted(s.model, base, ft.lora)
+        model = Adapted(s.model, base, ft.lora, ft.mode)
         if ft.offload:   # host -> device for the update only
             state = state.replace(opt_state=jax.device_put(state.opt_state, ft.device_opt_sharding))
         state, metrics = make_train_step(model, s.tx, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
@@ -144,7 +159,7 @@ def compile_finetune(ft: Finetune) -> None:
         return state, metrics
 
     def evaluate(params, batch, base):
-        return make_eval_step(Adapted(s.model, base, ft.lora))(params, batch)
+        return make_eval_step(Adapted(s.model, base, ft.lora, ft.mode))(params, batch)
 
     replicated = NamedSharding(s.mesh, P())
     abstract_base = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), ft.base,
@@ -154,9 +169,10 @@ def compile_finetune(ft: Finetune) -> None:
         state, batch = s.abstract_state(), s.abstract_batch()
         ft.step_fn = jax.jit(step, out_shardings=(s.state_sharding, replicated), donate_argnums=0).lower(
             state, batch, abstract_base).compile()
-        eval_fn = jax.jit(evaluate, out_shardings=replicated).lower(state.params, batch, abstract_base).compile()
+        eval_fn = jax.jit(evaluate, out_shardings=replicated).lower(state.params, batch, abstract_base).compile() \
+            if compile_eval else None
     s.train_step = functools.partial(_bound, ft.step_fn, ft)
-    s.eval_step = functools.partial(_bound, eval_fn, ft)
+    s.eval_step = functools.partial(_bound, eval_fn, ft) if compile_eval else None
     s.compile_seconds = time.perf_counter() - t0
 
 

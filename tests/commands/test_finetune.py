@@ -86,6 +86,7 @@ def test_qlora_finetune_resumes_and_samples(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--from", "x", "--run-dir", "y", "--lora-targets", "q,attn"], "allowed a comma list of q, k, v, o, mlp"),
     (["--from", "x", "--run-dir", "y", "--quant", "fp8"], "--quant=fp8: allowed none, nf4, int8"),
+    (["--from", "x", "--run-dir", "y", "--lora-mode", "fused"], "--lora-mode=fused: allowed onthefly, merged"),
     (["--run-dir", "y"], "--from RUN_OR_HF_DIR is required"),
     (["squash", "--run-dir", "y"], "allowed actions merge, export-peft"),
     (["merge", "--run-dir", "y"], "--out DIR is required"),

@@ -1,4 +1,4 @@
-"""Our LoRA equals peft's: a converted tiny Hugging Face GPT-2 / Llama with the same adapter weights gives
+"""Our LoRA equals peft's: a converted tiny Hugging Face GPT-2 / Llama / Mixtral (attention) with the same adapter weights gives
 the same logits (≤ 1e-5, f32) in both directions of the adapter format, and an export reads back as it was."""
 import functools
 
@@ -22,8 +22,12 @@ SHAPES = {   # odd shapes the other tests do not use
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=24, num_attention_heads=3, num_key_value_heads=1,
                                                       intermediate_size=40, vocab_size=37, num_hidden_layers=2,
                                                       max_position_embeddings=T, tie_word_embeddings=False)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(hidden_size=24, num_attention_heads=3, num_key_value_heads=1,
+                                                          intermediate_size=40, vocab_size=37, num_hidden_layers=2,
+                                                          max_position_embeddings=T, num_local_experts=3,
+                                                          num_experts_per_tok=2, tie_word_embeddings=False)),
 }
-TARGETS = {"gpt2": ("q", "v", "o", "mlp"), "llama": ("q", "k", "v", "o", "mlp")}
+TARGETS = {"gpt2": ("q", "v", "o", "mlp"), "llama": ("q", "k", "v", "o", "mlp"), "mixtral": ("q", "k", "v", "o")}
 
 
 def hf_model(arch, path):
@@ -49,7 +53,7 @@ def logits_peft(pmodel, ids):
         return pmodel(torch.from_numpy(ids).long()).logits.numpy()
 
 
-@pytest.mark.parametrize("arch", ["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["gpt2", pytest.param("llama", marks=pytest.mark.slow), "mixtral"])
 def test_export_equals_peft_and_reads_back(arch, tmp_path):
     base = hf_model(arch, tmp_path / "hf")
     model, params = hf.load(tmp_path / "hf", scan_layers=arch == "llama")
@@ -68,10 +72,12 @@ def test_export_equals_peft_and_reads_back(arch, tmp_path):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+# Mixtral's import under -m slow: the default sibling is its export-and-read-back case above
+@pytest.mark.parametrize("arch", ["gpt2", "llama", pytest.param("mixtral", marks=pytest.mark.slow)])
 def test_a_peft_trained_adapter_imports_equal(arch, tmp_path):
     base = hf_model(arch, tmp_path / "hf")
-    mods = {"gpt2": ["c_attn", "c_fc"], "llama": ["q_proj", "o_proj", "down_proj"]}[arch]
+    mods = {"gpt2": ["c_attn", "c_fc"], "llama": ["q_proj", "o_proj", "down_proj"],
+            "mixtral": ["q_proj", "v_proj", "o_proj"]}[arch]
     pconf = peft.LoraConfig(r=4, lora_alpha=7, target_modules=mods, init_lora_weights=False,
                             fan_in_fan_out=arch == "gpt2", rank_pattern={mods[-1]: 2}, alpha_pattern={mods[-1]: 3})
     pmodel = peft.get_peft_model(base, pconf).eval()              # random A and B

@@ -16,8 +16,10 @@ BASE = ["model.arch=llama", "model.layers=2", "model.width=64", "model.heads=4",
 LCFG = lora.LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "o", "mlp"))
 
 
-def base_params(cfg):
-    setup = build(cfg, compile_steps=False, devices=jax.devices()[:1])
+@functools.lru_cache(maxsize=None)
+def base_params():
+    """The base model's parameters, built once for every test here (one device)."""
+    setup = build(load_config("tiny", BASE + ["mesh.data=1"]), compile_steps=False, devices=jax.devices()[:1])
     return jax.device_get(setup.init_state(jax.random.key(0)).params)
 
 
@@ -28,8 +30,8 @@ def one_device(quant_kind=None):
 
 def run(extra, steps=3, quant_kind=None, devices=None):
     cfg = load_config("tiny", BASE + extra)
-    params = base_params(load_config("tiny", BASE + ["mesh.data=1"]))
-    ft = build_finetune(cfg, LCFG, params, quant_kind=quant_kind, devices=devices)
+    params = base_params()
+    ft = build_finetune(cfg, LCFG, params, quant_kind=quant_kind, devices=devices, compile_eval=False)
     s = ft.setup
     state = s.init_state(jax.random.key(1))
     tokens = np.random.default_rng(0).integers(0, 257, (8, 17))
@@ -78,7 +80,8 @@ def test_offloaded_optimiser_state_rests_in_host_memory_and_changes_nothing():
     are the same numbers (on CPU host and device memory are one RAM: placement only)."""
     _, _, one, l1 = one_device()
     cfg = load_config("tiny", BASE + ["mesh.data=1"])
-    ft = build_finetune(cfg, LCFG, base_params(cfg), devices=jax.devices()[:1], offload_opt_state=True)
+    ft = build_finetune(cfg, LCFG, base_params(), devices=jax.devices()[:1], offload_opt_state=True,
+                        compile_eval=False)
     s = ft.setup
     state = s.init_state(jax.random.key(1))
     tokens = np.random.default_rng(0).integers(0, 257, (8, 17))
