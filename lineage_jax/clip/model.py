@@ -123,3 +123,26 @@ def init_params(cfg: CLIPConfig, key: jax.Array):
     """Boxed (logical-axis) parameters; ``nn.unbox`` for plain arrays, ``nn.get_partition_spec`` for the names."""
     images = jnp.zeros((1, cfg.image.image_size, cfg.image.image_size, cfg.image.channels), jnp.float32)
     return CLIP(cfg).init(key, images, jnp.ones((1, cfg.context), jnp.int32))["params"]
+
+
+def model_config(overrides=()) -> CLIPConfig:
+    """``CLIPConfig`` with ``key=value`` overrides (``image.key=value`` for the ViT); an unknown key or a
+    value of the wrong type is one line naming the allowed keys. The vocabulary size and the image's
+    size and channels are not settings: the data fix them."""
+    top, image = {}, {}
+    fields = {f.name: f for f in dataclasses.fields(CLIPConfig) if f.name not in ("image", "vocab_size")}
+    vit = {f.name: f for f in dataclasses.fields(ViTConfig)    # the data decide the image's shape; CLIP the rest
+           if f.name not in ("num_classes", "dtype", "param_dtype", "image_size", "channels")}
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        table, name, out = (vit, key[6:], image) if key.startswith("image.") else (fields, key, top)
+        if name not in table:
+            allowed = sorted(fields) + [f"image.{k}" for k in sorted(vit)]
+            raise ConfigError(f"{key}: not a CLIP model setting; allowed {', '.join(allowed)}")
+        kind = type(getattr(CLIPConfig.image if table is vit else CLIPConfig, name))
+        try:
+            out[name] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r}: must be a{'n' if kind is int else ''} {kind.__name__}") from None
+    base = CLIPConfig()
+    return dataclasses.replace(base, **top, image=dataclasses.replace(base.image, **image))

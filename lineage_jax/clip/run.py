@@ -1,7 +1,7 @@
 """Training CLIP on the captioned shapes: ``fit`` (the loop, no files) and ``train`` (a resumable run
 directory: checkpoints every ``save_every`` steps, metrics.jsonl, one run per directory by lock).
 
-Every setting is checked (``TrainSettings``, one line) before JAX compiles anything; batches are a
+Every setting is checked (``clip.settings.TrainSettings``, one line; the strategy by ``clip.setup.build``) before JAX compiles anything; batches are a
 function of (seed, step) (``clip.data.batch_at``), so a run stopped and restarted trains on the
 same batches as one that never stopped.
 """
@@ -19,36 +19,11 @@ from lineage_jax.clip import data as clip_data
 from lineage_jax.clip import setup as clip_setup
 from lineage_jax.clip import store
 from lineage_jax.clip.model import CLIPConfig
+from lineage_jax.clip.settings import TrainSettings
 from lineage_jax.clip.train import ClipState, make_optimizer, make_train_step
 from lineage_jax.config.errors import ConfigError
 from lineage_jax.runs import checkpoint
 from lineage_jax.runs.lock import hold
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 50
-    weight_decay: float = 0.1
-    seed: int = 0
-    strategy: str = "DP"
-    save_every: int = 200
-    dataset: str = "default"          # the captioned_shapes config: default (4,000 train pairs) | tiny (300)
-
-    def __post_init__(self):
-        for key in ("steps", "batch_size", "save_every"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be a positive integer")
-        if self.warmup < 0:
-            raise ConfigError(f"warmup={self.warmup}: must be >= 0")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ConfigError(f"lr={self.lr}, weight_decay={self.weight_decay}: need lr > 0 and weight_decay >= 0")
-        if self.strategy not in clip_setup.strategy_names():
-            raise ConfigError(f"strategy={self.strategy!r}: allowed {', '.join(clip_setup.strategy_names())}")
-        if self.dataset not in ("default", "tiny"):
-            raise ConfigError(f"dataset={self.dataset!r}: allowed default, tiny")
 
 
 def build(cfg: CLIPConfig, s: TrainSettings, devices=None):
