@@ -6,7 +6,9 @@ vocabulary, the symmetric contrastive loss with a learned temperature) is traine
 combinations never occur in training (``data.shapes.HELD_OUT``). Measured:
 
 * zero-shot accuracy on held-out-combination images, by prompt ensembles ("a small {}", "a large
-  {}") over all twelve classes (chance 1/12) and over the four held-out ones (chance 1/4), beside a
+  {}") over all twelve classes (chance 1/12) and over the four held-out ones (chance 1/4; the four
+  have four different colours, so colour alone solves that one: the 12-way number, and how often the
+  predicted class has the right colour and the right shape, are the test of composition), beside a
   supervised linear probe on the same frozen image embeddings, which sees labelled images of
   every class (trained on the ``test`` split and half the held-out images, scored on the other half,
   where the zero-shot numbers are also taken);
@@ -85,7 +87,10 @@ def evaluate(enc: Encoder, splits: dict, eval_idx, probe_idx) -> dict:
     img_te, y_te = enc.images(test["image"]), clip_data.labels(test)
     wb = zeroshot.fit_probe(np.r_[img_te, img_ho[probe_idx]], np.r_[y_te, y_ho[probe_idx]], len(clip_data.CLASS_NAMES))
     probe = np.asarray(zeroshot.probe_predict(wb, img_ho[eval_idx]))
+    combos = np.array(clip_data.COMBOS)
+    same = lambda k: float(np.mean(combos[pred12[eval_idx], k] == combos[y_ho[eval_idx], k]))   # noqa: E731
     return {"zero_shot_12": zeroshot.accuracy(pred12[eval_idx], y_ho[eval_idx]),
+            "colour_right": same(0), "shape_right": same(1),
             "zero_shot_4": zeroshot.accuracy(pred4[eval_idx], y_ho[eval_idx]),
             "probe_12": zeroshot.accuracy(probe, y_ho[eval_idx]),
             "zero_shot_seen": zeroshot.accuracy(zeroshot.predict(img_te, classes), y_te)}
