@@ -11,7 +11,7 @@ from lineage_jax.config.errors import ConfigError
 class TrainSettings:
     steps: int = 600
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 5e-4
     warmup: int = 50
     weight_decay: float = 0.1
     seed: int = 0

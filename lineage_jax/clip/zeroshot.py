@@ -6,6 +6,9 @@ tower embeds every prompt, the K unit vectors are averaged and renormalised (CLI
 ensembling, "computed in embedding space"), and an image goes to the class whose ensemble
 embedding is nearest in cosine. No image of any class was labelled.
 
+With templates that name a visible nuisance attribute (size here) the mean ensemble fails (the two
+size prompts point nearly opposite ways); ``predict_max`` takes the best-matching prompt instead.
+
 Linear probe: multinomial logistic regression on the frozen image features, L2-regularised,
 fitted full-batch with L-BFGS (what CLIP's probes use, via scikit-learn); it needs labelled images
 of each class, which zero-shot does not.
@@ -47,6 +50,15 @@ def class_embeddings(encode_text: Callable[[list[str]], jax.Array], class_names:
 def predict(image_emb: jax.Array, class_emb: jax.Array) -> jax.Array:
     """argmax over classes of the cosine similarity (the scale does not change the argmax)."""
     return jnp.argmax(normalize(image_emb) @ normalize(class_emb).T, axis=-1)
+
+
+def predict_max(image_emb: jax.Array, prompt_emb: jax.Array, n_classes: int) -> jax.Array:
+    """The class of the best-matching prompt: argmax_c max_k cos(image, t_k(c)). Where the templates vary an
+    attribute the image shows (here "a small {}" vs "a large {}"), the two prompts' unit vectors point apart,
+    their average is dominated by what they share least, and CLIP's mean ensemble loses the class; the max
+    lets each image use the template that describes it."""
+    sims = normalize(image_emb) @ normalize(prompt_emb).T                      # [N, C·K], class-major
+    return jnp.argmax(sims.reshape(sims.shape[0], n_classes, -1).max(axis=-1), axis=-1)
 
 
 def accuracy(pred, labels) -> float:

@@ -1,6 +1,6 @@
 """``lineage clip train|zeroshot|score``: CLIP on the captioned shapes (``lineage_jax/clip/``).
 
-    lineage clip train --run-dir R [--steps 600 --batch-size 64 --lr 2e-3 --strategy DP|FSDP|ZeRO-1… --devices N]
+    lineage clip train --run-dir R [--steps 600 --batch-size 64 --lr 5e-4 --strategy DP|FSDP|ZeRO-1… --devices N]
     lineage clip zeroshot --run-dir R [--split heldout|test] [--template "a small {}" …] [--json]
     lineage clip score --run-dir R --image PNG --text "a small red circle" [--text …] [--threshold 0.8]
 
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     t.add_argument("--run-dir", required=True, help="the run directory (created, or resumed)")
     t.add_argument("--steps", type=int, default=600)
     t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--warmup", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--strategy", default="DP", help="a named strategy of parallel/strategies.py (DP, FSDP = ZeRO-3, …)")
@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     z.add_argument("--split", default="heldout", help="heldout (combinations never trained on) or test")
     z.add_argument("--template", action="append", default=None, metavar="T",
                    help='a prompt template with one {} (repeatable; default "a small {}", "a large {}")')
+    z.add_argument("--ensemble", default="max", help="max: the class of the best-matching prompt (default); "
+                   "mean: CLIP's average of the templates' embeddings")
     z.add_argument("--data-dir", default=None)
     z.add_argument("--json", action="store_true")
     z.set_defaults(func=cmd_zeroshot)
@@ -102,6 +104,8 @@ def cmd_train(args) -> int:
 def cmd_zeroshot(args) -> int:
     if args.split not in ("heldout", "test"):
         raise ConfigError(f"--split={args.split}: allowed heldout, test")
+    if args.ensemble not in ("max", "mean"):
+        raise ConfigError(f"--ensemble={args.ensemble}: allowed max, mean")
     for t in args.template or ():
         if t.count("{}") != 1:
             raise ConfigError(f"--template={t!r}: must hold exactly one {{}} (where the class name goes)")
@@ -116,15 +120,22 @@ def cmd_zeroshot(args) -> int:
     _, train, _ = store.read_config(run_dir)
     split = load_shapes(data_dir, train.get("dataset", "default"))[args.split]
     enc = Encoder(cfg, params, vocab)
-    classes = zeroshot.class_embeddings(enc.texts, clip_data.CLASS_NAMES, templates)
+    n = len(clip_data.CLASS_NAMES)
+    prompt_emb = enc.texts(zeroshot.prompts(clip_data.CLASS_NAMES, templates))
     images, y = enc.images(split["image"]), clip_data.labels(split)
-    acc = zeroshot.accuracy(zeroshot.predict(images, classes), y)
+
+    def predict(ids):
+        p = prompt_emb.reshape(n, len(templates), -1)[ids].reshape(len(ids) * len(templates), -1)
+        if args.ensemble == "max":
+            return np.asarray(ids)[np.asarray(zeroshot.predict_max(images, p, len(ids)))]
+        return np.asarray(ids)[np.asarray(zeroshot.predict(images, zeroshot.ensemble(p, len(ids))))]
+    acc = zeroshot.accuracy(predict(np.arange(n)), y)
     out = {"run_dir": str(run_dir), "step": step, "split": args.split, "templates": list(templates),
-           "classes": len(clip_data.CLASS_NAMES), "accuracy": acc, "chance": 1 / len(clip_data.CLASS_NAMES),
+           "ensemble": args.ensemble, "classes": n, "accuracy": acc, "chance": 1 / len(clip_data.CLASS_NAMES),
            "unknown_words": unknown}
     if args.split == "heldout":
         ho = np.array(clip_data.HELD_OUT_CLASSES)
-        out["accuracy_among_heldout"] = zeroshot.accuracy(ho[np.asarray(zeroshot.predict(images, classes[ho]))], y)
+        out["accuracy_among_heldout"] = zeroshot.accuracy(predict(ho), y)
         out["chance_among_heldout"] = 1 / len(ho)
     if args.json:
         print(json.dumps(out))

@@ -44,3 +44,13 @@ def test_probe_equals_sklearn_logistic_regression():
     np.testing.assert_allclose(ours - ours.mean(1, keepdims=True), theirs - theirs.mean(1, keepdims=True),
                                atol=2e-3)
     assert zeroshot.accuracy(zeroshot.probe_predict((w, b), x), ref.predict(x)) == 1.0
+
+
+def test_best_prompt_keeps_the_class_where_the_mean_ensemble_loses_it():
+    # two templates naming opposite sizes point apart; class 1's two prompts do not cancel, so its mean
+    # keeps a large size component that outweighs the weak shape axis (2 for class 0, 3 for class 1)
+    s0, s1 = np.array([0, 0, 0.3, 0]), np.array([0, 0, 0, 0.3])
+    prompts = jnp.array([[1.0, 0, 0, 0] + s0, [-1.0, 0, 0, 0] + s0, [1.0, 0, 0, 0] + s1, [-0.6, 0.8, 0, 0] + s1])
+    img = jnp.array([[1.0, 0, 0, 0] + s0])                 # a small class-0 image
+    assert list(zeroshot.predict_max(img, prompts, 2)) == [0]
+    assert list(zeroshot.predict(img, zeroshot.ensemble(prompts, 2))) == [1]
