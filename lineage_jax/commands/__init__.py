@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "lineage_jax.commands.plan",
     "lineage_jax.commands.align",
     "lineage_jax.commands.diffusion",
+    "lineage_jax.commands.clip",
 )
 
 BENCH_TARGETS: dict[str, str] = {
