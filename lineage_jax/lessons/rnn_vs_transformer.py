@@ -183,7 +183,7 @@ class Config:
     vocab: int = 32
     repeats: int = 5
     quality_n: int = 128          # the length of the equal-wall-time race
-    budget_s: float = 40.0        # seconds of training each model gets in the race
+    budget_s: float = 30.0        # seconds of training each model gets in the race
     delay: int = 4                # the race's task: label_t = token_{t-delay}
     race_batch: int = 32
     race_lrs: str = "0.001,0.003"  # Adam; each model is raced at each and reported at its best
