@@ -11,10 +11,20 @@ from flax.core import meta
 from lineage_jax.foundations import alexnet as ax
 from lineage_jax.foundations import mlp, nets
 from lineage_jax.lessons import alexnet as alexnet_lesson
-from lineage_jax.lessons import dropout as dropout_lesson
+from lineage_jax.foundations.dropout import dropout
 from parallel.axes import check_names
 
 SIZES = [5, 12, 12, 3]
+
+
+def _hand_dropout_forward(layers, x, key, rate):
+    """The dropout lesson's forward before the port: one key per layer, split from ``key``."""
+    keys, h = jax.random.split(key, len(layers)), x
+    for l, p in enumerate(layers):
+        h = h @ p["w"] + p["b"]
+        if l < len(layers) - 1:
+            h = dropout(keys[l], jax.nn.relu(h), rate)
+    return h
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +47,14 @@ def test_mlp_module_equals_the_hand_forward_and_its_grad_the_hand_backward(data,
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), auto, hand)
 
 
-def test_mlp_dropout_equals_the_dropout_lessons_forward_bit_for_bit(data):
+def test_mlp_dropout_equals_the_hand_dropout_forward_bit_for_bit(data):
     x, _ = data
     layers = mlp.init(jax.random.key(4), SIZES, "he")
     key = jax.random.key(5)
     got = nets.MLP(SIZES[1:], act="relu", rate=0.5).apply({"params": nets.from_layers(layers)}, x, key)
-    np.testing.assert_array_equal(got, dropout_lesson.forward(layers, x, key, 0.5, False))
+    np.testing.assert_array_equal(got, _hand_dropout_forward(layers, x, key, 0.5))
     plain = nets.MLP(SIZES[1:], act="relu", rate=0.5).apply({"params": nets.from_layers(layers)}, x)
-    np.testing.assert_array_equal(plain, dropout_lesson.forward(layers, x, key, 0.5, True))
+    np.testing.assert_array_equal(plain, mlp.forward(layers, x, "relu")[0])
     assert not np.array_equal(got, plain)
 
 
@@ -90,7 +100,7 @@ def test_kernel_init_draws_the_named_variance():
 
 def test_alexnet_module_equals_the_towers_function_with_dropout():
     img = jax.random.normal(jax.random.key(7), (3, 8, 8, 1))
-    layers = alexnet_lesson.init(jax.random.key(8), 4, 8, 8, 4, 16)
+    layers = nets.to_layers(alexnet_lesson.init(jax.random.key(8), 4, 8, 8, 4, 16))
     key = jax.random.key(9)
     widths = [p["w"].shape[-1] for p in layers]
     cnn = nets.AlexNet(alexnet_lesson.LAYOUT, widths, rate=0.5, pool_padding="SAME")
