@@ -10,8 +10,8 @@ backward, SGD update) on a per-token task, at n = 64 … 1024:
     step time          median wall time of the jitted step (timings are reported, never asserted in tests)
 
 and, at one length (``quality_n``), quality reached at equal wall time: both models train with Adam on the
-same stream of fresh random sequences for the same budget of seconds (compilation and evaluation excluded
-from the clock) on a delayed copy (label_t = token_{t−delay}; the first ``delay`` positions are not scored, so
+same stream of fresh random sequences for the same seconds — counted as steps × each model's median step time,
+timed with the models taking turns, so a loaded machine does not shrink the race (``race``) — on a delayed copy (label_t = token_{t−delay}; the first ``delay`` positions are not scored, so
 the unidirectional LSTM is not asked for the future), and their accuracy on held-out sequences is measured at
 checkpoints along the clock: curves of held-out accuracy against seconds.
 
@@ -128,44 +128,54 @@ def make_race_fns(logits_fn, tx: optax.GradientTransformation, delay: int):
     return step, accuracy
 
 
-def race(models: dict, cfg: "Config", heldout, progress: bool = True) -> dict[str, list[dict]]:
-    """Train every model in ``models`` ({name: (logits_fn, params, learning rate)}) for ``cfg.budget_s`` seconds of its own step
-    time, the models taking turns step by step so that they share the machine's load (each step timed to
-    completion; compile-and-warm-up, data and evaluations are off the clock; every model sees the same batches).
-    Held-out accuracy at ``cfg.checkpoints`` evenly spaced points of each clock. ``models``' keys may be any
-    hashable names (the lesson uses (model, learning rate)).
-    Returns {name: curve}, a curve being [{seconds, steps, heldout_accuracy, loss}], starting at 0 s."""
+def race(models: dict, cfg: "Config", heldout, progress: bool = True) -> dict:
+    """Equal wall time, measured so that the machine's load cancels: every model's jitted Adam step is timed
+    (``cfg.repeats`` × 4 steps, the models taking turns, median), then the slower model trains ``budget_steps``
+    steps and every other model the steps that fit in the same seconds at its own median (t_slow / t_model ×
+    ``budget_steps``). A uniformly loaded machine slows every model alike and leaves the step counts unchanged;
+    a clock-driven race would hand out fewer steps as the load rose. ``models``: {name: (logits_fn, params, lr,
+    kind)}, runs of the same ``kind`` sharing one step time. Held-out accuracy at ``cfg.checkpoints`` evenly
+    spaced points; every model sees the same batches. Returns {name: curve}, a curve [{seconds, steps,
+    heldout_accuracy, loss}] from 0 (seconds = steps × the model's median step time), and {kind: median ms}."""
     from tqdm.auto import tqdm
     key = jax.random.key(cfg.seed + 7)
     batch = lambda i: delayed_copy(jax.random.fold_in(key, i), cfg.race_batch, cfg.quality_n, cfg.vocab, cfg.delay)
-    runners = {}
-    for name, (fn, params, lr) in models.items():
+    runners, kinds = {}, {}
+    for name, (fn, params, lr, kind) in models.items():
         tx = optax.adam(lr)
         step, accuracy = make_race_fns(fn, tx, cfg.delay)
         state = (params, tx.init(params))
         jax.block_until_ready(step(state, *batch(2 ** 31)))     # compile and warm up; the result is discarded
-        runners[name] = {"step": step, "accuracy": accuracy, "state": state, "clock": 0.0, "steps": 0,
-                         "marks": [cfg.budget_s * (i + 1) / cfg.checkpoints for i in range(cfg.checkpoints)],
-                         "curve": [{"seconds": 0.0, "steps": 0, "loss": None,
-                                    "heldout_accuracy": float(accuracy(params, *heldout))}]}
-    bar = tqdm(total=round(cfg.budget_s * len(models), 1), disable=not progress, unit="s", desc="equal wall time",
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s")
-    while any(r["marks"] for r in runners.values()):
-        for r in runners.values():
-            if not r["marks"]:
-                continue
-            tokens, labels = jax.block_until_ready(batch(r["steps"]))
+        runners[name] = {"step": step, "accuracy": accuracy, "state": state, "kind": kind}
+        kinds.setdefault(kind, (step, state))
+    times = {kind: [] for kind in kinds}
+    probe = batch(2 ** 31 - 1)
+    for _ in range(4 * cfg.repeats):                            # taking turns: the load falls on every kind alike
+        for kind, (step, state) in kinds.items():
             t = time.perf_counter()
-            r["state"], loss = jax.block_until_ready(r["step"](r["state"], tokens, labels))
-            dt = time.perf_counter() - t
-            r["clock"], r["steps"] = r["clock"] + dt, r["steps"] + 1
-            bar.update(dt)
-            if r["clock"] >= r["marks"][0]:
-                r["marks"].pop(0)
-                r["curve"].append({"seconds": r["clock"], "steps": r["steps"], "loss": float(loss),
-                                   "heldout_accuracy": float(r["accuracy"](r["state"][0], *heldout))})
+            jax.block_until_ready(step(state, *probe))
+            times[kind].append(time.perf_counter() - t)
+    step_s = {kind: statistics.median(ts) for kind, ts in times.items()}
+    slowest = max(step_s.values())
+    total = 0
+    for r in runners.values():
+        r["steps"] = max(1, round(cfg.budget_steps * slowest / step_s[r["kind"]]))
+        total += r["steps"]
+    bar = tqdm(total=total, disable=not progress, unit="step", desc="equal wall time")
+    curves = {}
+    for name, r in runners.items():
+        marks = {round(r["steps"] * (i + 1) / cfg.checkpoints) for i in range(cfg.checkpoints)}
+        state, s = r["state"], step_s[r["kind"]]
+        curve = [{"seconds": 0.0, "steps": 0, "loss": None, "heldout_accuracy": float(r["accuracy"](state[0], *heldout))}]
+        for i in range(1, r["steps"] + 1):
+            state, loss = r["step"](state, *batch(i - 1))
+            if i in marks:
+                curve.append({"seconds": i * s, "steps": i, "loss": float(loss),
+                              "heldout_accuracy": float(r["accuracy"](state[0], *heldout))})
+            bar.update(1)
+        curves[name] = curve
     bar.close()
-    return {name: r["curve"] for name, r in runners.items()}
+    return curves, {kind: 1e3 * v for kind, v in step_s.items()}
 
 
 def count_params(p) -> int:
@@ -183,22 +193,21 @@ class Config:
     vocab: int = 32
     repeats: int = 5
     quality_n: int = 128          # the length of the equal-wall-time race
-    budget_s: float = 30.0        # seconds of training each model gets in the race
+    budget_steps: int = 1000      # the race: steps of the slower model; the other gets the same seconds
     delay: int = 4                # the race's task: label_t = token_{t-delay}
     race_batch: int = 32
     race_lrs: str = "0.001,0.003"  # Adam; each model is raced at each and reported at its best
     checkpoints: int = 8          # held-out evaluations along the clock
 
     def __post_init__(self):
-        for f in ("d", "heads", "layers", "batch", "vocab", "repeats", "race_batch", "checkpoints"):
+        for f in ("d", "heads", "layers", "batch", "vocab", "repeats", "race_batch", "checkpoints",
+                  "budget_steps"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
         if self.layers % 2:
             raise ConfigError(f"layers={self.layers}: must be even (the LSTM gets 3·layers/2 to match parameters)")
         if not 1 <= self.delay < self.quality_n:
             raise ConfigError(f"delay={self.delay}, quality_n={self.quality_n}: need 1 <= delay < quality_n")
-        if not self.budget_s > 0:
-            raise ConfigError(f"budget_s={self.budget_s}: must be positive")
         harness.positive_list("race_lrs", self.race_lrs, float, "0.001,0.003")
         if self.d % (2 * self.heads):
             raise ConfigError(f"d={self.d}: must be even and divisible by heads={self.heads}")
@@ -219,7 +228,7 @@ class Config:
 
 
 # `--quick`: two short lengths, three timings each, a two-second race at n = 32.
-QUICK = dict(lengths="16,64", d=32, repeats=3, quality_n=32, budget_s=2.0, checkpoints=2, race_lrs="0.003")
+QUICK = dict(lengths="16,64", d=32, repeats=3, quality_n=32, budget_steps=60, checkpoints=2, race_lrs="0.003")
 
 
 def ratios(rows: list[dict]) -> dict[int, float]:
@@ -296,11 +305,11 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     models = {"lstm": (lstm_logits, lstm_init(kp, cfg.vocab, cfg.d, lstm_layers)),
             "transformer": (functools.partial(transformer_logits, model),
                             meta.unbox(model.init(kp, heldout[0][:1], method=Transformer.encode)["params"]))}
-    curves = race({(name, lr): (fn, p, lr) for name, (fn, p) in models.items() for lr in cfg.race_lr_list},
-                  cfg, heldout, progress)
+    curves, race_ms = race({(name, lr): (fn, p, lr, name) for name, (fn, p) in models.items()
+                            for lr in cfg.race_lr_list}, cfg, heldout, progress)
     for (name, lr), curve in curves.items():
-        rows.append({"model": name, "n": cfg.quality_n, "part": "equal_wall_time", "lr": lr, "budget_s": cfg.budget_s,
-                     "train_seconds": curve[-1]["seconds"], "steps": curve[-1]["steps"],
+        rows.append({"model": name, "n": cfg.quality_n, "part": "equal_wall_time", "lr": lr,
+                     "step_ms": race_ms[name], "train_seconds": curve[-1]["seconds"], "steps": curve[-1]["steps"],
                      "heldout_accuracy": curve[-1]["heldout_accuracy"]})
     best = best_at_equal_time(rows)
     curves = {f"{name} (lr {lr:g})": curve for (name, lr), curve in curves.items() if best[name]["lr"] == lr}
@@ -314,6 +323,7 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
                           time_ratio_grows=time_ratio_grows(rows),
                           transformer_as_good_at_equal_time=transformer_as_good_at_equal_time(rows),
                           equal_time_accuracy=acc, equal_time_steps=steps, curves=curves,
+                          equal_time_seconds=max(r["train_seconds"] for r in best.values()),
                           device=str(jax.devices()[0].device_kind), cpu_threads=_threads(),
                           seconds=round(time.perf_counter() - t0, 1), config=dataclasses.asdict(cfg))
 
@@ -328,7 +338,8 @@ def report(res: harness.LessonResult) -> list[str]:
     r, acc, steps, cfg = d["ratios"], d["equal_time_accuracy"], d["equal_time_steps"], d["config"]
     return [f"on {d['device']} ({d['cpu_threads']} CPU threads): LSTM / Transformer step time "
             + ", ".join(f"n={n}: {v:.2f}x" for n, v in r.items()) + f" (grows: {d['time_ratio_grows']})",
-            f"held-out accuracy after {cfg['budget_s']:g} s of training at n={cfg['quality_n']}: LSTM "
+            f"held-out accuracy after equal training time ({d['equal_time_seconds']:.1f} s at this run's step "
+            f"times) at n={cfg['quality_n']}: LSTM "
             f"{acc['lstm']:.1%} ({steps['lstm']} steps), Transformer {acc['transformer']:.1%} "
             f"({steps['transformer']} steps) (Transformer at least as good: {d['transformer_as_good_at_equal_time']})"]
 
