@@ -21,11 +21,12 @@ def test_ci_runs_the_readme_test_command():
 # A new chapter's package takes a row here; an import that points up or sideways fails.
 LAYERS = [
     {"config"},                                  # schema and validation: imports no other package
-    {"nn", "optim", "runs", "foundations",       # building blocks, optimisers, run directories (atomic writes),
-     "diffusion"},                               # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout),
-                                                 # diffusion schedules and samplers (pure functions)
-    {"tokenize", "adapt"},                       # tokenizers (save through runs.atomic) |
-                                                 # LoRA / NF4 / QLoRA: pure transforms of parameter trees
+    {"nn", "optim", "runs",                      # building blocks, optimisers, run directories (atomic writes),
+     "diffusion"},                               # diffusion schedules and samplers (pure functions)
+    {"tokenize", "adapt", "foundations"},        # tokenizers (save through runs.atomic) |
+                                                 # LoRA / NF4 / QLoRA: pure transforms of parameter trees |
+                                                 # the pre-Transformer pieces (hand backprop, tape AD, BN, dropout,
+                                                 # LSTMs; their nets as linen modules named through nn.hooks)
     {"attention", "data"},
     {"moe"},
     {"models"},

@@ -14,8 +14,10 @@
                range (Glorot & Bengio 2010; Micikevicius et al. 2018)
 ``lstm``       the LSTM cell in torch's gate order, a sequence as a ``lax.scan`` (masked, either direction),
                the bidirectional encoder (Hochreiter & Schmidhuber 1997; Bahdanau et al. 2015)
+``seq2seq``    Sutskever et al. 2014's deep LSTM encoder–decoder, the source read reversed by a masked scan
+``nets``       the MLP and the AlexNet-shaped CNN as Flax linen modules, every parameter with logical axis names
 
 Each is proved against its peer (``jax.grad``, ``flax.linen``, ``torch``) in ``tests/foundations/``; the
 lessons in ``lineage_jax/lessons/`` (``backprop``, ``relu``, ``dropout``, ``batchnorm``,
-``mixed_precision``) measure the papers' claims with them.
+``mixed_precision``, ``alexnet``, ``seq2seq_attention``, ``seq2seq_reverse``) measure the papers' claims with them.
 """

@@ -37,7 +37,7 @@ def zeros(batch: int, hidden: int) -> tuple[jax.Array, jax.Array]:
 
 
 def cell(params: dict, carry: tuple[jax.Array, jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One step: (h, c) [B, H] and x [B, in] -> (h', c')."""
+    """One step: (h, c) ``[B, H]`` and x ``[B, in]`` -> (h', c')."""
     h, c = carry
     z = x @ params["w_ih"] + h @ params["w_hh"] + params["b"]
     i, f, g, o = jnp.split(z, 4, axis=-1)
@@ -46,9 +46,9 @@ def cell(params: dict, carry: tuple[jax.Array, jax.Array], x: jax.Array) -> tupl
 
 
 def scan(params: dict, xs: jax.Array, carry=None, mask: jax.Array | None = None, reverse: bool = False):
-    """The sequence xs [B, T, in] -> (final (h, c), hs [B, T, H]) as one ``lax.scan`` over time.
+    """The sequence xs ``[B, T, in]`` -> (final (h, c), hs ``[B, T, H]``) as one ``lax.scan`` over time.
 
-    ``mask`` [B, T] (1 = real token): a masked step keeps the carry and outputs zeros. ``reverse`` reads
+    ``mask`` ``[B, T]`` (1 = real token): a masked step keeps the carry and outputs zeros. ``reverse`` reads
     the sequence from its end (the backward half of a bidirectional encoder); hs stays in input order.
     """
     B, T, _ = xs.shape
@@ -68,7 +68,7 @@ def scan(params: dict, xs: jax.Array, carry=None, mask: jax.Array | None = None,
 
 
 def bidirectional(forward: dict, backward: dict, xs: jax.Array, mask: jax.Array | None = None):
-    """Bahdanau et al. 2015 §3.2: annotations h_j = [h→_j; h←_j] [B, T, 2H]; returns (annotations,
+    """Bahdanau et al. 2015 §3.2: annotations ``h_j = [h→_j; h←_j]`` ``[B, T, 2H]``; returns (annotations,
     final forward carry, final backward carry — the state after reading the first token)."""
     fwd, hf = scan(forward, xs, mask=mask)
     bwd, hb = scan(backward, xs, mask=mask, reverse=True)

@@ -2,7 +2,8 @@
 1,797 8×8 handwritten digits that scikit-learn ships (``lineage_jax/data/digits.py``, a TFDS builder; no
 download).
 
-The paper's pieces (``lineage_jax/foundations/alexnet.py``): conv → ReLU → local response normalisation
+The net is the linen ``nets.AlexNet`` (logical axis names on every parameter), built of the paper's pieces
+(``lineage_jax/foundations/alexnet.py``): conv → ReLU → local response normalisation
 (k = 2, n = 5, α = 1e-4, β = 0.75, §3.3) → overlapping 3×3 / stride-2 max pooling (§3.4), twice; two more
 convolutions; three dense layers with dropout 0.5 after the hidden two (§4.2). Every layer's kernels are
 split between two towers as between the paper's two GPUs (§3.2, Fig. 2): conv 2 and conv 4 see only their
@@ -25,6 +26,7 @@ import optax
 from lineage_jax.config import ConfigError
 from lineage_jax.data.digits import load_digits
 from lineage_jax.foundations import alexnet as ax
+from lineage_jax.foundations import nets
 from lineage_jax.lessons import harness
 
 # (kind, cross-tower): conv 1 sees the whole image; conv 2, 4 their own tower; conv 3, dense layers both
@@ -34,15 +36,24 @@ POOL = "SAME"     # 8×8 → 4×4 → 2×2 (VALID would leave 1×1 after the sec
 
 
 def init(key, c1: int, c2: int, c3: int, c4: int, dense: int, classes: int = 10):
-    """He-normal kernels (HWIO; within-tower kernels see half their input channels), zero biases."""
+    """He-normal kernels (HWIO; within-tower kernels see half their input channels), zero biases, as the params
+    tree of ``nets.AlexNet`` (the draw of the pure version, so the committed results are those numbers)."""
     shapes = [(3, 3, 1, c1), (3, 3, c1 // 2, c2), (3, 3, c2, c3), (3, 3, c3 // 2, c4), (2 * 2 * c4, dense),
               (dense, dense), (dense, classes)]
-    return ax.tower_params([{"w": jax.random.normal(k, s) * math.sqrt(2.0 / math.prod(s[:-1])), "b": jnp.zeros(s[-1])}
-                            for k, s in zip(jax.random.split(key, len(shapes)), shapes)], LAYOUT)
+    layers = ax.tower_params([{"w": jax.random.normal(k, s) * math.sqrt(2.0 / math.prod(s[:-1])),
+                               "b": jnp.zeros(s[-1])} for k, s in zip(jax.random.split(key, len(shapes)), shapes)],
+                             LAYOUT)
+    return nets.from_layers(layers)
+
+
+def model_for(params, rate: float = 0.0) -> nets.AlexNet:
+    """The linen two-tower CNN of ``params``' widths (logical axis "mlp" on every output-channel axis)."""
+    return nets.AlexNet(LAYOUT, [params[f"layer_{l}"]["bias"].shape[0] for l in range(len(LAYOUT))], rate=rate,
+                        pool_padding=POOL)
 
 
 def logits(params, x, key=None, rate: float = 0.0):
-    return ax.towers(params, x, LAYOUT, key=key, rate=rate, pool_padding=POOL)
+    return model_for(params, rate).apply({"params": params}, x, key)
 
 
 def loss_fn(params, x, y, key=None, rate: float = 0.0):
@@ -133,7 +144,7 @@ def report(res: harness.LessonResult) -> list[str]:
 
 def plot(axes, params, confusion) -> None:
     a, b = axes
-    w = np.asarray(params[0]["w"])[:, :, 0, :]                      # [3, 3, c1]
+    w = np.asarray(params["layer_0"]["kernel"])[:, :, 0, :]                      # [3, 3, c1]
     c1 = w.shape[-1]
     cols = c1 // 2
     grid = np.ones((2 * 4, cols * 4)) * np.nan

@@ -1,7 +1,7 @@
 """Lesson: dropout (Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov 2014), §4 and Fig. 9's point:
 on a small training set, dropping hidden units with p = 0.5 shrinks the gap between training and test.
 
-The net is a plain MLP on parameter dicts (``lineage_jax/foundations/mlp.py``'s layout) whose hidden units
+The net is a plain ReLU MLP, the linen ``nets.MLP`` (logical axis names on every parameter), whose hidden units
 pass through inverted dropout (``lineage_jax/foundations/dropout.py``): ỹ = m ⊙ y / p, m ~ Bernoulli(p),
 p = 1 − rate at training, the plain net at test. The train step is pure: the PRNG key lives in the state and
 the step's key is fold_in(key, step) (and fold_in(·, device) inside ``shard_map``), so replaying a step
@@ -26,20 +26,20 @@ from jax.sharding import PartitionSpec as P
 
 from lineage_jax.config import ConfigError
 from lineage_jax.foundations import dropout as dr
-from lineage_jax.foundations import mlp
+from lineage_jax.foundations import mlp, nets
 from lineage_jax.foundations.tasks import teacher_task
 from lineage_jax.lessons import harness
 
 
+def model_for(params, rate: float) -> nets.MLP:
+    """The linen ReLU MLP whose layer widths are those of ``params`` (a ``nets.MLP`` params tree)."""
+    return nets.MLP([params[f"layer_{l}"]["bias"].shape[0] for l in range(len(params))], act="relu", rate=rate)
+
+
 def forward(params, x, key, rate: float, deterministic: bool):
-    """ReLU MLP logits; every hidden layer's output through inverted dropout (its own key per layer)."""
-    keys = jax.random.split(key, len(params))
-    h = x
-    for l, p in enumerate(params):
-        h = h @ p["w"] + p["b"]
-        if l < len(params) - 1:
-            h = dr.dropout(keys[l], jax.nn.relu(h), rate, deterministic)
-    return h
+    """ReLU MLP logits (``nets.MLP``); every hidden layer's output through inverted dropout, its own key per layer
+    (split from ``key``); the plain net when ``deterministic``."""
+    return model_for(params, rate).apply({"params": params}, x, None if deterministic else key)
 
 
 @flax.struct.dataclass
@@ -123,7 +123,9 @@ def supports(rows: list[dict]) -> bool:
 def train(cfg: Config, rate: float, data, progress: bool) -> list[dict]:
     xtr, ytr, xte, yte = data
     tx = optax.adam(cfg.lr)
-    params = mlp.init(jax.random.key(cfg.seed + 1), [cfg.inputs, cfg.hidden, cfg.hidden, cfg.classes], "he")
+    # mlp.init's draw (He normal) in the linen tree: the committed results stay those of the same numbers
+    params = nets.from_layers(mlp.init(jax.random.key(cfg.seed + 1), [cfg.inputs, cfg.hidden, cfg.hidden, cfg.classes],
+                                       "he"))
     state = State(step=jnp.int32(0), params=params, opt_state=tx.init(params), key=jax.random.key(cfg.seed + 2))
     order = np.concatenate([np.random.default_rng(cfg.seed + 3).permutation(cfg.n_train)
                             for _ in range(-(-cfg.steps * cfg.batch // cfg.n_train))])

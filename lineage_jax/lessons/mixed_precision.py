@@ -1,6 +1,6 @@
 """Lesson: mixed-precision training and loss scaling (Micikevicius et al. 2018, §3.2, Fig. 3).
 
-A ReLU MLP trains with fp16 compute, float32 master weights (§3.1), the loss in float32 (§3.3) and the
+A ReLU MLP (the linen ``nets.MLP``, dtype float16, param_dtype float32) trains with fp16 compute, float32 master weights (§3.1), the loss in float32 (§3.3) and the
 project's dynamic loss scaling (``parallel/precision.py``: multiply the loss by S, unscale the gradients in
 float32, skip a step and halve S on overflow, double S after ``period`` clean steps). At checkpoints, on a
 fixed batch of training examples, the activation gradients δ_l = ∂E/∂a_l of every layer are computed four
@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from lineage_jax.config import ConfigError
-from lineage_jax.foundations import gradstats, mlp
+from lineage_jax.foundations import gradstats, mlp, nets
 from lineage_jax.foundations.tasks import teacher_task
 from lineage_jax.lessons import harness
 from parallel import precision
@@ -33,19 +33,27 @@ from parallel import precision
 
 @flax.struct.dataclass
 class State:
-    params: Any                       # float32 master weights (§3.1)
+    params: Any                       # float32 master weights (§3.1): a ``nets.MLP`` params tree
     opt_state: Any
     loss_scale: precision.LossScale
 
 
+def model_for(params, policy: precision.Policy, act: str = "relu") -> nets.MLP:
+    """The linen MLP of ``params``' widths computing in the policy's dtype, its parameters stored in float32."""
+    return nets.MLP([params[f"layer_{l}"]["bias"].shape[0] for l in range(len(params))], act=act,
+                    dtype=policy.compute_dtype, param_dtype=jnp.float32)
+
+
 def make_train_step(tx, policy: precision.Policy, period: int, act: str = "relu"):
-    """Pure ``train_step(state, (x, y)) -> (state, metrics)``: forward/backward in the policy's compute dtype,
-    S·L differentiated, gradients unscaled in float32; a non-finite step is skipped and S halved."""
+    """Pure ``train_step(state, (x, y)) -> (state, metrics)``: forward/backward in the policy's compute dtype
+    (the module casts the float32 master weights, ``dtype`` apart from ``param_dtype``), S·L differentiated,
+    gradients unscaled in float32; a non-finite step is skipped and S halved."""
     def train_step(state: State, batch):
         x, y = batch
+        model = model_for(state.params, policy, act)
 
         def scaled_loss(params):
-            logits = mlp.forward(policy.cast_to_compute(params), x.astype(policy.compute_dtype), act)[0]
+            logits = model.apply({"params": params}, x)
             loss = mlp.softmax_cross_entropy(logits.astype(jnp.float32), y)[0]     # §3.3: reductions in f32
             return precision.scale_loss(loss, state.loss_scale), loss
         grads, loss = jax.grad(scaled_loss, has_aux=True)(state.params)
@@ -114,7 +122,8 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     t0 = time.perf_counter()
     xtr, ytr, _, _ = teacher_task(cfg.seed, cfg.n_train, 1, inputs=16, classes=4, label_noise=0.0)
     tx = optax.adam(cfg.lr)
-    params = mlp.init(jax.random.key(cfg.seed + 1), [16, cfg.hidden, cfg.hidden, 4], "he")
+    # mlp.init's draw (He normal) in the linen tree: the committed results stay those of the same numbers
+    params = nets.from_layers(mlp.init(jax.random.key(cfg.seed + 1), [16, cfg.hidden, cfg.hidden, 4], "he"))
     state = State(params=params, opt_state=tx.init(params), loss_scale=precision.loss_scale_init(cfg.init_scale))
     order = np.concatenate([np.random.default_rng(cfg.seed + 2).permutation(cfg.n_train)
                             for _ in range(-(-cfg.steps * cfg.batch // cfg.n_train))])
@@ -123,9 +132,10 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     refs = {}
 
     def evaluate(st, step):
-        row, refs[step] = measure(st.params, *probe, float(st.loss_scale.scale))
+        layers = nets.to_layers(st.params)        # the hand backward of gradstats reads [{"w", "b"}, …]
+        row, refs[step] = measure(layers, *probe, float(st.loss_scale.scale))
         return {**row, "skipped_steps": int(st.loss_scale.skipped),
-                "train_accuracy": float(mlp.accuracy(st.params, xtr, ytr, "relu"))}
+                "train_accuracy": float(mlp.accuracy(layers, xtr, ytr, "relu"))}
     eval_at = sorted({1} | {round(cfg.steps * (i + 1) / cfg.evals) for i in range(cfg.evals)})
     state, history, rows = harness.fit(make_train_step(tx, precision.policy_for("fp16"), cfg.period), state,
                                        batch_at, cfg.steps, log_every=max(1, cfg.steps // 50), evaluate=evaluate,

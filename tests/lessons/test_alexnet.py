@@ -4,6 +4,7 @@ whose verdict follows its rows (skipped without scikit-learn's digits)."""
 import importlib.util
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from lineage_jax import cli
 from lineage_jax.config import UserError
 from lineage_jax.data import digits
 from lineage_jax.foundations import alexnet as ax
+from lineage_jax.foundations import nets
 from lineage_jax.lessons import alexnet as lesson
 
 
@@ -28,10 +30,16 @@ def test_the_lessons_net_on_two_devices_equals_one_device():
     params = lesson.init(jax.random.key(0), 8, 12, 16, 8, 32)
     x, _ = _batch()
     mesh = Mesh(np.asarray(jax.devices()[:2]), ("tower",), axis_types=(AxisType.Auto,))
-    specs = jax.tree.map(lambda a: P(*[None] * (a.ndim - 1), "tower"), params)
+    layers = nets.to_layers(params)          # tower_body reads [{"w", "b"}, …]
+    # the split is read off the logical names: every output-channel axis is "mlp", mapped to the tower axis
+    with nn.logical_axis_rules([("mlp", "tower"), ("embed", None)]):
+        named = nn.logical_to_mesh(nn.get_partition_spec(
+            jax.eval_shape(lesson.model_for(params).init, jax.random.key(0), x)))["params"]
+    specs = nets.to_layers(named)
+    assert specs == jax.tree.map(lambda a: P(*[None] * (a.ndim - 1), "tower"), layers)
     body = lambda p, x: ax.tower_body(p, x, lesson.LAYOUT, "tower", pool_padding=lesson.POOL)
     two = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(specs, P()), out_specs=P(None, "tower"), check_vma=False))
-    np.testing.assert_allclose(two(params, x), lesson.logits(params, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(two(layers, x), lesson.logits(params, x), rtol=1e-5, atol=1e-5)
 
 
 def test_data_parallel_on_8_devices_equals_one_device():

@@ -12,13 +12,13 @@ import parallel
 
 from lineage_jax import cli
 from lineage_jax.foundations import dropout as dr
-from lineage_jax.foundations import mlp
+from lineage_jax.foundations import mlp, nets
 from lineage_jax.lessons import dropout as lesson
 
 
 def _setup(batch=32):
     xtr, ytr, _, _ = lesson.teacher_task(5, batch, 8, inputs=6, classes=3, label_noise=0.1)
-    params = mlp.init(jax.random.key(2), [6, 16, 16, 3], "he")
+    params = nets.from_layers(mlp.init(jax.random.key(2), [6, 16, 16, 3], "he"))
     tx = optax.sgd(0.1)
     state = lesson.State(step=jnp.int32(3), params=params, opt_state=tx.init(params), key=jax.random.key(4))
     return tx, state, (xtr, ytr)
@@ -33,8 +33,8 @@ def test_the_step_is_pure_and_replays_its_masks():
     key = jax.random.fold_in(state.key, 4)
     x, y = batch
     loss = lambda p, k: mlp.softmax_cross_entropy(lesson.forward(p, x, k, 0.5, False), y)[0]
-    np.testing.assert_allclose(jax.grad(loss)(s1.params, key)[0]["w"] * -0.1,
-                               s3.params[0]["w"] - s1.params[0]["w"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jax.grad(loss)(s1.params, key)["layer_0"]["kernel"] * -0.1,
+                               s3.params["layer_0"]["kernel"] - s1.params["layer_0"]["kernel"], rtol=1e-5, atol=1e-7)
     assert int(s3.step) == 5
 
 
@@ -61,7 +61,7 @@ def test_eight_devices_equal_one_device_drawing_each_shards_masks():
 def test_evaluation_is_the_plain_net():
     _, state, (x, y) = _setup()
     np.testing.assert_array_equal(lesson.forward(state.params, x, jax.random.key(0), 0.5, True),
-                                  mlp.forward(state.params, x, "relu")[0])
+                                  mlp.forward(nets.to_layers(state.params), x, "relu")[0])
     assert dr.dropout(jax.random.key(0), x, 0.5, deterministic=True) is x
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import optax
 
 from lineage_jax import cli
-from lineage_jax.foundations import mlp
+from lineage_jax.foundations import mlp, nets
 from lineage_jax.lessons import mixed_precision as mp
 from parallel import precision
 
 
 def _state(ls, tx):
-    params = mlp.init(jax.random.key(3), [4, 8, 3], "he")
+    params = nets.from_layers(mlp.init(jax.random.key(3), [4, 8, 3], "he"))
     x = jax.random.normal(jax.random.key(4), (16, 4))
     return mp.State(params=params, opt_state=tx.init(params), loss_scale=ls), (x, jnp.arange(16) % 3)
 
@@ -24,7 +24,7 @@ def test_fp32_step_is_the_plain_adam_step():
     tx = optax.adam(1e-2)
     state, batch = _state(precision.static_loss_scale(1.0), tx)
     new, m = mp.make_train_step(tx, precision.policy_for("fp32"), period=10)(state, batch)
-    grads = jax.grad(mlp.loss)(state.params, *batch, "relu")
+    grads = jax.grad(lambda p: mlp.loss(nets.to_layers(p), *batch, "relu"))(state.params)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  new.params, optax.apply_updates(state.params, updates))
@@ -41,7 +41,7 @@ def test_fp16_overflow_is_skipped_and_halves_the_scale():
     jax.tree.map(np.testing.assert_array_equal, new.params, state.params)   # the update was not applied
     ok, _ = step(state.replace(loss_scale=precision.loss_scale_init(2.0 ** 10)), batch)
     assert int(ok.loss_scale.skipped) == 0 and int(ok.loss_scale.good_steps) == 1
-    assert ok.params[0]["w"].dtype == jnp.float32                         # master weights stay float32
+    assert ok.params["layer_0"]["kernel"].dtype == jnp.float32                         # master weights stay float32
 
 
 def test_measure_on_a_fitted_net():

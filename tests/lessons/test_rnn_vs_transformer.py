@@ -52,27 +52,60 @@ def test_the_step_is_pure_and_learns():
 
 
 def test_supports_reads_the_rows_and_config_refuses_bad_lengths():
-    def rows(r_short, r_long, steps_ok=True):
+    def rows(r_short, r_long, steps_ok=True, acc_lstm=(0.5, 0.4), acc_tf=(0.6, 0.2)):
         out = []
         for n, r in ((64, r_short), (1024, r_long)):
             out += [{"model": "lstm", "n": n, "sequential_steps": 3 * n, "step_ms": r},
                     {"model": "transformer", "n": n, "sequential_steps": 2 if steps_ok else n, "step_ms": 1.0}]
+        for model, accs in (("lstm", acc_lstm), ("transformer", acc_tf)):
+            out += [{"model": model, "n": 128, "part": "equal_wall_time", "lr": lr, "heldout_accuracy": a}
+                    for lr, a in zip((1e-3, 3e-3), accs)]
         return out
     assert lesson.supports(rows(2.0, 8.0))
     assert not lesson.supports(rows(2.0, 1.5))
     assert not lesson.supports(rows(2.0, 8.0, steps_ok=False))
+    # each model is judged at its best learning rate
+    assert not lesson.supports(rows(2.0, 8.0, acc_lstm=(0.2, 0.7)))
+    assert lesson.transformer_as_good_at_equal_time(rows(2.0, 1.5)) and not lesson.time_ratio_grows(rows(2.0, 1.5))
+    assert lesson.best_at_equal_time(rows(2.0, 8.0))["transformer"]["lr"] == 1e-3
     for bad in ("64", "128,64", "64,x", "1,2"):
         with pytest.raises(ConfigError, match="lengths="):
             lesson.Config(lengths=bad)
+    with pytest.raises(ConfigError, match="delay=40, quality_n=32"):
+        lesson.Config(delay=40, quality_n=32)
+    with pytest.raises(ConfigError, match="race_lrs="):
+        lesson.Config(race_lrs="0.1,-1")
+
+
+def test_race_gives_each_model_the_steps_that_fit_in_equal_seconds():
+    cfg = lesson.Config(d=16, heads=2, vocab=8, quality_n=12, delay=2, budget_steps=20, checkpoints=2, race_batch=16,
+                        repeats=1)
+    tokens, labels = lesson.delayed_copy(jax.random.key(0), 4, 12, 8, 2)
+    np.testing.assert_array_equal(labels[:, 2:], tokens[:, :-2])
+    heldout = lesson.delayed_copy(jax.random.key(1), 64, 12, 8, 2)
+    small, big = (lesson.lstm_init(jax.random.key(2), 8, w, 1) for w in (8, 64))
+    curves, ms = lesson.race({"a": (lesson.lstm_logits, small, 0.03, "small"),
+                              "b": (lesson.lstm_logits, small, 0.01, "small"),
+                              "c": (lesson.lstm_logits, big, 0.03, "big")}, cfg, heldout, progress=False)
+    slow = max(ms, key=ms.get)
+    steps = {k: c[-1]["steps"] for k, c in curves.items()}
+    assert steps["a"] == steps["b"] and [p["steps"] for p in curves["a"]] == [0, steps["a"] // 2, steps["a"]]
+    assert steps["c" if slow == "big" else "a"] == 20
+    for k, kind in (("a", "small"), ("c", "big")):    # equal seconds: steps × median step time
+        assert abs(curves[k][-1]["seconds"] - 20 * ms[slow] / 1e3) <= ms[kind] / 1e3
 
 
 def test_quick_writes_result_json_and_png(tmp_path):
     rc = cli.main(["lesson", "rnn_vs_transformer", "--quick", "--out", str(tmp_path), "--no-progress",
-                   "--lengths", "8,16", "d=16", "repeats=1"])
+                   "--lengths", "8,16", "d=16", "repeats=1", "quality_n=16", "budget_steps=10"])
     assert rc == 0
     res = json.loads((tmp_path / "result.json").read_text())
-    assert [(r["model"], r["n"]) for r in res["rows"]] == [("lstm", 8), ("transformer", 8), ("lstm", 16),
-                                                          ("transformer", 16)]
-    assert [r["sequential_steps"] for r in res["rows"]] == [24, 2, 48, 2]
+    timing = [r for r in res["rows"] if "part" not in r]
+    assert [(r["model"], r["n"]) for r in timing] == [("lstm", 8), ("transformer", 8), ("lstm", 16), ("transformer", 16)]
+    assert [r["sequential_steps"] for r in timing] == [24, 2, 48, 2]
+    race = [r for r in res["rows"] if r.get("part") == "equal_wall_time"]
+    assert sorted(r["model"] for r in race) == ["lstm", "transformer"]
+    assert all(r["steps"] > 0 and r["train_seconds"] > 0 for r in race)
+    assert res["details"]["transformer_as_good_at_equal_time"] is lesson.transformer_as_good_at_equal_time(res["rows"])
     assert res["supported"] is lesson.supports(res["rows"])
     assert (tmp_path / "rnn_vs_transformer.png").read_bytes()[:4] == b"\x89PNG"
