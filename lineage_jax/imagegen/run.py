@@ -166,15 +166,17 @@ def load_run(run_dir: str | Path):
 
 
 def sample_digits(cfg: S.DiffusionConfig, params, ae, scale: float, digits, key, *, sampler: str = "ddim",
-                  steps: int | None = 50, eta: float = 0.0, guidance: float | None = 3.0) -> jax.Array:
+                  steps: int | None = 50, eta: float = 0.0, guidance: float | None = 3.0,
+                  recompute_eps: bool = False) -> jax.Array:
     """Images [N, 8, 8, 1] in [-1, 1] of the asked ``digits`` [N]: the reverse chain in pixel or latent space
-    (then decoded: z / scale through the autoencoder's decoder). A pure function of (params, key)."""
+    (then decoded: z / scale through the autoencoder's decoder). A pure function of (params, key).
+    ``recompute_eps``: DDIM re-derives ε̂ from the clipped x̂_0 (``diffusion.ddim_step``)."""
     sched = cfg.make_schedule()
     check_sample_args(sched, sampler, steps if sampler == "ddim" else None, eta)
     digits = jnp.asarray(digits, jnp.int32)
     out = chain(S.eps_model(cfg.unet()), params, sched, (digits.shape[0], *cfg.data_shape()), key, sampler=sampler,
                 steps=steps if sampler == "ddim" else None, eta=eta, cond=digits + 1, null=0, guidance=guidance,
-                clip=cfg.clip)
+                clip=cfg.clip, recompute_eps=recompute_eps)
     if cfg.space == "latent":
         out = S.decoder(cfg)(ae, out / scale)
     return jnp.clip(out, -1.0, 1.0)
