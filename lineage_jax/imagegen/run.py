@@ -200,16 +200,18 @@ def check_sample_request(n: int, sampler: str, steps: int | None, eta: float, gu
 
 def sample(run_dir: str | Path, n: int, out: str | Path, *, sampler: str = "ddim", steps: int | None = 50,
            eta: float = 0.0, guidance: float | None = 3.0, label: int | None = None, seed: int = 0,
-           nrow: int | None = None) -> dict:
-    """Write a PNG grid of ``n`` samples (digit ``label``, or 0-9 in turn) and return what was drawn."""
+           nrow: int | None = None, recompute_eps: bool = True) -> dict:
+    """Write a PNG grid of ``n`` samples (digit ``label``, or 0-9 in turn) and return what was drawn.
+    ``recompute_eps``: DDIM re-derives ε̂ from the clipped x̂_0 (the diffusion lesson measures why)."""
     check_sample_request(n, sampler, steps, eta, guidance, label)
     cfg, params, ae, scale = load_run(run_dir)
     if sampler == "ddim" and steps is not None and steps > cfg.timesteps:
         raise ConfigError(f"--steps={steps}: must be between 1 and the run's {cfg.timesteps} timesteps")
     digits = np.full(n, label) if label is not None else np.arange(n) % S.CLASSES
     images = jax.jit(lambda p, a, k: sample_digits(cfg, p, a, scale, digits, k, sampler=sampler, steps=steps,
-                                                   eta=eta, guidance=guidance))(params, ae, jax.random.key(seed))
+                                                   eta=eta, guidance=guidance, recompute_eps=recompute_eps)
+                     )(params, ae, jax.random.key(seed))
     path = save_png(out, image_grid(np.asarray(images), nrow=nrow or (10 if label is None and n >= 10 else None)))
     return {"out": str(path), "n": n, "digits": digits.tolist(), "sampler": sampler,
             "steps": cfg.timesteps if sampler == "ddpm" else steps, "eta": eta, "guidance": guidance, "seed": seed,
-            "space": cfg.space}
+            "space": cfg.space, "recompute_eps": recompute_eps}
