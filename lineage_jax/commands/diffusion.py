@@ -4,7 +4,7 @@
     lineage diffusion train --run-dir R [--space pixel|latent] [--steps N] [--parallel dp|fsdp] [--devices N]
                             [--overwrite] [key=value ...]     (keys: lineage_jax/imagegen/setup.py DiffusionConfig)
     lineage diffusion sample --run-dir R --out grid.png [--n 64] [--sampler ddpm|ddim] [--steps 50] [--eta 0]
-                             [--guidance 3] [--label 7] [--seed 0]
+                             [--guidance 3] [--model-eps] [--label 7] [--seed 0]
 
 ``schedule --json`` prints one object with the full arrays; otherwise a few rows and the endpoints.
 Every argument and override is checked (one line, exit 2) before anything compiles; rerunning a
@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM's eta: 0 deterministic, 1 DDPM's variance")
     s.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale w (1: conditional "
                                                               "model alone, 0: unconditional; default 3)")
+    s.add_argument("--model-eps", action="store_true", help="DDIM: keep the model's eps after clipping x0 (diffusers' "
+                   "default) instead of re-deriving eps from the clipped x0 (the default here; at guidance 3 the "
+                   "kept eps gives blotchy digits, see `lineage lesson diffusion`)")
     s.add_argument("--label", type=int, default=None, help="one digit 0-9 for every sample (default: 0-9 in turn)")
     s.add_argument("--seed", type=int, default=0, help="the sampling seed (same seed, same images)")
     s.add_argument("--nrow", type=int, default=None, help="images per grid row (default 10, or sqrt(n) for one label)")
@@ -130,7 +133,8 @@ def cmd_sample(args) -> int:
         raise ConfigError(f"--nrow={args.nrow}: must be at least 1")
     from lineage_jax.imagegen.run import sample
     info = sample(args.run_dir, args.n, args.out, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                  guidance=args.guidance, label=args.label, seed=args.seed, nrow=args.nrow)
+                  guidance=args.guidance, label=args.label, seed=args.seed, nrow=args.nrow,
+                  recompute_eps=not args.model_eps)
     if args.json:
         print(json.dumps(info))
         return 0

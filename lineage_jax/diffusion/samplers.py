@@ -43,17 +43,22 @@ def ddim_timesteps(timesteps: int, steps: int, offset: int = 0) -> jnp.ndarray:
 
 def ddim_step(sched: Schedule, eps: jnp.ndarray, t: jnp.ndarray, t_prev: jnp.ndarray, xt: jnp.ndarray,
               eta: float = 0.0, noise: jnp.ndarray | None = None, clip: float | None = 1.0,
-              final_alpha: float | None = 1.0) -> jnp.ndarray:
+              final_alpha: float | None = 1.0, recompute_eps: bool = False) -> jnp.ndarray:
     """Song et al. 2021 eq. 12: x_{t'} = √ᾱ_{t'} x̂_0 + √(1-ᾱ_{t'}-σ²) ε̂ + σ z,
     σ = η √((1-ᾱ_{t'})/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_{t'}) (eq. 16). η = 0: deterministic; η = 1: DDPM's variance.
 
-    ε̂ is the model's own prediction (not re-derived from a clipped x̂_0), as in diffusers'
-    ``DDIMScheduler.step`` with its defaults; ``final_alpha``: ᾱ past the last step (None: ᾱ_0).
+    By default ε̂ is the model's own prediction, as in diffusers' ``DDIMScheduler.step`` with its defaults.
+    ``recompute_eps``: after clipping, ε̂ is re-derived from the clipped x̂_0, ε̂ = (x_t - √ᾱ_t x̂_0) / √(1-ᾱ_t)
+    (diffusers' ``use_clipped_model_output=True``), so the step stays on the line through x_t that DDIM's
+    deterministic ODE view follows; without it a clipped x̂_0 is paired with the unclipped ε̂, which no
+    longer explains x_t. A no-op when nothing is clipped. ``final_alpha``: ᾱ past the last step (None: ᾱ_0).
     """
     t, t_prev = jnp.asarray(t), jnp.asarray(t_prev)
     a_t = sched.alphas_cumprod[t]
     a_prev = alpha_prev(sched, t_prev, final_alpha)
     x0 = predict_x0(sched, xt, eps, t, clip)
+    if recompute_eps and clip is not None:
+        eps = (xt - _bcast(jnp.sqrt(a_t), xt) * x0) / _bcast(jnp.sqrt(1.0 - a_t), xt)
     var = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
     sigma = eta * jnp.sqrt(var)
     out = _bcast(jnp.sqrt(a_prev), xt) * x0 + _bcast(jnp.sqrt(1.0 - a_prev - sigma ** 2), xt) * eps

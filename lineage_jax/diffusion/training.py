@@ -59,9 +59,11 @@ def check_sample_args(sched: Schedule, sampler: str, steps: int | None, eta: flo
 
 def sample(eps_fn: EpsFn, params, sched: Schedule, shape: tuple[int, ...], key: jax.Array, *,
            sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, cond: jax.Array | None = None,
-           null: int = 0, guidance: float | None = None, clip: float | None = 1.0) -> jax.Array:
+           null: int = 0, guidance: float | None = None, clip: float | None = 1.0,
+           recompute_eps: bool = False) -> jax.Array:
     """x_T ~ N(0, I), then the reverse chain in one ``lax.scan``: DDPM's T ancestral steps
-    (Alg. 2) or DDIM's ``steps`` strided steps with η (Song et al. 2021, §4.2). Returns x_0."""
+    (Alg. 2) or DDIM's ``steps`` strided steps with η (Song et al. 2021, §4.2). Returns x_0.
+    ``recompute_eps`` (DDIM only): ε̂ re-derived from the clipped x̂_0 (see ``ddim_step``)."""
     check_sample_args(sched, sampler, steps, eta)
     k_init, k_steps = jax.random.split(key)
     x = jax.random.normal(k_init, shape)
@@ -79,7 +81,8 @@ def sample(eps_fn: EpsFn, params, sched: Schedule, shape: tuple[int, ...], key: 
         noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
         if sampler == "ddpm":
             return ddpm_step(sched, eps, t, x, noise, clip=clip), None
-        return ddim_step(sched, eps, t, t - stride, x, eta=eta, noise=noise, clip=clip), None
+        return ddim_step(sched, eps, t, t - stride, x, eta=eta, noise=noise, clip=clip,
+                         recompute_eps=recompute_eps), None
 
     x, _ = jax.lax.scan(body, x, (jnp.arange(ts.shape[0]), ts))
     return x

@@ -166,15 +166,17 @@ def load_run(run_dir: str | Path):
 
 
 def sample_digits(cfg: S.DiffusionConfig, params, ae, scale: float, digits, key, *, sampler: str = "ddim",
-                  steps: int | None = 50, eta: float = 0.0, guidance: float | None = 3.0) -> jax.Array:
+                  steps: int | None = 50, eta: float = 0.0, guidance: float | None = 3.0,
+                  recompute_eps: bool = False) -> jax.Array:
     """Images [N, 8, 8, 1] in [-1, 1] of the asked ``digits`` [N]: the reverse chain in pixel or latent space
-    (then decoded: z / scale through the autoencoder's decoder). A pure function of (params, key)."""
+    (then decoded: z / scale through the autoencoder's decoder). A pure function of (params, key).
+    ``recompute_eps``: DDIM re-derives ε̂ from the clipped x̂_0 (``diffusion.ddim_step``)."""
     sched = cfg.make_schedule()
     check_sample_args(sched, sampler, steps if sampler == "ddim" else None, eta)
     digits = jnp.asarray(digits, jnp.int32)
     out = chain(S.eps_model(cfg.unet()), params, sched, (digits.shape[0], *cfg.data_shape()), key, sampler=sampler,
                 steps=steps if sampler == "ddim" else None, eta=eta, cond=digits + 1, null=0, guidance=guidance,
-                clip=cfg.clip)
+                clip=cfg.clip, recompute_eps=recompute_eps)
     if cfg.space == "latent":
         out = S.decoder(cfg)(ae, out / scale)
     return jnp.clip(out, -1.0, 1.0)
@@ -198,16 +200,18 @@ def check_sample_request(n: int, sampler: str, steps: int | None, eta: float, gu
 
 def sample(run_dir: str | Path, n: int, out: str | Path, *, sampler: str = "ddim", steps: int | None = 50,
            eta: float = 0.0, guidance: float | None = 3.0, label: int | None = None, seed: int = 0,
-           nrow: int | None = None) -> dict:
-    """Write a PNG grid of ``n`` samples (digit ``label``, or 0-9 in turn) and return what was drawn."""
+           nrow: int | None = None, recompute_eps: bool = True) -> dict:
+    """Write a PNG grid of ``n`` samples (digit ``label``, or 0-9 in turn) and return what was drawn.
+    ``recompute_eps``: DDIM re-derives ε̂ from the clipped x̂_0 (the diffusion lesson measures why)."""
     check_sample_request(n, sampler, steps, eta, guidance, label)
     cfg, params, ae, scale = load_run(run_dir)
     if sampler == "ddim" and steps is not None and steps > cfg.timesteps:
         raise ConfigError(f"--steps={steps}: must be between 1 and the run's {cfg.timesteps} timesteps")
     digits = np.full(n, label) if label is not None else np.arange(n) % S.CLASSES
     images = jax.jit(lambda p, a, k: sample_digits(cfg, p, a, scale, digits, k, sampler=sampler, steps=steps,
-                                                   eta=eta, guidance=guidance))(params, ae, jax.random.key(seed))
+                                                   eta=eta, guidance=guidance, recompute_eps=recompute_eps)
+                     )(params, ae, jax.random.key(seed))
     path = save_png(out, image_grid(np.asarray(images), nrow=nrow or (10 if label is None and n >= 10 else None)))
     return {"out": str(path), "n": n, "digits": digits.tolist(), "sampler": sampler,
             "steps": cfg.timesteps if sampler == "ddpm" else steps, "eta": eta, "guidance": guidance, "seed": seed,
-            "space": cfg.space}
+            "space": cfg.space, "recompute_eps": recompute_eps}

@@ -8,6 +8,11 @@ the U-Net and the KL autoencoder (``lineage_jax/vision``), the training step and
 training digits (its test accuracy reported) scores every sample set by the share recognised as the digit
 asked for, and by the Fréchet distance of its features to the real test digits' (FID's recipe).
 
+DDIM re-derives ε̂ from the clipped x̂_0 at every step (``recompute_eps``; diffusers'
+``use_clipped_model_output=True``): the deterministic step follows the ODE through x_t only if x̂_0 and ε̂
+both explain x_t, and the ``ablation`` row measures DDIM with the model's own ε̂ after clipping (diffusers'
+default), which at w = 3 pushes x̂_0 past [-1, 1] at most steps and leaves blotchy samples.
+
 Measured: sample grids over training; DDPM's 1000 ancestral steps against DDIM's 50 at the same guidance;
 a guidance-scale sweep; the FLOPs of one denoising step in pixel vs latent space (XLA's cost analysis of
 the compiled programs) and the quality of both models at equal training compute (the pixel model's
@@ -49,6 +54,7 @@ class Config:
     ddpm_samples: int = 100      # DDPM's 1000 steps cost 20× DDIM's 50: fewer samples, DDIM scored on the same count
     ddim_steps: int = 50
     guidances: str = "0,1,2,3,5"
+    recompute_eps: bool = True   # DDIM: ε̂ from the clipped x̂_0 (see the module doc); the ablation row flips it
     snapshots: int = 3           # sample grids over training
     scorer_steps: int = 600
     data_dir: str = ""           # "" : $TFDS_DATA_DIR or ~/.cache/lineage_jax/tfds
@@ -102,15 +108,16 @@ def supports(rows: list[dict]) -> bool:
 class _Sampler:
     """Jitted samplers of one model, compiled once per (sampler, steps, count); the guidance scale is traced."""
 
-    def __init__(self, cfg: S.DiffusionConfig, scale: float = 1.0):
-        self.cfg, self.scale, self.fns = cfg, scale, {}
+    def __init__(self, cfg: S.DiffusionConfig, scale: float = 1.0, recompute_eps: bool = True):
+        self.cfg, self.scale, self.recompute, self.fns = cfg, scale, recompute_eps, {}
 
-    def __call__(self, params, ae, digits, seed, sampler, steps, guidance):
-        k = (sampler, steps, len(digits))
+    def __call__(self, params, ae, digits, seed, sampler, steps, guidance, recompute_eps=None):
+        rec = self.recompute if recompute_eps is None else recompute_eps
+        k = (sampler, steps, len(digits), rec)
         if k not in self.fns:
             d = jnp.asarray(digits)
             self.fns[k] = jax.jit(lambda p, a, key, w: sample_digits(self.cfg, p, a, self.scale, d, key, sampler=sampler,
-                                                                     steps=steps, guidance=w))
+                                                                     steps=steps, guidance=w, recompute_eps=rec))
         return np.asarray(self.fns[k](params, ae, jax.random.key(seed), jnp.float32(guidance)))
 
 
@@ -155,10 +162,10 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
     z_tr = S.encode(latent, ae, x_tr) * scale
     lat_prep = _prepare(latent, z_tr, y_tr)
     lat_state, lat_hist, _ = _train(latent, lat_prep, z_tr, y_tr, progress, "latent diffusion")
-    lat_images = _Sampler(latent, scale)(lat_state.ema, ae, digits, cfg.seed + 5, "ddim", cfg.ddim_steps, GUIDED)
+    lat_images = _Sampler(latent, scale, cfg.recompute_eps)(lat_state.ema, ae, digits, cfg.seed + 5, "ddim", cfg.ddim_steps, GUIDED)
     latent_total = cfg.ae_steps * ae_info["flops_per_step"] + cfg.steps * lat_prep[2]
 
-    pix_sampler = _Sampler(pixel)
+    pix_sampler = _Sampler(pixel, recompute_eps=cfg.recompute_eps)
     grids = {}
 
     def evaluate(state, step):
@@ -182,7 +189,13 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
         samples[sampler] = pix_sampler(pix_state.ema, {}, few, cfg.seed + 7, sampler, steps, GUIDED)
         rows.append({"part": "sampler", "sampler": sampler, "steps": steps or cfg.timesteps, "guidance": GUIDED,
                      "n": len(few), "seconds": round(time.perf_counter() - t1, 2),
+                     **({"recompute_eps": cfg.recompute_eps} if sampler == "ddim" else {}),
                      **J.score(judge, samples[sampler], few, ref)})
+    # the ablation: the same DDIM chain with the other choice of ε̂ after clipping
+    abl = pix_sampler(pix_state.ema, {}, few, cfg.seed + 7, "ddim", cfg.ddim_steps, GUIDED, not cfg.recompute_eps)
+    samples["ablation"] = abl
+    rows.append({"part": "ablation", "sampler": "ddim", "steps": cfg.ddim_steps, "guidance": GUIDED, "n": len(few),
+                 "recompute_eps": not cfg.recompute_eps, **J.score(judge, abl, few, ref)})
     # the guidance sweep (DDIM)
     sweep = {}
     for w in cfg.guidance_list():
@@ -216,11 +229,13 @@ def run(cfg: Config, out_dir: str | Path | None = None, progress: bool = True) -
 def report(res: harness.LessonResult) -> list[str]:
     d, rows = res.details, res.rows
     ddpm, ddim = _row(rows, "sampler", sampler="ddpm"), _row(rows, "sampler", sampler="ddim")
+    abl = _row(rows, "ablation")
     sweep = ", ".join(f"w={r['guidance']:g}: {r['accuracy']:.0%}" for r in rows if r["part"] == "guidance")
     return [f"judge: {d['scorer_test_accuracy']:.1%} on the real test digits; real digits score "
             f"{_row(rows, 'real')['accuracy']:.0%}, FID {_row(rows, 'real')['fid']:.2f}",
             f"DDPM {ddpm['steps']} steps: accuracy {ddpm['accuracy']:.0%}, FID {ddpm['fid']:.2f}; DDIM {ddim['steps']}: "
-            f"{ddim['accuracy']:.0%}, FID {ddim['fid']:.2f}",
+            f"{ddim['accuracy']:.0%}, FID {ddim['fid']:.2f} (ε̂ {'recomputed from' if ddim.get('recompute_eps') else 'kept past'} "
+            f"the clipped x̂_0); the other choice: {abl['accuracy']:.0%}, FID {abl['fid']:.2f}",
             f"guidance sweep (class accuracy): {sweep}",
             f"a latent denoising step costs 1/{d['flops_ratio']:.1f} of a pixel one"]
 
@@ -234,8 +249,9 @@ def _show(ax, images, title, nrow=10):
 def _grids(axes, grids, samples, lat_images, sweep, cfg):
     _show(axes[0], np.concatenate([grids[s][:20] for s in sorted(grids)]),
           "DDIM samples over training\n(2 rows per snapshot: steps " + ", ".join(map(str, sorted(grids))) + ")")
-    _show(axes[1], np.concatenate([samples["ddpm"][:30], samples["ddim"][:30]]),
-          f"DDPM {cfg.timesteps} steps (top 3 rows)\nvs DDIM {cfg.ddim_steps} (bottom 3), w = {GUIDED:g}")
+    _show(axes[1], np.concatenate([samples["ddpm"][:30], samples["ddim"][:30], samples["ablation"][:20]]),
+          f"DDPM {cfg.timesteps} steps (3 rows), DDIM {cfg.ddim_steps} (3),\nDDIM with ε̂ "
+          f"{'kept past' if cfg.recompute_eps else 'recomputed from'} the clipped x̂_0 (2); w = {GUIDED:g}")
     ws = sorted(sweep)
     _show(axes[2], np.concatenate([sweep[w][:10] for w in ws]), "guidance w = " + ", ".join(f"{w:g}" for w in ws)
           + "\n(one row each)")

@@ -80,3 +80,26 @@ def test_ddim_steps_equal_diffusers(cfg, eta):
                        generator=torch.Generator().manual_seed(i))
         noise = torch.randn(xt.shape, generator=torch.Generator().manual_seed(i)).numpy()
         close(D.ddim_step(ours, eps, t, t - stride, xt, eta=eta, noise=noise), out.prev_sample, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_ddim_step_with_recomputed_eps_equals_diffusers_clipped_model_output(cfg):
+    """``recompute_eps=True`` is diffusers' ``use_clipped_model_output=True`` (η = 0.5 so the variance term is in
+    play); the inputs are wide enough that x̂_0 is clipped at most steps, so the option changes the result."""
+    ours, ref = pair(cfg, schedulers.DDIMScheduler)
+    steps = 50 if ours.timesteps >= 500 else 25
+    ref.set_timesteps(steps)
+    _, xt, eps = data(seed=2)
+    stride = ours.timesteps // steps
+    changed = 0
+    for i, t in enumerate(ref.timesteps.tolist()):
+        if i % 5 and i != steps - 1:
+            continue
+        out = ref.step(torch.from_numpy(eps), t, torch.from_numpy(xt), eta=0.5, use_clipped_model_output=True,
+                       generator=torch.Generator().manual_seed(i))
+        noise = torch.randn(xt.shape, generator=torch.Generator().manual_seed(i)).numpy()
+        mine = D.ddim_step(ours, eps, t, t - stride, xt, eta=0.5, noise=noise, recompute_eps=True)
+        close(mine, out.prev_sample, rtol=1e-4, atol=5e-5)
+        plain = D.ddim_step(ours, eps, t, t - stride, xt, eta=0.5, noise=noise)
+        changed += not np.allclose(np.asarray(plain), np.asarray(mine), atol=1e-3)
+    assert changed >= 2, "the grid never clipped x0: the comparison would not test the option"

@@ -56,6 +56,9 @@ def test_sample_writes_the_requested_grid_and_the_seed_fixes_it(trained, tmp_pat
     assert img.format == "PNG" and img.size == (10 * 9 + 1, 2 * 9 + 1)      # 12 images, 10 a row, 8x8 + 1 px padding
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+    # DDIM keeping the model's ε̂ past the clipped x̂_0 (--model-eps) is another chain from the same noise
+    assert cli.main(argv("d.png", 1) + ["--model-eps"]) == 0
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "d.png").read_bytes()
 
 
 @pytest.mark.slow

@@ -51,7 +51,9 @@ def test_quick_writes_result_json_and_figures(tmp_path):
     assert rc == 0
     res = json.loads((tmp_path / "o" / "result.json").read_text())
     parts = {r["part"] for r in res["rows"]}
-    assert parts == {"real", "snapshot", "sampler", "guidance", "cost"}
+    assert parts == {"real", "snapshot", "sampler", "guidance", "cost", "ablation"}
+    ddim, abl = (next(r for r in res["rows"] if r["part"] == p and r["sampler"] == "ddim") for p in ("sampler", "ablation"))
+    assert ddim["recompute_eps"] is True and abl["recompute_eps"] is False
     assert res["supported"] is lesson.supports(res["rows"]) and res["details"]["flops_ratio"] > 2
     assert 0 <= min(r["accuracy"] for r in res["rows"]) and max(r["accuracy"] for r in res["rows"]) <= 1
     for name in res["figures"]:
