@@ -1,10 +1,11 @@
 """The reasoning chapter's world: arithmetic problems a program can generate and check.
 
-Three families, every answer an integer a checker verifies:
+Four families, every answer an integer a checker verifies:
 
     addition        ``"57+68="``, n-digit operands
     multiplication  ``"123*45="``, partial products per digit of the second operand
     word problems   ``"tom has 3;ann has 4 more than tom;bob has 2 times ann;bob?"``, several steps
+    fact problems   ``"zor+kip="`` over a seeded ``fact_table`` of made-up names (what ``tools.lookup`` reads)
 
 Each problem renders in two formats (Nye et al. 2021's scratchpad; Wei et al. 2022's chain of thought):
 
@@ -159,6 +160,51 @@ def split(kind: str, n_train: int, n_test: int, sizes: Sequence[int], seed: int,
     held = {p.prompt for p in test}
     train = [p for p in problems(kind, n_train + n_test, sizes, seed) if p.prompt not in held][:n_train]
     return train, test
+
+
+# --------------------------------------------------------------------------- a fact table (for the lookup tool)
+
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+MAX_FACTS = 256
+
+
+def fact_table(seed: int, n: int = 16, lo: int = 10, hi: int = 1000) -> dict[str, int]:
+    """``n`` made-up names (consonant-vowel-consonant, e.g. ``"zor"``; never one of the word problems' ``NAMES``)
+    -> integers in [lo, hi): the small fact table a ReAct agent reads with ``tools.lookup``. The same seed gives
+    the same table; the model cannot compute a value, only look it up (or memorise it)."""
+    if not 1 <= n <= MAX_FACTS or not 0 <= lo < hi:
+        raise ConfigError(f"fact_table(n={n}, lo={lo}, hi={hi}): 1 <= n <= {MAX_FACTS} and 0 <= lo < hi")
+    rng = np.random.default_rng(seed)
+    words = [a + b + c for a in _CONSONANTS for b in _VOWELS for c in _CONSONANTS]
+    words = [w for w in words if w not in NAMES]
+    picked = rng.choice(len(words), n, replace=False)
+    return {words[int(i)]: int(v) for i, v in zip(picked, rng.integers(lo, hi, n))}
+
+
+def fact_problem(rng: np.random.Generator, table: dict[str, int], terms: int = 2) -> Problem:
+    """``terms`` distinct names of ``table`` joined by ``+`` or ``*`` (``"zor+kip*vem="``); the steps are the
+    looked-up values, then the arithmetic on them when there are two terms or more (``"zor=412", …,
+    "412+57*3=583"``)."""
+    if not 1 <= terms <= len(table):
+        raise ConfigError(f"terms={terms}: between 1 and the table's {len(table)} names")
+    names = [sorted(table)[int(i)] for i in rng.choice(len(table), terms, replace=False)]
+    ops = [("+", "*")[int(rng.integers(2))] for _ in names[1:]]
+    prompt = names[0] + "".join(o + n for o, n in zip(ops, names[1:]))
+    numeric = str(table[names[0]]) + "".join(o + str(table[n]) for o, n in zip(ops, names[1:]))
+    answer = eval_plus_times(numeric)
+    work = (f"{numeric}={answer}",) if terms > 1 else ()
+    return Problem(prompt + "=", answer, tuple(f"{n}={table[n]}" for n in names) + work, "fact", terms)
+
+
+def eval_plus_times(text: str) -> int:
+    """The value of a ``+``/``*`` expression of natural numbers, ``*`` first (a sum of products)."""
+    return sum(int(np.prod([int(x) for x in part.split("*")], dtype=object)) for part in text.split("+"))
+
+
+def fact_problems(table: dict[str, int], n: int, terms: Sequence[int], seed: int) -> list[Problem]:
+    """``n`` fact problems over ``table``, term counts drawn uniformly from ``terms``; deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [fact_problem(rng, table, int(terms[int(rng.integers(len(terms)))])) for _ in range(n)]
 
 
 # --------------------------------------------------------------------------- the verifier

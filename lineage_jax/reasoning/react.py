@@ -6,10 +6,13 @@ In the chapter's character format a call is ``[calc(123*45)]`` (``tools.parse_ca
 training loss can mask them out (``loss_mask``), as the model should learn to call tools, not to imitate them.
 ``generate(text) -> continuation`` is any sampler; whatever it writes after the first action marker ``]`` or
 the end token ``.`` is cut, so generation stops exactly at the boundary. Malformed calls, unknown tools and
-tool errors come back as ``error: …`` observations; a trace that never answers stops at ``max_steps``.
+tool errors come back as ``error: …`` observations; a trace that never answers stops at ``max_steps``. The
+toolbox is any mapping of call names to tools (``tools.toolbox``: ``calc``, and ``lookup`` over a fact table), so
+one trace may use both (``fact_trace``).
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Mapping
 
 import numpy as np
@@ -116,6 +119,31 @@ def tool_trace(problem: arith.Problem, name: str = "calc") -> dict:
     text = problem.prompt + call
     return {"text": text + obs + f"{arith.ANSWER}{problem.answer}{arith.END}", "spans": [(len(text), len(text) + len(obs))],
             "calls": [obs], "stop": "answer"}
+
+
+def action_trace(prompt: str, actions: list[str], answer: int,
+                 toolbox: Mapping[str, Callable[[str], object]]) -> dict:
+    """The trace ``react`` builds when the model writes ``actions`` (each a ``[tool(argument)]`` call) and then
+    ``>answer.``: every observation comes from running the call through ``toolbox``, with its span marked."""
+    text, spans, calls = prompt, [], []
+    for action in actions:
+        text += action
+        obs = "=" + tools.observe(text, toolbox) + ";"
+        spans.append((len(text), len(text) + len(obs)))
+        calls.append(obs)
+        text += obs
+    return {"text": text + f"{arith.ANSWER}{answer}{arith.END}", "spans": spans, "calls": calls, "stop": "answer"}
+
+
+def fact_trace(problem: arith.Problem, table: Mapping[str, int]) -> dict:
+    """The reference trace of a fact problem (``arith.fact_problem``): look up each name, calculate on the values
+    read, answer: ``zor+kip=[lookup(zor)]=412;[lookup(kip)]=57;[calc(412+57)]=469;>469.``"""
+    expr = problem.prompt.rstrip("=")
+    names = re.findall(r"[a-z]+", expr)
+    numeric = re.sub(r"[a-z]+", lambda m: str(table[m.group()]), expr)
+    calc = [f"[calc({numeric})]"] if len(names) > 1 else []          # one name: its value is the answer
+    return action_trace(problem.prompt, [f"[lookup({n})]" for n in names] + calc, problem.answer,
+                        tools.toolbox(table))
 
 
 def greedy_generator(apply: Callable, params, *, window: int, max_new: int, vocab: arith.CharVocab = VOCAB,

@@ -9,7 +9,8 @@
 ``/`` is exact division (a remainder is an error, as is division by zero); expressions are at most
 ``MAX_CHARS`` characters and every intermediate value stays below ``MAX_ABS`` in size, so no input can make
 the tool run long or grow memory. Anything else is refused with one line naming the position and what is
-allowed. A call is written ``[name(argument)]``; ``parse_call`` reads the last one in a text, ``observe``
+allowed. ``lookup(table)`` is the second tool: it reads one name of a fact table the task generates
+(``arith.fact_table``) and refuses any other text, also in one line. A call is written ``[name(argument)]``; ``parse_call`` reads the last one in a text, ``observe``
 runs it and always returns an observation string (an error observation for unknown tools, malformed calls
 and tool errors), so a decode loop never raises on what the model wrote.
 """
@@ -101,6 +102,28 @@ def calculate(expression: str) -> int:
     if p.i != len(text):
         p.fail(f"unexpected {p.peek()!r}")
     return value
+
+
+def lookup(table: Mapping[str, int]) -> Callable[[str], int]:
+    """The lookup tool over ``table``: ``lookup(table)("zor") -> 412`` (spaces around the name ignored); a text
+    that is not a name, or a name not in the table, raises ToolError saying so and what the table holds."""
+    names = sorted(table)
+    shown = ", ".join(names[:8]) + (f", … ({len(names)} names)" if len(names) > 8 else "")
+
+    def read(name: str) -> int:
+        key = name.strip()
+        if not re.fullmatch(r"[a-z]+", key):
+            raise ToolError(f"lookup: {name!r} is not a name; allowed: one name of the table (lowercase letters): "
+                            f"{shown}")
+        if key not in table:
+            raise ToolError(f"lookup: {key!r} is not in the table; names: {shown}")
+        return table[key]
+    return read
+
+
+def toolbox(table: Mapping[str, int] | None = None) -> dict[str, Callable[[str], object]]:
+    """The chapter's tools by call name: ``calc`` always, ``lookup`` over ``table`` when one is given."""
+    return {"calc": calculate, **({"lookup": lookup(table)} if table is not None else {})}
 
 
 _CALL = re.compile(r"\[([a-z]+)\(([^()\[\]]*(?:\([^\[\]]*\))*[^\[\]]*)\)\]$")

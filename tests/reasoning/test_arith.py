@@ -1,10 +1,12 @@
 """The arithmetic world: every generated answer is what Python computes, the scratchpad's steps are right,
 the verifier accepts the reference completion of both formats and rejects wrong or malformed ones."""
+import re
+
 import numpy as np
 import pytest
 
 from lineage_jax.config import ConfigError
-from lineage_jax.reasoning import arith
+from lineage_jax.reasoning import arith, tools
 
 
 @pytest.mark.parametrize("kind,sizes", [("add", (1, 2, 5)), ("mul", (1, 3)), ("word", (1, 3, 5))])
@@ -79,3 +81,20 @@ def test_encoding_and_the_completion_mask():
         v.encode("1/2")
     toks, lengths = arith.encode_prompts(["1+2=", "33+4="], 8)
     assert lengths.tolist() == [4, 5] and v.decode(toks[1]) == "33+4="
+
+
+def test_fact_table_and_problems_are_deterministic_and_checked():
+    table = arith.fact_table(3, 20)
+    assert table == arith.fact_table(3, 20) and table != arith.fact_table(4, 20)
+    assert all(len(k) == 3 and k.isalpha() and k not in arith.NAMES for k in table)
+    probs = arith.fact_problems(table, 30, [1, 2, 3], seed=0)
+    assert probs == arith.fact_problems(table, 30, [1, 2, 3], seed=0)
+    assert {p.size for p in probs} == {1, 2, 3}
+    for p in probs:
+        numeric = re.sub(r"[a-z]+", lambda m: str(table[m.group()]), p.prompt.rstrip("="))
+        assert p.answer == tools.calculate(numeric)             # the answer, checked by a separate evaluator
+        assert arith.check(p, p.completion(True))["formatted"] and len(p.steps) == p.size + (p.size > 1)
+    with pytest.raises(ConfigError, match="n=0"):
+        arith.fact_table(0, 0)
+    with pytest.raises(ConfigError, match="terms=3"):
+        arith.fact_problem(np.random.default_rng(0), {"zor": 1, "kip": 2}, 3)

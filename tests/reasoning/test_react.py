@@ -81,3 +81,34 @@ def test_greedy_generator_decodes_a_ragged_batch_as_if_alone():
     together = generate(prompts)
     assert together == [generate([p])[0] for p in prompts]
     assert all(len(c) <= 6 for c in together)
+
+
+def test_a_trace_that_mixes_lookup_and_calc_runs_as_if_alone_with_observations_masked():
+    """Fact problems need the lookup tool and the calculator in one trace; a batch of such agents (and one that
+    asks for a name the table lacks, and one calc-only agent) decodes each as if alone, and only what the model
+    wrote is learned."""
+    table = arith.fact_table(0, 12)
+    box = tools.toolbox(table)
+    probs = arith.fact_problems(table, 3, [1, 2, 3], seed=1)
+    refs = {p.prompt: react.fact_trace(p, table) for p in probs}
+    moves = {pr: [t["text"][a:b] for a, b in zip([len(pr)] + [e for _, e in t["spans"]],
+                                                  [s for s, _ in t["spans"]] + [len(t["text"])])]
+             for pr, t in refs.items()}
+    moves["qqq="] = ["[lookup(qqq)]", ">0."]
+    moves["4*5="] = ["[calc(4*5)]", ">20."]
+
+    def generate(texts):
+        return [moves[t[:t.index("=") + 1]][t.count("]")] for t in texts]
+    batch = react.run_batch(generate, list(moves), box, max_steps=5)
+    assert batch == [react.run_batch(generate, [p], box, max_steps=5)[0] for p in moves]
+    for p in probs:                                  # the loop rebuilds the reference trace, observations and all
+        t = batch[list(moves).index(p.prompt)]
+        assert t == refs[p.prompt] and "[lookup(" in t["text"] and arith.parse_answer(t["text"]) == p.answer
+        assert ("[calc(" in t["text"]) == (p.size > 1)
+        m = react.loss_mask(t, len(p.prompt))
+        learned = "".join(c for c, k in zip(t["text"], m) if k)
+        assert learned == "".join(moves[p.prompt]) and not any(c in learned for c in t["calls"])
+    assert batch[-2]["calls"][0].startswith("=error: lookup: 'qqq' is not in the table")
+    assert batch[-1]["text"] == "4*5=[calc(4*5)]=20;>20."
+    tokens, mask = react.encode_traces(batch[:3], [len(p.prompt) for p in probs], 96)   # all in the vocabulary
+    assert mask.sum() == sum(len("".join(moves[p.prompt])) for p in probs)

@@ -68,3 +68,33 @@ def test_calls_and_observations():
     assert tools.observe("x [calc(1/0)]", calc).startswith("error: calculator: division by zero")
     assert tools.observe("x [search(cats)]", calc) == "error: unknown tool 'search'; tools: calc"
     assert tools.observe("x calc 1+2", calc).startswith("error: malformed call")
+
+
+# --------------------------------------------------------------------------- the lookup tool over a fact table
+
+from lineage_jax.reasoning import arith  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2 ** 31), st.integers(1, 40), st.text(max_size=12))
+def test_lookup_answers_every_generated_name_and_refuses_anything_else(seed, n, other):
+    table = arith.fact_table(seed, n)
+    read = tools.lookup(table)
+    assert len(table) == n and all(10 <= v < 1000 for v in table.values())
+    for name, v in table.items():
+        assert read(name) == v and read(f" {name} ") == v
+    if other.strip() not in table:
+        with pytest.raises(tools.ToolError, match="lookup: .*(not a name|not in the table)") as e:
+            read(other)
+        assert "\n" not in str(e.value)
+
+
+def test_lookup_messages_and_the_toolbox():
+    table = {"zor": 412, "kip": 57}
+    box = tools.toolbox(table)
+    assert sorted(box) == ["calc", "lookup"] and sorted(tools.toolbox()) == ["calc"]
+    assert tools.observe("x [lookup(zor)]", box) == "412"
+    assert tools.observe("x [lookup(vem)]", box) == "error: lookup: 'vem' is not in the table; names: kip, zor"
+    assert tools.observe("x [lookup(1+2)]", box).startswith("error: lookup: '1+2' is not a name; allowed:")
+    assert tools.observe("x [lookup()]", box).startswith("error: lookup: '' is not a name")
+    assert tools.observe("x [lookup(zor)]", tools.toolbox()) == "error: unknown tool 'lookup'; tools: calc"
