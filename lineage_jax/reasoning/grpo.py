@@ -14,6 +14,17 @@ and the policy maximises the clipped surrogate with a KL penalty to the referenc
 ``loss_type`` picks the normalisation (trl's names): ``"grpo"`` (per-sequence mean, then mean over sequences:
 the paper), ``"bnpo"`` (mean over all tokens), ``"dr_grpo"`` (Liu et al. 2025's Dr. GRPO: the token sum over
 B · max_len, with no per-response length division; pair it with ``scale="none"`` advantages, no std division).
+
+``baseline`` picks what the group statistics are taken over. ``"reward"`` (the paper) uses r_i itself;
+``"length"`` is the length-normalised baseline: the rewards are first divided by the response lengths |o_i|
+(reward per token), and the group baseline and scale are those of the normalised rewards,
+
+    r'_i = r_i / |o_i|,    Â_i = (r'_i − mean(r')) / (std(r') + 1e-4)      (or r'_i − mean(r') with scale="none")
+
+the length-corrected group normalisation of TIC-GRPO (Pang & Jin 2025, arXiv 2508.02833), which removes the
+response-length variance from the advantage's scale. Of two right answers the shorter now gets the larger
+advantage, of two wrong ones the longer gets the smaller penalty per token: a pressure towards short right
+answers. trl 1.16 has no equivalent (its ``scale_rewards`` is group | batch | none over r_i).
 """
 from __future__ import annotations
 
@@ -28,16 +39,27 @@ from lineage_jax.reasoning.sft import token_logprobs
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
 SCALES = ("group", "none")
+BASELINES = ("reward", "length")
 
 
-def group_advantages(rewards: jax.Array, group: int, scale: str = "group", eps: float = 1e-4) -> jax.Array:
+def group_advantages(rewards: jax.Array, group: int, scale: str = "group", eps: float = 1e-4, *,
+                     baseline: str = "reward", lengths: jax.Array | None = None) -> jax.Array:
     """Rewards [N·G] (the G samples of each prompt adjacent) -> advantages [N·G]: r − the group mean, divided by
-    the group's standard deviation (Bessel-corrected, + eps) unless ``scale="none"`` (Dr. GRPO)."""
+    the group's standard deviation (Bessel-corrected, + eps) unless ``scale="none"`` (Dr. GRPO). With
+    ``baseline="length"`` r is first divided by ``lengths`` [N·G] (tokens per completion, each >= 1)."""
     if scale not in SCALES:
         raise ConfigError(f"scale={scale}: one of {', '.join(SCALES)}")
+    if baseline not in BASELINES:
+        raise ConfigError(f"baseline={baseline}: one of {', '.join(BASELINES)}")
     if group < 2 or rewards.shape[0] % group:
         raise ConfigError(f"group={group}: at least 2 samples per prompt, dividing the {rewards.shape[0]} rewards")
-    r = rewards.reshape(-1, group).astype(jnp.float32)
+    r = rewards.astype(jnp.float32)
+    if baseline == "length":
+        if lengths is None or jnp.shape(lengths) != rewards.shape:
+            raise ConfigError(f"baseline=length needs lengths, one per reward ({rewards.shape[0]}), got "
+                              f"{None if lengths is None else jnp.shape(lengths)}")
+        r = r / jnp.maximum(jnp.asarray(lengths, jnp.float32), 1.0)
+    r = r.reshape(-1, group)
     adv = r - r.mean(axis=1, keepdims=True)
     if scale == "group":
         adv = adv / (r.std(axis=1, ddof=1, keepdims=True) + eps)

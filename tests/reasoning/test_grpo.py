@@ -53,6 +53,39 @@ def test_advantages_by_hand_and_refusals():
         grpo.make_grpo_step(lambda p, t: t, optax.sgd(1.0), loss_type="dr_grpo")
 
 
+def test_length_normalised_baseline_written_out():
+    """baseline="length": the group statistics of r_i / |o_i| (TIC-GRPO's length-corrected normalisation),
+    checked against a plain-Python computation; with equal lengths in a group it is the paper's advantage
+    (std-scaled) or that advantage / |o| (unscaled); the shorter of two right answers gets more."""
+    rewards = [1.0, 1.0, 0.0, 0.0, 1.1, 0.1]
+    lengths = [4, 8, 5, 3, 6, 2]
+    for scale in ("group", "none"):
+        want = []
+        for g in (slice(0, 3), slice(3, 6)):
+            x = [r / n for r, n in zip(rewards[g], lengths[g])]
+            mean = sum(x) / 3
+            std = (sum((v - mean) ** 2 for v in x) / 2) ** 0.5
+            want += [(v - mean) / (std + 1e-4) if scale == "group" else v - mean for v in x]
+        got = grpo.group_advantages(jnp.array(rewards), 3, scale, baseline="length", lengths=jnp.array(lengths))
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    got = np.asarray(grpo.group_advantages(jnp.array(rewards), 3, baseline="length", lengths=jnp.array(lengths)))
+    assert got[0] > got[1] > got[2]                        # right and short > right and long > wrong
+    plain = np.asarray(grpo.group_advantages(jnp.array(rewards), 3))
+    assert plain[0] == plain[1]                             # which the paper's baseline cannot tell apart
+    same = jnp.array([6, 6, 6, 2, 2, 2])
+    r = jnp.array(rewards)
+    np.testing.assert_allclose(np.asarray(grpo.group_advantages(r, 3, baseline="length", lengths=same)),
+                               np.asarray(grpo.group_advantages(r, 3)), rtol=1e-3)   # eps aside: scale-free
+    np.testing.assert_allclose(np.asarray(grpo.group_advantages(r, 3, "none", baseline="length", lengths=same)),
+                               np.asarray(grpo.group_advantages(r, 3, "none")) / np.asarray(same), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(grpo.group_advantages(r, 3, baseline="reward", lengths=same)),
+                                  np.asarray(grpo.group_advantages(r, 3)))          # the default ignores lengths
+    with pytest.raises(ConfigError, match="baseline=length needs lengths"):
+        grpo.group_advantages(r, 3, baseline="length")
+    with pytest.raises(ConfigError, match="baseline=median"):
+        grpo.group_advantages(r, 3, baseline="median")
+
+
 def _trl_loss(logp, old, ref, mask, adv, *, loss_type, beta, epsilon, max_len):
     torch = pytest.importorskip("torch")
     trl = pytest.importorskip("trl")
