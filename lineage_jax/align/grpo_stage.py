@@ -49,6 +49,7 @@ class GrpoConfig:
     epsilon: float = 0.2         # ratio clip
     loss_type: str = "grpo"      # grpo | bnpo | dr_grpo
     scale: str = "group"         # advantages divided by the group's std (group) or not (none: Dr. GRPO)
+    baseline: str = "reward"     # group statistics of r (reward) or of r / completion length (length: TIC-GRPO)
     temperature: float = 1.0     # sampling temperature of the rollouts
     format_weight: float = 0.1   # reward for the format followed (on top of 1 for a right answer)
     eval_prompts: int = 64       # held-out problems scored greedily before and after
@@ -89,6 +90,8 @@ def check(g: GrpoConfig, batch_size: int | None = None, context: int | None = No
     if g.loss_type not in grpo.LOSS_TYPES or g.scale not in grpo.SCALES:
         raise ConfigError(f"grpo.loss_type={g.loss_type}, grpo.scale={g.scale}: loss_type one of "
                           f"{', '.join(grpo.LOSS_TYPES)}; scale one of {', '.join(grpo.SCALES)}")
+    if g.baseline not in grpo.BASELINES:
+        raise ConfigError(f"grpo.baseline={g.baseline}: one of {', '.join(grpo.BASELINES)}")
     if g.new_tokens < 4 or g.eval_prompts < 1 or g.beta < 0 or not 0 < g.epsilon < 1 or g.temperature <= 0:
         raise ConfigError("grpo.new_tokens >= 4, grpo.eval_prompts >= 1, grpo.beta >= 0, grpo.epsilon in (0, 1), "
                           "grpo.temperature > 0")
@@ -228,7 +231,9 @@ def _iteration(s, g: GrpoConfig, cfg, tok, ref, held: set[str]):
         rewards = np.array([arith.reward(p, t, g.format_weight) for p, t in zip(problems, completions(tok, ro, lens))],
                            np.float32)
         batch = {"tokens": ro["tokens"], "mask": ro["mask"], "old_logp": ro["logp"],
-                 "advantages": np.asarray(grpo.group_advantages(jnp.asarray(rewards), g.group, g.scale))}
+                 "advantages": np.asarray(grpo.group_advantages(jnp.asarray(rewards), g.group, g.scale,
+                                                                baseline=g.baseline,
+                                                                lengths=jnp.asarray(ro["mask"].sum(-1))))}
         batch = s.put_batch(batch)
         batch["ref_logp"] = ref_logp(ref, batch["tokens"], batch["mask"])
         state, m = step(state, batch)

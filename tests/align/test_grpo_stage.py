@@ -32,6 +32,7 @@ def test_bad_input_is_one_line_before_compiling(pre, tmp_path, capsys):
     assert "grpo.groups: unknown" in _error(capsys, [*base, "grpo.groups=4"])
     assert "grpo.group=1" in _error(capsys, [*base, "grpo.group=1"])
     assert "grpo.loss_type=ppo" in _error(capsys, [*base, "grpo.loss_type=ppo"])
+    assert "grpo.baseline=median: one of reward, length" in _error(capsys, [*base, "grpo.baseline=median"])
     assert "grpo.digits=x: expected a int" in _error(capsys, [*base, "grpo.digits=x"])
     assert "train.batch_size=6" in _error(capsys, [*base, "train.batch_size=6"])
     assert "model.context=32" in _error(capsys, [*base, "grpo.new_tokens=40"])
