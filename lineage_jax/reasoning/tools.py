@@ -10,9 +10,11 @@
 ``MAX_CHARS`` characters and every intermediate value stays below ``MAX_ABS`` in size, so no input can make
 the tool run long or grow memory. Anything else is refused with one line naming the position and what is
 allowed. ``lookup(table)`` is the second tool: it reads one name of a fact table the task generates
-(``arith.fact_table``) and refuses any other text, also in one line. A call is written ``[name(argument)]``; ``parse_call`` reads the last one in a text, ``observe``
-runs it and always returns an observation string (an error observation for unknown tools, malformed calls
-and tool errors), so a decode loop never raises on what the model wrote.
+(``arith.fact_table``) and refuses any other text, also in one line.
+
+A call is written ``[name(argument)]``; ``parse_call`` reads the last one in a text, ``observe`` runs it and
+always returns an observation string (an error observation for unknown tools, malformed calls and tool
+errors), so a decode loop never raises on what the model wrote.
 """
 from __future__ import annotations
 
