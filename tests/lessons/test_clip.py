@@ -2,6 +2,8 @@
 (both models' rows, the filter's numbers) and the similarity, filter and image PNGs."""
 import json
 
+import pytest
+
 from lineage_jax import cli
 from lineage_jax.lessons import clip as lesson
 
@@ -18,7 +20,8 @@ def test_supports_reads_the_rows():
     assert not lesson.supports([row(r=0.5)])
 
 
-def test_quick_writes_result_json_and_pngs(tmp_path):
+@pytest.mark.slow   # 16 s; the default siblings: test_supports_reads_the_rows, and tests/commands/test_clip.py
+def test_quick_writes_result_json_and_pngs(tmp_path):   # trains, scores and reads a CLIP run through the CLI
     assert cli.main(["lesson", "clip", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     res = json.loads((tmp_path / "result.json").read_text())
     assert [r["model"] for r in res["rows"]] == ["all pairs", "CLIP-filtered"]
