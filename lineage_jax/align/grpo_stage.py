@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
 from lineage_jax.align import config as acfg, dataset, setup as align_setup, steps
 from lineage_jax.align.rollout import rollout
-from lineage_jax.align.run import check_source, load_params
+from lineage_jax.align.run import check_source, load_params, open_stage
 from lineage_jax.config import load_config
 from lineage_jax.config.errors import ConfigError
 from lineage_jax.reasoning import arith, grpo
-from lineage_jax.runs import atomic, checkpoint as ckpt, lock, rundir
+from lineage_jax.runs import checkpoint as ckpt, lock, rundir
 from lineage_jax.tokenize import get_tokenizer
 
 DEFAULTS = ["train.steps=30", "optim.lr=3e-4"]
@@ -176,19 +174,7 @@ def _run_locked(src: Path, out: Path, cfg, g: GrpoConfig, tok, progress: bool) -
     ref = jax.device_put(start_params, s.lm_sharding())
     test = held_out(g, cfg.train.seed)
     before = evaluate(s.model, start_params, tok, test, g)
-    mngr = ckpt.manager(out, keep=cfg.train.keep_checkpoints, async_save=False)
-    restored = ckpt.restore_latest_good(mngr, s.abstract_state(), log=lambda m: tqdm.write(m, file=sys.stderr))
-    start, state = (0, s.init_state(start_params)) if restored is None else restored[:2]
-    metrics_path = out / "metrics.jsonl"
-    if restored is None:
-        metrics_path.unlink(missing_ok=True)
-    else:
-        rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
-        atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
-    record = {"spec": cfg.data.tokenizer, "sha256": tok.fingerprint(), "vocab_size": tok.vocab_size}
-    atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    atomic.write_text(out / rundir.RUN_JSON, json.dumps({"tokenizer": record, "align": {
-        "kind": "grpo", "sources": {"from": str(src)}, "config": dataclasses.asdict(g)}}, indent=1) + "\n")
+    mngr, start, state, metrics_path = open_stage(out, s, start_params, cfg, tok, "grpo", {"from": str(src)}, g)
     iteration = _iteration(s, g, cfg, tok, ref, {p.prompt for p in test})
     iters = cfg.train.steps
     bar = tqdm(total=iters, initial=start, disable=not progress, unit="it", desc=f"align grpo {out.name}",
@@ -204,7 +190,7 @@ def _run_locked(src: Path, out: Path, cfg, g: GrpoConfig, tok, progress: bool) -
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("reward", "kl")}, refresh=False)
             if done % cfg.train.ckpt_every == 0 or done == iters:
                 ckpt.save(mngr, done, state, {"step": done, "tokenizer": {"spec": cfg.data.tokenizer,
-                                                                          "sha256": record["sha256"]}})
+                                                                          "sha256": tok.fingerprint()}})
             bar.update(1)
     finally:
         bar.close()

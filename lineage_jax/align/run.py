@@ -128,6 +128,27 @@ def run(kind: str, sources: dict[str, str], run_dir: str, overrides=(), *, progr
             out.rmdir()
 
 
+def open_stage(out: Path, s, init_params, cfg: Config, tok, kind: str, sources: dict, stage_cfg):
+    """A stage's run directory opened for training: the checkpoint manager, the step to start from and its
+    state (the latest good checkpoint, else ``s.init_state(init_params)``), ``metrics.jsonl`` cut back to
+    that step (removed on a fresh start), and ``config.yaml`` + ``run.json`` (tokenizer, kind, sources,
+    the stage's settings) written. Returns (manager, start, state, metrics path)."""
+    mngr = ckpt.manager(out, keep=cfg.train.keep_checkpoints, async_save=False)
+    restored = ckpt.restore_latest_good(mngr, s.abstract_state(), log=lambda m: tqdm.write(m, file=sys.stderr))
+    start, state = (0, s.init_state(init_params)) if restored is None else restored[:2]
+    metrics_path = out / "metrics.jsonl"
+    if restored is None:
+        metrics_path.unlink(missing_ok=True)
+    else:
+        rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
+        atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
+    record = {"spec": cfg.data.tokenizer, "sha256": tok.fingerprint(), "vocab_size": tok.vocab_size}
+    atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic.write_text(out / rundir.RUN_JSON, json.dumps({"tokenizer": record, "align": {
+        "kind": kind, "sources": sources, "config": dataclasses.asdict(stage_cfg)}}, indent=1) + "\n")
+    return mngr, start, state, metrics_path
+
+
 def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -> dict:
     data_dir = a.data_dir or resolve_data_dir(cfg.data)
     train_rows, test_rows = dataset.load(data_dir, "train"), dataset.load(data_dir, "test")
@@ -156,19 +177,7 @@ def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -
         reward = jax.device_put(reward, s.head_sharding())
     ref_dev = jax.device_put(ref_lm, s.lm_sharding()) if ref_lm is not None else None
 
-    mngr = ckpt.manager(out, keep=cfg.train.keep_checkpoints, async_save=False)
-    restored = ckpt.restore_latest_good(mngr, s.abstract_state(), log=lambda m: tqdm.write(m, file=sys.stderr))
-    start, state = (0, s.init_state(init_params)) if restored is None else restored[:2]
-    metrics_path = out / "metrics.jsonl"
-    if restored is None:
-        metrics_path.unlink(missing_ok=True)
-    else:
-        rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
-        atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
-    record = {"spec": cfg.data.tokenizer, "sha256": tok.fingerprint(), "vocab_size": tok.vocab_size}
-    atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    atomic.write_text(out / rundir.RUN_JSON, json.dumps({"tokenizer": record, "align": {
-        "kind": kind, "sources": sources, "config": dataclasses.asdict(a)}}, indent=1) + "\n")
+    mngr, start, state, metrics_path = open_stage(out, s, init_params, cfg, tok, kind, sources, a)
 
     step_fn = _stage_step(kind, s, a, cfg, train_rows, tok, ref_dev, reward, data)
     bar = tqdm(total=iters, initial=start, disable=not progress, unit="it" if kind == "ppo" else "step",
@@ -188,7 +197,7 @@ def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -
                 window = []
             if done % cfg.train.ckpt_every == 0 or done == iters:
                 ckpt.save(mngr, done, state, {"step": done, "tokenizer": {"spec": cfg.data.tokenizer,
-                                                                          "sha256": record["sha256"]}})
+                                                                          "sha256": tok.fingerprint()}})
             bar.update(1)
     finally:
         bar.close()
