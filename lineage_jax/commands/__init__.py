@@ -30,4 +30,5 @@ BENCH_TARGETS: dict[str, str] = {
     "attention": "lineage_jax.bench.attention",
     "tokenizer": "lineage_jax.bench.tokenizer",
     "gemm": "lineage_jax.bench.gemm",
+    "input": "lineage_jax.bench.input",
 }

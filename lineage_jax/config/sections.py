@@ -46,7 +46,7 @@ class DataConfig:
     prepared_dir: str = ""             # a dataset from `lineage data prepare --out DIR`; used alone
     segment_mask: bool = True          # prepared rows: documents attend only within themselves, positions
                                        # restart per document, no loss across documents; false: one stream
-    loader: str = "numpy"              # the visiting order: numpy (cached permutation) or grain (MapDataset)
+    loader: str = "grain"              # the visiting order: grain (MapDataset, the default) or numpy (permutation)
     mixture: tuple[MixtureComponent, ...] = ()   # [{name, weight, epochs}, ...]: prepared dirs or TFDS names;
                                                  # used alone (not with prepared_dir, text_files, tfds_name)
 

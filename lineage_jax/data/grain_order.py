@@ -17,20 +17,20 @@ What Grain's iterator pipeline adds (worker processes, prefetch, per-process sha
 would break the resume guarantee above, and the windows are slices of a token array already in
 memory.
 
-Why ``data.loader=numpy`` stays the default: the contract is the same (``Sampler.epoch_order``,
-NumPy's ``default_rng([seed, epoch]).permutation``, a different permutation), but Grain answers one
-index at a time through Python, and the loop draws each batch on the host between steps. Measured
-on the 2-core CPU host (median of 101 draws, both in one run): 0.19 / 0.76 / 56 ms per batch of
-16 / 64 / 512 rows against NumPy's 0.017 / 0.033 / 0.21 ms (11x / 23x / 265x), because NumPy
-computes an epoch's permutation once and then only slices it. A 512-row draw every step is a host
-stall a TPU step would wait on; Grain becomes the default when the loop prefetches the next batch
-on a thread, which it does not do yet.
+Why Grain is the default (``data.loader=grain``; ``numpy`` keeps NumPy's permutation): Grain answers
+one index at a time through Python (about 8 µs per index on the 2-core CPU host), where NumPy
+computes an epoch's permutation once and then slices it, so a draw costs more: measured 0.19 / 0.76
+/ 56 ms per batch of 16 / 64 / 512 rows against 0.017 / 0.033 / 0.21 ms (a loaded run; ``lineage
+bench input`` measures it side by side). Drawn in line between steps that would be a host stall;
+the training loop draws on a thread while the step runs (``data/prefetch.py``), and ``lineage bench
+input`` measures how much of the draw that hides.
 """
 from __future__ import annotations
 
 import numpy as np
 
 ORDERS = ("grain", "numpy")
+DEFAULT_ORDER = "grain"          # config.DataConfig.loader defaults to the same (tests check they agree)
 
 
 class GrainOrder:

@@ -4,9 +4,9 @@
 joined by ``eos_id``), cached as ``.npy`` under the data dir. ``Sampler`` cuts a stream into
 non-overlapping ``seq_len + 1`` windows and serves them in a per-epoch shuffled order that
 is a pure function of ``(seed, position)``, so a resumed run continues exactly, with any number of
-processes. The order comes from NumPy's permutation (``data.loader=numpy``, the default) or from
-Grain (``data.loader=grain``: ``grain_order.py``, which says why it is not the default); both give
-the same guarantees.
+processes. The order comes from Grain (``data.loader=grain``, the default: ``grain_order.py``) or
+from NumPy's permutation (``data.loader=numpy``); both give the same guarantees. The training loop
+draws batches ahead on a thread (``prefetch.py``), which hides Grain's per-index cost.
 
 A dataset written by ``lineage data prepare`` (``data/prepared.py``: rows of ``seq_len``
 packed tokens with segment ids) is read by ``load_prepared``. Its rows, laid end to end with
@@ -28,7 +28,7 @@ import numpy as np
 
 from lineage_jax.config import ConfigError, DataConfig
 from lineage_jax.data import cache as token_cache
-from lineage_jax.data.grain_order import ORDERS, GrainOrder
+from lineage_jax.data.grain_order import DEFAULT_ORDER, ORDERS, GrainOrder
 from lineage_jax.data.prepared import read_prepared
 from lineage_jax.data.sources import load_documents, resolve_data_dir, source_identity
 from lineage_jax.tokenize import Tokenizer
@@ -95,15 +95,15 @@ class Sampler:
     """Non-overlapping ``seq_len + 1`` token windows, visited epoch by epoch in shuffled order.
 
     Window ``w`` is ``tokens[w * seq_len : w * seq_len + seq_len + 1]`` (inputs and targets
-    shifted by one; neighbours share one token). Epoch ``e`` visits every window once, in the
-    order ``np.random.default_rng([seed, e]).permutation(num_windows)``; global index ``i``
-    is position ``i % num_windows`` of epoch ``i // num_windows``. ``order="grain"`` takes the
-    visiting order from ``grain.MapDataset.range(num_windows).shuffle(seed).repeat()`` instead
-    (``grain_order.GrainOrder``): the same contract, Grain's permutation.
+    shifted by one; neighbours share one token). Epoch ``e`` visits every window once; global
+    index ``i`` is position ``i % num_windows`` of epoch ``i // num_windows``. The order is
+    ``grain.MapDataset.range(num_windows).shuffle(seed).repeat()`` (``order="grain"``, the default:
+    ``grain_order.GrainOrder``) or ``np.random.default_rng([seed, e]).permutation(num_windows)``
+    (``order="numpy"``): the same contract, different permutations.
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, max_cached_epochs: int = 4, where: str = "",
-                 order: str = "numpy"):
+                 order: str = DEFAULT_ORDER):
         self.tokens = np.asarray(tokens, np.int32).reshape(-1)
         self.seq_len, self.seed = int(seq_len), int(seed)
         if self.seq_len < 1:
@@ -205,7 +205,7 @@ class PackedSampler(Sampler):
     being row w; ``batch_with_segments`` adds what packed training needs (see its docstring)."""
 
     def __init__(self, rows: dict, seed: int, eos_id: int, max_cached_epochs: int = 4, where: str = "",
-                 order: str = "numpy"):
+                 order: str = DEFAULT_ORDER):
         tokens = np.asarray(rows["tokens"], np.int32)
         super().__init__(packed_stream(tokens, eos_id), tokens.shape[1], seed, max_cached_epochs, where, order)
         self.segment_ids = np.asarray(rows["segment_ids"], np.int32)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from lineage_jax.config import Config, UserError
 from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
 from lineage_jax.data.mixture import build_mixture, plot_mixture
+from lineage_jax.data.prefetch import Prefetch
 from lineage_jax.data.loader import check_prepared_tokenizer
 from lineage_jax.data.sources import describe_source
 from lineage_jax.decode.generation import generate_text
@@ -219,9 +220,12 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
     if progress and start:
         tqdm.write(f"resumed from step {start} (data position {position})")
     window, t_window, rows, step, bad_run = [], time.perf_counter(), [], start, 0
+    end, first = min(cfg.train.steps, stop_at or cfg.train.steps), position
+    # step start + k reads global rows first + k·B + [lo, hi): drawn ahead on a thread while the step runs
+    batches = Prefetch(lambda k: draw(train_data, first + k * B + lo, hi - lo), max(0, end - start))
     try:
-        for step in range(start, min(cfg.train.steps, stop_at or cfg.train.steps)):
-            state, metrics = setup.train_step(state, setup.put_batch(draw(train_data, position + lo, hi - lo), B))
+        for step, host_batch in zip(range(start, end), batches):
+            state, metrics = setup.train_step(state, setup.put_batch(host_batch, B))
             position += B
             window.append(metrics)
             done = step + 1
@@ -265,6 +269,7 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
         tqdm.write(f"interrupted; {again} to resume from step {mngr.latest_step()}")
         raise
     finally:
+        batches.close()
         bar.close()
         mngr.wait_until_finished()
         mngr.close()

@@ -214,8 +214,9 @@ def test_sampler_resume_property_across_epochs():
         np.testing.assert_array_equal(whole, halves)
         fresh = Sampler(_stream(), seq_len=10, seed=5)            # a resumed run: new object, same answer
         np.testing.assert_array_equal(fresh.batch(position + bsz, bsz), whole[bsz:])
+    numpy = Sampler(_stream(), seq_len=10, seed=5, order="numpy")   # its order, written out
     order = np.random.default_rng([5, 1]).permutation(n)
-    np.testing.assert_array_equal(s.batch(n, 3)[:, 0], order[:3] * 10)
+    np.testing.assert_array_equal(numpy.batch(n, 3)[:, 0], order[:3] * 10)
 
 
 def test_sampler_too_little_data_says_how_much():

@@ -70,3 +70,10 @@ def test_an_unknown_loader_is_one_line():
         DataConfig(loader="tfdata").validate()
     with pytest.raises(ConfigError, match="allowed grain, numpy"):
         Sampler(_stream(), seq_len=10, seed=0, order="tfdata")
+
+
+def test_grain_is_the_default_order_everywhere():
+    from lineage_jax.config import DataConfig
+    from lineage_jax.data.grain_order import DEFAULT_ORDER
+    assert DataConfig().loader == DEFAULT_ORDER == "grain"
+    assert Sampler(_stream(), seq_len=10, seed=0).order == "grain"
