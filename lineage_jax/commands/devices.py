@@ -100,9 +100,9 @@ def supports_several(command: str, sub: str | None = None) -> bool:
 
 def refusal(what: str) -> str:
     """The one line that refuses ``lineage what`` as one of several processes."""
-    return (f"lineage {what}: runs in one process only (its loop would run the whole job in every process, "
-            f"each drawing whole batches and writing the same files); the commands that run as several "
-            f"processes are {MULTI_PROCESS_NAMES}: start this one without lineage launch / {ENV_COORDINATOR}")
+    return (f"lineage {what}: runs in one process only (as one of several, every process would run the whole "
+            f"job and write the same files); the commands that run as several processes are "
+            f"{MULTI_PROCESS_NAMES}: start this one once, without lineage launch or {ENV_COORDINATOR}")
 
 
 def refuse_several_processes(args, what: str, env=None) -> None:
