@@ -99,6 +99,10 @@ def run(args, overrides) -> int:
             raise ConfigError(f"--run-dir {out}: holds a fine-tune with rank {old.lora.rank}, alpha {old.lora.alpha}, "
                               f"targets {','.join(old.lora.targets)}, quant {old.quant}; rerun with those to resume, "
                               f"or --overwrite")
+    if kind == "hf" and asked_for_several(args) and (args.overwrite or not (out / "base" / "config.yaml").is_file()):
+        raise ConfigError(f"finetune --from {src}: across processes the base must be a run directory (converting a "
+                          f"Hugging Face checkpoint writes it from one process, and Orbax's save is a collective "
+                          f"of all); convert it first: lineage convert --from-hf {src} --run-dir BASE, then --from BASE")
     init_jax(args)   # one of several processes (--coordinator / lineage launch local): the runtime, before JAX
     import jax
 
@@ -141,8 +145,9 @@ def run(args, overrides) -> int:
 
 def _prepare(args, src: Path, out: Path, kind: str, *, several: bool) -> tuple[Path, str, str | None]:
     """(base_dir, base_ref, hf_source): ``--overwrite`` clears OUT's own files and a Hugging Face source is
-    converted into ``OUT/base``. Several processes: process 0 does both and tells the others whether it
-    succeeded (they wait for it; a failure ends each of them in one line, its log says why)."""
+    converted into ``OUT/base`` (one process only: ``run`` refuses a conversion across processes). Several
+    processes: process 0 clears and tells the others whether it succeeded (they wait for it; a failure
+    ends each of them in one line, its log says why)."""
     from lineage_jax.runs import lock, rundir
     hf = kind == "hf"
     base_dir, base_ref = (out / "base", "base") if hf else (src, str(src))

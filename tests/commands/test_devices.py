@@ -75,6 +75,15 @@ def test_one_process_of_one_is_not_refused(capsys, reached, monkeypatch):
     assert "dropout" in capsys.readouterr().out
 
 
+def test_finetune_from_a_hugging_face_checkpoint_across_processes_asks_for_a_converted_base(tmp_path, capsys, reached):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}\n")
+    assert cli.main(["finetune", "--from", str(tmp_path / "hf"), "--run-dir", str(tmp_path / "ft"), "--coordinator",
+                     "h:1", "--num-processes", "2", "--process-id", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "convert it first: lineage convert --from-hf" in err and "\n" not in err and not reached
+
+
 def test_finetune_merge_is_one_process_even_with_the_flags(capsys, reached):
     assert cli.main(["finetune", "merge", "--run-dir", "x", "--out", "y", "--coordinator", "h:1",
                      "--num-processes", "2", "--process-id", "0"]) == 2
