@@ -10,37 +10,11 @@ import json
 import os
 import sys
 
-from lineage_jax.commands.devices import init_devices
+from lineage_jax.commands.devices import add_distributed_args, init_devices, init_jax, refuse_several_processes
 from lineage_jax.config import ConfigError, UserError, load_config
 from lineage_jax.tokenize import get_tokenizer
 
 DEFAULT_CONFIG = "tiny"
-
-
-def _init_jax(args) -> None:
-    """``_init_devices``, or, when this process is one of several (``--coordinator`` or the
-    ``LINEAGE_COORDINATOR`` the launcher sets), JAX's distributed runtime with ``--devices`` as
-    this process's local CPU devices; either way before any other JAX call."""
-    given = (getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None))
-    if not any(v is not None for v in given) and not os.environ.get("LINEAGE_COORDINATOR"):
-        return init_devices(args.devices)
-    from parallel import distributed
-    cluster = distributed.cluster_from(*given, local_devices=args.devices)
-    if cluster is None:
-        return init_devices(args.devices)
-    distributed.initialize(cluster)
-    import jax
-    n = cluster.local_devices
-    if n is not None and jax.default_backend() == "cpu" and jax.local_device_count() != n:
-        raise ConfigError(f"--devices={n}: this process started with {jax.local_device_count()} local devices")
-
-
-def _add_distributed_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                   help="one of several processes: process 0's address (or 'auto': detect the cluster); "
-                        "default $LINEAGE_COORDINATOR. --devices is then the CPU devices of each process")
-    p.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
-    p.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's index, 0..N-1")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +26,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     get_tokenizer(cfg.data.tokenizer)      # an unknown name or a broken tokenizer file: one line before JAX starts
-    _init_jax(args)
+    init_jax(args)
     from lineage_jax.train.loop import train
     if cfg.optim.warmup_steps > cfg.train.steps:
         print(f"note: optim.warmup_steps={cfg.optim.warmup_steps} is more than train.steps={cfg.train.steps}: "
@@ -258,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start run_dir afresh: clear the run's own files there (config, metrics, checkpoints), "
                         "keep any others")
-    _add_distributed_args(p)
+    add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from the latest checkpoint of a run")
@@ -357,12 +331,20 @@ def _leave(code: int) -> int:
     return code
 
 
+def _command_name(args) -> str:
+    """``train``, ``align dpo``, ``scaling sweep``: the command and its subcommand, as typed."""
+    sub = getattr(args, f"{args.command}_command", None) or getattr(args, "stage", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     if getattr(args, "steps", 1) < 1:
         print(f"error: --steps={args.steps}: must be at least 1", file=sys.stderr)
         return 2
     try:
+        if args.command != "launch":      # a one-process command started as one of several: one line, no JAX
+            refuse_several_processes(args, _command_name(args))
         return args.func(args)
     except UserError as e:   # one line for what a user can fix; a bug stays a traceback
         print(f"error: {e}", file=sys.stderr)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lineage_jax.commands.devices import init_devices
+from lineage_jax.commands.devices import add_distributed_args, asked_for_several, init_devices, init_jax, refusal
 from lineage_jax.config import ConfigError
 
 ACTIONS = ("merge", "export-peft")
@@ -48,6 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="start OUT afresh (its own files only)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--devices", type=int, default=None, help="emulate N CPU devices (before JAX starts)")
+    add_distributed_args(p)
     p.set_defaults(func=cmd_finetune)
 
 
@@ -62,6 +63,8 @@ def cmd_finetune(args) -> int:
             raise ConfigError(f"finetune {action}: --out DIR is required")
         if overrides:
             raise ConfigError(f"finetune {action}: takes no overrides (got {overrides[0]})")
+        if asked_for_several(args):   # one directory written from one process
+            raise ConfigError(refusal(f"finetune {action}"))
         init_devices(args.devices)
         return merge(args) if action == "merge" else export_peft(args)
     if args.source is None:
@@ -96,26 +99,19 @@ def run(args, overrides) -> int:
             raise ConfigError(f"--run-dir {out}: holds a fine-tune with rank {old.lora.rank}, alpha {old.lora.alpha}, "
                               f"targets {','.join(old.lora.targets)}, quant {old.quant}; rerun with those to resume, "
                               f"or --overwrite")
-    init_devices(args.devices)
+    if kind == "hf" and asked_for_several(args) and (args.overwrite or not (out / "base" / "config.yaml").is_file()):
+        raise ConfigError(f"finetune --from {src}: across processes the base must be a run directory (converting a "
+                          f"Hugging Face checkpoint writes it from one process, and Orbax's save is a collective "
+                          f"of all); convert it first: lineage convert --from-hf {src} --run-dir BASE, then --from BASE")
+    init_jax(args)   # one of several processes (--coordinator / lineage launch local): the runtime, before JAX
+    import jax
+
     from lineage_jax.config import load_config
     from lineage_jax.decode import generate_text, load_for_inference
-    from lineage_jax.runs import lock, rundir
     from lineage_jax.train.finetune import build_finetune, compile_finetune
     from lineage_jax.train.loop import train
 
-    if args.overwrite and out.is_dir():
-        with lock.hold(out):
-            rundir.clear(out)
-    hf_source = None
-    if kind == "hf":
-        from lineage_jax.interop import convert_to_run_dir
-        hf_source, base_dir = str(src), out / "base"
-        if not (base_dir / "config.yaml").is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            convert_to_run_dir(src, base_dir, tokenizer=args.tokenizer)
-        base_ref = "base"
-    else:
-        base_dir, base_ref = src, str(src)
+    base_dir, base_ref, hf_source = _prepare(args, src, out, kind, several=jax.process_count() > 1)
     fresh_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.expert=1", "mesh.tensor=1"]   # this run's devices, not the base's
     cfg = load_config(str(base_dir / "config.yaml"), [*fresh_mesh, *overrides, f"run_dir={out}"])
     _, model, params, tokenizer = load_for_inference(base_dir)
@@ -131,15 +127,56 @@ def run(args, overrides) -> int:
     first, final = summary["first_loss"], summary["final_loss"]
     from lineage_jax.adapt.lora import count
     from lineage_jax.decode.load import load_adapted
-    _, _, merged, _, adapters, _ = load_adapted(out)
-    print(f"done: {summary['steps']} steps, loss {first:.3f} -> {final:.3f}"
+    _, _, merged, _, adapters, _ = load_adapted(out)   # every process: the restore's verdict is collective
+    (index, n), (lo, hi) = summary["process"], summary["process_rows"]
+    if n > 1:   # each process's own log says what it read
+        print(f"process {index} of {n}: held rows {lo}..{hi - 1} of every batch of {cfg.train.batch_size}; "
+              f"read {summary['rows_read']['train']} train and {summary['rows_read']['eval']} eval rows")
+    losses = "already trained" if first is None else f"loss {first:.3f} -> {final:.3f}"
+    print(f"done: {summary['steps']} steps, {losses}"
           + (f", eval {summary['eval_loss']:.3f}" if summary["eval_loss"] is not None else "")
           + f"; trained {count(adapters):,} adapter parameters ({100 * count(adapters) / count(params):.2f}% of "
           f"{count(params):,}); run files in {out}")
-    if not args.no_progress:
+    if not args.no_progress and n == 1:   # sampling is a single-process program (as after lineage train)
         print("sample (temperature 0.8):\n" + generate_text(model, merged, tokenizer, "def ", 200, temperature=0.8),
               file=sys.stdout)
     return 0
+
+
+def _prepare(args, src: Path, out: Path, kind: str, *, several: bool) -> tuple[Path, str, str | None]:
+    """(base_dir, base_ref, hf_source): ``--overwrite`` clears OUT's own files and a Hugging Face source is
+    converted into ``OUT/base`` (one process only: ``run`` refuses a conversion across processes). Several
+    processes: process 0 clears and tells the others whether it succeeded (they wait for it; a failure
+    ends each of them in one line, its log says why)."""
+    from lineage_jax.runs import lock, rundir
+    hf = kind == "hf"
+    base_dir, base_ref = (out / "base", "base") if hf else (src, str(src))
+    import jax
+    if jax.process_index() == 0:
+        try:
+            if args.overwrite and out.is_dir():
+                with lock.hold(out):
+                    rundir.clear(out)
+            if hf and not (base_dir / "config.yaml").is_file():
+                from lineage_jax.interop import convert_to_run_dir
+                out.mkdir(parents=True, exist_ok=True)
+                convert_to_run_dir(src, base_dir, tokenizer=args.tokenizer)
+        except BaseException:
+            _verdict(False, several)
+            raise
+        _verdict(True, several)
+    elif not _verdict(True, several):
+        raise ConfigError(f"finetune --run-dir {out}: process 0 could not prepare it (its log says why)")
+    return base_dir, base_ref, (str(src) if hf else None)
+
+
+def _verdict(ok: bool, several: bool) -> bool:
+    """Process 0's ``ok``, on every process (one process: ``ok``)."""
+    if not several:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def merge(args) -> int:

@@ -8,6 +8,8 @@ Process 0's output is streamed here; every process's output goes to its own log 
 ``<log-dir>/process-<i>.log``. The exit status is 0 only if every process exits 0; when one fails
 the others get ``--grace`` seconds to notice (the runtime's heartbeat) before they are killed,
 and on ``--timeout``, Ctrl-C or any error every child still running is killed by its pid.
+Only the commands that run as several processes (``commands.devices.MULTI_PROCESS``: train,
+finetune, scaling sweep) are launched; any other is refused in one line before a process starts.
 No JAX here: the children import it.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from lineage_jax.commands.devices import refusal, supports_several
 from lineage_jax.config import ConfigError
 
 
@@ -138,6 +141,9 @@ def cmd_local(args) -> int:
         raise ConfigError("lineage launch local: give the command after --, e.g. -- train --config tiny")
     if cmd[0] in ("launch", "lineage"):
         raise ConfigError(f"lineage launch local: give the lineage subcommand itself (e.g. train), not '{cmd[0]}'")
+    sub = cmd[1] if len(cmd) > 1 and not cmd[1].startswith("-") and "=" not in cmd[1] else None
+    if not supports_several(cmd[0], sub):   # refused here, before any process starts (each child refuses too)
+        raise ConfigError(refusal(" ".join(cmd[:2] if sub else cmd[:1])))
     if args.processes < 1 or args.devices_per_process < 1:
         raise ConfigError(f"--processes={args.processes}, --devices-per-process={args.devices_per_process}: "
                           "each must be at least 1")

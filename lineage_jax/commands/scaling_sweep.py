@@ -2,7 +2,8 @@
 
     lineage scaling sweep --budgets 1e11,3e11,1e12 --sizes 5 --out DIR [--devices N] [key=value ...]
 
-Then ``lineage scaling fit --runs DIR``. Rerunning the same command skips finished runs and
+Then ``lineage scaling fit --runs DIR``. Runs as one program over several processes like
+``lineage train`` (``--coordinator`` or ``lineage launch local``): every run of the grid is. Rerunning the same command skips finished runs and
 resumes an interrupted one.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 
-from lineage_jax.commands.devices import init_devices
+from lineage_jax.commands.devices import add_distributed_args, init_jax
 from lineage_jax.config import ConfigError
 
 DEFAULT_BUDGETS = "1e11,3e11,1e12"
@@ -30,6 +31,7 @@ def register(sub) -> None:
     s.add_argument("--devices", type=int, default=None, help="emulate N CPU devices (before JAX starts)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to every run, e.g. optim.lr=3e-3")
+    add_distributed_args(s)   # every run of the grid as one program over several processes
     s.set_defaults(func=cmd_sweep)
 
 
@@ -49,7 +51,7 @@ def cmd_sweep(args) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"--out={args.out}: is a file; give a directory")
     base = load_config(args.config, [*BASE, *args.overrides])
-    init_devices(args.devices)
+    init_jax(args)
     from lineage_jax.scaling.sweep import sweep
     r = sweep(base, budgets, args.sizes, args.out, progress=not args.no_progress,
               tokens_per_param=args.tokens_per_param, spread=args.spread)

@@ -48,7 +48,7 @@ def load_for_inference(run_dir: str | Path) -> tuple[Config, nn.Module, object, 
     model = models.build(cfg.model)
     dummy = jnp.zeros((1, cfg.model.context), jnp.int32)
     shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)))["params"]
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])   # this process's (one of several: its own)
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
     with ckpt.manager(run_dir, create=False, async_save=False) as mngr:
         step, params, meta = ckpt.restore_latest_good(mngr, abstract, params_only=True, move_bad=False)
@@ -76,7 +76,7 @@ def load_adapted(run_dir: Path):
     cfg = load_config(str(run_dir / "config.yaml"), [])
     dummy = jnp.zeros((1, model.cfg.context), jnp.int32)
     specs = nn.get_partition_spec(jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)))["params"]
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])   # this process's (one of several: its own)
     shapes = jax.eval_shape(lambda: lora.init(jax.random.key(0), base, specs, rec.lora))
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
     with ckpt.manager(run_dir, create=False, async_save=False) as mngr:

@@ -107,10 +107,21 @@ def finished(run_dir: Path, steps: int) -> bool:
     return bool(rows) and rows[-1]["step"] >= steps and "eval_loss" in rows[-1]
 
 
+def _everyone_agrees(verdict: bool) -> bool:
+    """Process 0's ``verdict`` on every process (one process: ``verdict``), so all skip or train a run together."""
+    import jax
+    if jax.process_count() == 1:
+        return verdict
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(verdict)))
+
+
 def sweep(base: Config, budgets: Sequence[float], sizes: int, out: str | Path, *, progress: bool = True,
           **plan_kw) -> dict:
     """Plan, write ``sweep.json``, train every unfinished run (one progress bar over the sweep's FLOPs).
     ``plan_kw`` go to ``plan`` (tokens_per_param, spread)."""
+    import jax
     from tqdm.auto import tqdm
 
     from lineage_jax.runs import atomic
@@ -118,18 +129,21 @@ def sweep(base: Config, budgets: Sequence[float], sizes: int, out: str | Path, *
     out = Path(out)
     runs = plan(budgets, sizes, base, **plan_kw)
     per_step = base.train.batch_size * base.model.context
+    main = jax.process_index() == 0          # several processes: process 0 writes the plan and shows progress
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / SWEEP_JSON, json.dumps({"budgets": sorted(budgets), "sizes": sizes, "tokens_per_step":
-                                                    per_step, "runs": [dataclasses.asdict(r) for r in runs]}, indent=1))
+    if main:
+        atomic.write_text(out / SWEEP_JSON, json.dumps({"budgets": sorted(budgets), "sizes": sizes,
+                                                        "tokens_per_step": per_step,
+                                                        "runs": [dataclasses.asdict(r) for r in runs]}, indent=1))
     total = sum(6.0 * r.params * r.tokens(per_step) for r in runs)
     done, trained, skipped = 0.0, [], []
-    with tqdm(total=total / 1e9, unit="GFLOP", disable=not progress, dynamic_ncols=True, desc="sweep",
+    with tqdm(total=total / 1e9, unit="GFLOP", disable=not (progress and main), dynamic_ncols=True, desc="sweep",
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} GFLOP [{elapsed}<{remaining}]{postfix}") as bar:
         for r in runs:
             flops = 6.0 * r.params * r.tokens(per_step)
             cfg = run_config(base, r, out)
             bar.set_postfix_str(f"{r.name}: N={r.params:,} D={r.tokens(per_step):,}")
-            if finished(Path(cfg.run_dir), r.steps):
+            if _everyone_agrees(finished(Path(cfg.run_dir), r.steps)):
                 skipped.append(r.name)
             else:
                 train(cfg, progress=False, sample_chars=0)

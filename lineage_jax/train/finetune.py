@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -109,7 +110,7 @@ def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kin
     base = quantize_base(base_params, setup.logical_specs, lcfg, quant_kind)
     b_specs = base_specs(base, setup.logical_specs)
     base_sharding = parallel.logical_to_sharding(b_specs, mesh, strategy.params)
-    base = jax.device_put(base, base_sharding)
+    base = put_global(base, base_sharding)
 
     tx = make_optimizer(cfg.optim, cfg.train.steps, None)     # weight decay on every adapter (AdamW)
     replicated = NamedSharding(mesh, P())
@@ -137,6 +138,20 @@ def build_finetune(cfg: Config, lcfg: lora.LoraConfig, base_params, *, quant_kin
     if compile_steps:
         compile_finetune(ft, compile_eval=compile_eval)
     return ft
+
+
+def put_global(tree, shardings):
+    """``jax.device_put(tree, shardings)``; but where a sharding spans other processes' devices too (a
+    multi-process run), each leaf is assembled from this process's host copy, shard by shard
+    (``jax.make_array_from_callback``): ``device_put`` refuses an array committed to one local device
+    there. Every process holds the same base (it loaded the same checkpoint)."""
+    if all(sh.is_fully_addressable for sh in jax.tree.leaves(shardings)):
+        return jax.device_put(tree, shardings)
+
+    def one(x, sh):
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sh, lambda index: host[index])
+    return jax.tree.map(one, tree, shardings)
 
 
 def compile_finetune(ft: Finetune, compile_eval: bool = True) -> None:
