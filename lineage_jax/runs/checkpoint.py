@@ -10,9 +10,10 @@ that every device computes over its own shards (no host ever holds the state; on
 leaf come back), identical under any mesh or process count. ``restore_latest_good`` recomputes it on
 what was restored and checks, in the same pass, that params and optimiser state are finite.
 Checkpoints written before (a ``sha256`` of the gathered host copy per item) are still verified the
-old way, gathering that item onto the host once: their writer held it whole, so it fits. A step whose restore raises, whose
-digest differs or whose values are not finite is damaged: it is named in one line and moved to
-``checkpoints-corrupt/`` beside ``checkpoints/``, so Orbax's ``latest_step`` and ``max_to_keep``
+old way, on a host copy of the state (``sha256_digest``): their writer held it whole, so it fits;
+the run's next save carries the new digest. A step whose restore raises, whose digest differs or
+whose values are not finite is damaged: it is named in one line and moved to ``checkpoints-corrupt/``
+beside ``checkpoints/``, so Orbax's ``latest_step`` and ``max_to_keep``
 rotation only ever count the good ones (and a resumed run saves that step anew); with
 ``train.nan_policy`` no non-finite state is saved in the first place, so rotation never drops the
 last good checkpoint for an unverified one. If no step is good, nothing is moved and a
@@ -113,9 +114,10 @@ def _problem(state: Any, meta: dict) -> str | None:
     checkpoint from before ``runs.digest`` (``sha256`` entries), checked on a host copy as then."""
     if not isinstance(meta, dict):
         return f"meta is {type(meta).__name__}, not a JSON object"
-    saved = meta.get("digest") or {}
+    saved = meta.get("digest")
+    saved = {k: v for k, v in saved.items() if isinstance(v, dict)} if isinstance(saved, dict) else {}
     now, finite = summarise(leaf_table(state))
-    legacy = [k for k, d in now.items() if "sha256" in saved.get(k, {}) and saved[k]["layout"] == d["layout"]]
+    legacy = [k for k, d in now.items() if "sha256" in saved.get(k, {}) and saved[k].get("layout") == d["layout"]]
     old = sha256_digest(state) if legacy else {}          # the whole state, in its order, as it was hashed
     changed = [k for k, d in now.items() if k in saved and saved[k].get("layout") == d["layout"]
                and (saved[k].get("sha256") != old[k]["sha256"] if k in legacy

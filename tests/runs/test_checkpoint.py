@@ -95,3 +95,11 @@ def test_checkpoints_with_the_earlier_sha256_digest_are_verified_the_old_way(tmp
     assert step == 1 and meta["digest"] == old
     assert lines[0].startswith("checkpoint step 2") and "(digest mismatch: params)" in lines[0], lines
     np.testing.assert_array_equal(np.asarray(restored["params"]["b"]), STATE["params"]["b"])
+
+
+def test_a_malformed_digest_in_meta_leaves_the_finiteness_check():
+    for meta in ({"digest": "x"}, {"digest": {"params": "x", "opt_state": 3}}, {"digest": {"params": {"sum": "0"}}}):
+        assert ckpt._problem(STATE, meta) is None, meta
+    bad = jax.tree.map(np.copy, STATE)
+    bad["params"]["w"][0, 0] = np.nan
+    assert ckpt._problem(bad, {"digest": "x"}) == "params not finite"
