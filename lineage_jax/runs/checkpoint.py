@@ -4,11 +4,16 @@ No pickle anywhere: arrays go through Orbax's tensorstore format, metadata throu
 Restoring takes an abstract target (shapes, dtypes, shardings), so a checkpoint written
 under one mesh restores directly into another.
 
-Integrity (issue 15): ``save`` puts a SHA-256 per top-level item (params, opt_state, other) of the
-host copy of the state into the JSON ``meta``; ``restore_latest_good`` recomputes it on what was
-restored and checks that params and optimiser state are finite. A step whose restore raises, whose
-digest differs or whose values are not finite is damaged: it is named in one line and moved to
-``checkpoints-corrupt/`` beside ``checkpoints/``, so Orbax's ``latest_step`` and ``max_to_keep``
+Integrity (issue 15; made scale-proof for issue 16): ``save`` puts a digest per top-level item
+(params, opt_state, other) into the JSON ``meta``: ``runs.digest``, an additive position-keyed hash
+that every device computes over its own shards (no host ever holds the state; only a few words per
+leaf come back), identical under any mesh or process count. ``restore_latest_good`` recomputes it on
+what was restored and checks, in the same pass, that params and optimiser state are finite.
+Checkpoints written before (a ``sha256`` of the gathered host copy per item) are still verified the
+old way, on a host copy of the state (``sha256_digest``): their writer held it whole, so it fits;
+the run's next save carries the new digest. A step whose restore raises, whose digest differs or
+whose values are not finite is damaged: it is named in one line and moved to ``checkpoints-corrupt/``
+beside ``checkpoints/``, so Orbax's ``latest_step`` and ``max_to_keep``
 rotation only ever count the good ones (and a resumed run saves that step anew); with
 ``train.nan_policy`` no non-finite state is saved in the first place, so rotation never drops the
 last good checkpoint for an unverified one. If no step is good, nothing is moved and a
@@ -27,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lineage_jax.config.errors import UserError
+from lineage_jax.runs.digest import digest, head, item_of, leaf_table, summarise
 
 
 class CheckpointError(UserError, FileNotFoundError):
@@ -55,18 +61,16 @@ def host_copy(tree: Any) -> Any:
                         if isinstance(x, jax.Array) and not x.is_fully_addressable else jax.device_get(x), tree)
 
 
-def digest(state: Any) -> dict:
-    """{item: {"sha256", "layout"}} for params, opt_state and other (every other leaf): a SHA-256 over each
-    leaf's path, dtype, shape and bytes in flattening order, and one over the paths/dtypes/shapes alone."""
+def sha256_digest(state: Any) -> dict:
+    """The digest checkpoints carried before ``runs.digest`` (kept to verify them): {item: {"sha256",
+    "layout"}}, a SHA-256 over each leaf's path, dtype, shape and bytes of the host copy (a gather)."""
     groups: dict[str, tuple[Any, Any]] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(host_copy(state))[0]:
-        top = getattr(path[0], "name", getattr(path[0], "key", None)) if path else None
-        data, layout = groups.setdefault(top if top in ("params", "opt_state") else "other",
-                                         (hashlib.sha256(), hashlib.sha256()))
+        data, layout = groups.setdefault(item_of(path), (hashlib.sha256(), hashlib.sha256()))
         a = np.ascontiguousarray(leaf)
-        head = f"{jax.tree_util.keystr(path[1:])}|{a.dtype}|{a.shape};".encode()
-        layout.update(head)
-        data.update(head)
+        h = head(path, a.dtype, a.shape).encode()
+        layout.update(h)
+        data.update(h)
         data.update(a.tobytes())
     return {k: {"sha256": d.hexdigest(), "layout": s.hexdigest()} for k, (d, s) in groups.items()}
 
@@ -105,19 +109,23 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: Any)
 
 def _problem(state: Any, meta: dict) -> str | None:
     """Why a restored (state, meta) is not the state that was saved, or None. Items whose layout differs
-    from the saved one (a restore into other dtypes) are checked for finiteness only."""
+    from the saved one (a restore into other dtypes) are checked for finiteness only. A collective (every
+    process calls it in step); only a few words per leaf reach the host, except for the items of a
+    checkpoint from before ``runs.digest`` (``sha256`` entries), checked on a host copy as then."""
     if not isinstance(meta, dict):
         return f"meta is {type(meta).__name__}, not a JSON object"
-    saved, now = meta.get("digest") or {}, digest(state)
-    changed = [k for k, d in now.items() if k in saved and saved[k]["layout"] == d["layout"]
-               and saved[k]["sha256"] != d["sha256"]]
+    saved = meta.get("digest")
+    saved = {k: v for k, v in saved.items() if isinstance(v, dict)} if isinstance(saved, dict) else {}
+    now, finite = summarise(leaf_table(state))
+    legacy = [k for k, d in now.items() if "sha256" in saved.get(k, {}) and saved[k].get("layout") == d["layout"]]
+    old = sha256_digest(state) if legacy else {}          # the whole state, in its order, as it was hashed
+    changed = [k for k, d in now.items() if k in saved and saved[k].get("layout") == d["layout"]
+               and (saved[k].get("sha256") != old[k]["sha256"] if k in legacy
+                    else (saved[k].get("algo"), saved[k].get("sum")) != (d["algo"], d["sum"]))]
     if changed:
         return f"digest mismatch: {', '.join(changed)}"
-    host = host_copy(state)
     for item in ("params", "opt_state"):
-        tree = host.get(item) if isinstance(host, dict) else getattr(host, item, None)
-        leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
-        if not all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact)):
+        if not finite.get(item, True):
             return f"{item} not finite"
     return None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from lineage_jax.config.errors import UserError
-from lineage_jax.runs.lock import LOCK_NAME
+from lineage_jax.runs.lock import LOCK_NAME, is_lock_name
 
 RUN_JSON = "run.json"
 OWN_FILES = ("config.yaml", RUN_JSON, "metrics.jsonl", "loss.png", LOCK_NAME, "adapter.json",
@@ -37,7 +37,8 @@ class RunDirError(UserError, ValueError):
 
 def is_own(name: str) -> bool:
     """Whether a run wrote ``name`` (its files, dirs, or an atomic write's ``.<file>.*`` temporary)."""
-    return name in OWN_FILES or name in OWN_DIRS or any(name.startswith(f".{f}.") for f in OWN_FILES)
+    return (name in OWN_FILES or name in OWN_DIRS or is_lock_name(name)     # run.<i>.lock: process i's
+            or any(name.startswith(f".{f}.") for f in OWN_FILES))
 
 
 def create(run_dir: Path) -> bool:
@@ -115,8 +116,8 @@ def check(run_dir: Path, model: dict, tokenizer_spec: str, tokenizer_sha256: str
 
 
 def clear(run_dir: Path) -> None:
-    """Remove the run's own files (the lock excepted: it is held); anything else stays."""
-    own = [p for p in run_dir.iterdir() if is_own(p.name) and p.name != LOCK_NAME]
+    """Remove the run's own files (the locks excepted: they are held); anything else stays."""
+    own = [p for p in run_dir.iterdir() if is_own(p.name) and not is_lock_name(p.name)]
     # files first, checkpoints last: a kill midway leaves checkpoints without metrics (resumable),
     # never metrics without checkpoints (refused until --overwrite)
     for p in sorted(own, key=lambda p: p.is_dir() and not p.is_symlink()):

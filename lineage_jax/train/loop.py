@@ -143,7 +143,8 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     if jax.process_index() > 0:                        # multi-process: process 0 locks and checks run_dir
         if not _verdict_of_process_0(True):
             raise RunDirError(f"run_dir {run_dir}: process 0 refused it (its log says why)")
-        return _train_locked(cfg, run_dir, tokenizer, **kw)
+        with lock.hold(run_dir, process=jax.process_index()):   # run.<i>.lock: a rerun waits for this process too
+            return _train_locked(cfg, run_dir, tokenizer, **kw)
     created = rundir.create(run_dir)
     try:
         with lock.hold(run_dir):
