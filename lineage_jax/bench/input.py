@@ -8,7 +8,7 @@ Two measurements, each order (``data.loader``: grain, numpy) side by side in one
 - **loop**: seconds per training step of the config's real jitted step on one device, drawing each
   batch in line after the previous step's metrics arrive (the loop before ``data/prefetch.py``) and
   through ``Prefetch`` (drawn on a thread while the step runs). Each step draws the largest batch of
-  the draw table (512 rows in full mode) and feeds the step the config's batch, so a large draw is
+  the draw table (4,096 rows in full mode) and feeds the step the config's batch, so a large draw is
   timed against a small CPU step. ``hidden`` is the share of the in-line draw that prefetching removed
   from the step time, (t_inline − t_prefetch) / t_draw: 1 when the draw is fully overlapped.
 
@@ -23,8 +23,8 @@ import time
 
 __all__ = ["run", "report"]
 
-FULL = dict(windows=100_000, rows=(16, 64, 512), loop_steps=30)
-QUICK = dict(windows=2_000, rows=(16,), loop_steps=4)
+FULL = dict(windows=100_000, rows=(16, 64, 512, 4096), loop_steps=20, repeats=5)
+QUICK = dict(windows=2_000, rows=(16,), loop_steps=4, repeats=2)
 
 
 def _median_ms(fn, n: int) -> float:
@@ -37,7 +37,7 @@ def _median_ms(fn, n: int) -> float:
 
 
 def draw_times(windows: int, seq_len: int, rows: tuple[int, ...], n: int) -> dict:
-    """{order: {rows: ms per draw}}: each draw at a fresh position (no two draws share an index)."""
+    """{order: {rows: ms per draw}}: consecutive batches from a fresh position, as the loop draws them."""
     import numpy as np
 
     from lineage_jax.data import Sampler
@@ -45,12 +45,15 @@ def draw_times(windows: int, seq_len: int, rows: tuple[int, ...], n: int) -> dic
     out = {}
     for order in ("grain", "numpy"):
         s = Sampler(tokens, seq_len, seed=0, order=order)
-        s.batch(0, 1)                                     # first-epoch set-up outside the timing
-        out[order] = {r: _median_ms(lambda i, r=r: s.batch(7919 * i * r, r), n) for r in rows}
+        out[order] = {}
+        for r in rows:
+            start = 3 * windows + 17                     # inside the fourth epoch, its order set up first
+            s.batch(start - 1, 1)
+            out[order][r] = _median_ms(lambda i, r=r, start=start: s.batch(start + i * r, r), n)
     return out
 
 
-def loop_times(setup, order: str, rows: int, steps: int) -> dict:
+def loop_times(setup, order: str, rows: int, steps: int, repeats: int = 3) -> dict:
     """Seconds per step, in-line draws vs ``Prefetch``, for ``setup``'s compiled step."""
     import jax
     import numpy as np
@@ -60,7 +63,7 @@ def loop_times(setup, order: str, rows: int, steps: int) -> dict:
 
     cfg = setup.cfg
     B, T = cfg.train.batch_size, cfg.model.context
-    tokens = np.random.default_rng(1).integers(0, cfg.model.vocab_size, 50 * max(rows, B) * T + 1, dtype=np.int32)
+    tokens = np.random.default_rng(1).integers(0, cfg.model.vocab_size, 30 * max(rows, B) * T + 1, dtype=np.int32)
     sampler = Sampler(tokens, T, seed=0, order=order)
     draw = lambda k: sampler.batch(k * rows, rows)[:B]    # draw ``rows``, feed the step its B
 
@@ -75,9 +78,9 @@ def loop_times(setup, order: str, rows: int, steps: int) -> dict:
         return (time.perf_counter() - t) / steps, losses
 
     run(draw(k) for k in range(2))                       # compile and warm up
-    inline = [run(draw(k) for k in range(steps)) for _ in range(3)]
-    ahead = []
-    for _ in range(3):
+    inline, ahead = [], []
+    for _ in range(repeats):                             # taking turns: machine load falls on both alike
+        inline.append(run(draw(k) for k in range(steps)))
         with Prefetch(draw, steps) as batches:
             ahead.append(run(batches))
     t_inline, t_ahead = (statistics.median(t for t, _ in runs) for runs in (inline, ahead))
@@ -106,7 +109,7 @@ def run(args) -> dict:
     return {"config": args.config, "context": cfg.model.context, "batch_size": cfg.train.batch_size,
             "windows": sizes["windows"], "cpus": os.cpu_count(),
             "draw_ms": draw_times(sizes["windows"], cfg.model.context, sizes["rows"], n),
-            "loop": [loop_times(setup, order, rows, sizes["loop_steps"]) for order in ("grain", "numpy")]}
+            "loop": [loop_times(setup, order, rows, sizes["loop_steps"], sizes["repeats"]) for order in ("grain", "numpy")]}
 
 
 def report(r: dict) -> str:
