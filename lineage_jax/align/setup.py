@@ -97,13 +97,7 @@ class AlignSetup:
 
     def jit_step(self, step: Callable) -> Callable:
         """``step(state, batch) -> (state, metrics)`` jitted with the state's layout pinned (donated)."""
-        replicated = NamedSharding(self.mesh, P())
-        jitted = jax.jit(step, out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-
-        def run(state, batch):
-            with self.context():
-                return jitted(state, batch)
-        return run
+        return train_setup.jit_state_step(step, self.mesh, self.state_sharding, self.context)
 
     def jit(self, fn: Callable, out_shardings=None) -> Callable:
         """Any other pure function (scoring, log-probabilities) compiled under the mesh and rules."""

@@ -25,6 +25,7 @@ from lineage_jax.clip.model import CLIP, CLIPConfig, init_params
 from lineage_jax.clip.train import ClipState
 from lineage_jax.config.errors import ConfigError
 from lineage_jax.nn import collective_hooks
+from lineage_jax.train.setup import jit_state_step
 
 ALIASES = {"FSDP": "ZeRO-3", "none": "DP"}
 
@@ -73,13 +74,8 @@ class ClipSetup:
         return {k: jax.device_put(np.asarray(v), self.batch_sharding[k]) for k, v in batch.items()}
 
     def jit_step(self, step: Callable) -> Callable:
-        replicated = NamedSharding(self.mesh, P())
-        jitted = jax.jit(step, out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-
-        def run(state, batch):
-            with self.context():
-                return jitted(state, batch)
-        return run
+        """``step(state, batch) -> (state, metrics)`` jitted with the state's layout pinned (donated)."""
+        return jit_state_step(step, self.mesh, self.state_sharding, self.context)
 
 
 def build(cfg: CLIPConfig, tx: optax.GradientTransformation, *, strategy: str = "DP", batch_size: int,

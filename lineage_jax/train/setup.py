@@ -161,6 +161,18 @@ def build(cfg: Config, *, compile_steps: bool = True, devices=None, compile_eval
     return setup
 
 
+def jit_state_step(step: Callable, mesh, state_sharding, context: Callable) -> Callable:
+    """``step(state, batch) -> (state, metrics)`` jitted with the state donated and its layout pinned on
+    output (metrics replicated), each call run under ``context()`` (the mesh and the rule tables): the
+    steps of the chapters with their own loops (align, clip) compile here like ``compile_all``'s."""
+    jitted = jax.jit(step, out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=0)
+
+    def run(state, batch):
+        with context():
+            return jitted(state, batch)
+    return run
+
+
 def compile_all(setup: Setup, compile_eval: bool = True) -> None:
     """AOT-compile train and eval steps for the configured shapes (``compile_eval=False``: the train
     step alone, for callers that never evaluate); record compile time."""
