@@ -106,7 +106,7 @@ def test_each_process_reads_only_its_rows_and_only_process_0_writes(runs):
 def test_a_checkpoint_of_two_processes_restores_bit_exact_on_other_topologies(runs):
     """Saved by 2 processes × 4 devices; restored by 1 × 8 (data=8), 1 × 8 as ZeRO-3 (fsdp=8: every
     parameter and moment sharded) and 1 × 1: bit-identical, and identical to what the two processes
-    digested (SHA-256 of the gathered state) when they saved it."""
+    digested (the per-shard digest, runs/digest.py) when they saved it."""
     base, _ = runs
     step = base / "two" / "checkpoints" / str(STEPS)
     for i in (0, 1):                                       # each process wrote its own shards ...
