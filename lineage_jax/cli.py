@@ -10,7 +10,8 @@ import json
 import os
 import sys
 
-from lineage_jax.commands.devices import add_distributed_args, init_devices, init_jax, refuse_several_processes
+from lineage_jax.commands.devices import (add_distributed_args, init_devices, init_jax, refuse_several_processes,
+                                          report_process_rows)
 from lineage_jax.config import ConfigError, UserError, load_config
 from lineage_jax.tokenize import get_tokenizer
 
@@ -33,10 +34,7 @@ def cmd_train(args) -> int:
               f"warming up over all {cfg.train.steps} steps", file=sys.stderr)
     summary = train(cfg, progress=not args.no_progress, sample_chars=0 if args.no_sample else 300,
                     overwrite=args.overwrite)
-    (index, count), (lo, hi) = summary["process"], summary["process_rows"]
-    if count > 1:   # each process's own log says what it read
-        print(f"process {index} of {count}: held rows {lo}..{hi - 1} of every batch of {cfg.train.batch_size}; "
-              f"read {summary['rows_read']['train']} train and {summary['rows_read']['eval']} eval rows")
+    report_process_rows(summary, cfg.train.batch_size)
     first, final = summary["first_loss"], summary["final_loss"]
     if first is None:   # a process other than 0 resumed a finished run: it logged no row
         print(f"done: {summary['steps']} steps (already trained); run files in {summary['run_dir']}")

@@ -125,6 +125,18 @@ def initialize(cluster: Cluster) -> None:
                                f"{cluster.process_id} of {cluster.num_processes}: {first}") from None
 
 
+def verdict_of_process_0(ok: bool) -> bool:
+    """Process 0's ``ok`` on every process (one process: ``ok``): a collective, so every process calls it
+    in step. How a decision only process 0 can take (it holds the run's lock, it read the files) reaches
+    the others, so all go on or all stop in one line, never some waiting for the rest in a collective."""
+    import jax
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
 def check_process_boundary(mesh, inner: tuple[str, ...] | None = None, process_of=None) -> None:
     """Refuse (one line) a mesh whose tensor or expert groups (every axis not in ``DATA_LIKE``) span
     several processes: their collectives run every layer and would cross the slow inter-host link.

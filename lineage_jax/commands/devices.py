@@ -78,6 +78,16 @@ def init_jax(args) -> None:
         raise ConfigError(f"--devices={n}: this process started with {jax.local_device_count()} local devices")
 
 
+def report_process_rows(summary: dict, batch_size: int) -> int:
+    """Print (in a run of several processes) which rows of each global batch this process held and how many
+    it read, from a ``train.loop.train`` summary; each process's own log says it. Returns the process count."""
+    (index, count), (lo, hi) = summary["process"], summary["process_rows"]
+    if count > 1:
+        print(f"process {index} of {count}: held rows {lo}..{hi - 1} of every batch of {batch_size}; "
+              f"read {summary['rows_read']['train']} train and {summary['rows_read']['eval']} eval rows")
+    return count
+
+
 def asked_for_several(args, env=None) -> bool:
     """Whether this process was started as one of several: by the flags, or the environment."""
     return any(v is not None for v in _given(args)) or several_processes(env)

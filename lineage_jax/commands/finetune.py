@@ -18,7 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lineage_jax.commands.devices import add_distributed_args, asked_for_several, init_devices, init_jax, refusal
+from lineage_jax.commands.devices import (add_distributed_args, asked_for_several, init_devices, init_jax, refusal,
+                                          report_process_rows)
 from lineage_jax.config import ConfigError
 
 ACTIONS = ("merge", "export-peft")
@@ -104,14 +105,12 @@ def run(args, overrides) -> int:
                           f"Hugging Face checkpoint writes it from one process, and Orbax's save is a collective "
                           f"of all); convert it first: lineage convert --from-hf {src} --run-dir BASE, then --from BASE")
     init_jax(args)   # one of several processes (--coordinator / lineage launch local): the runtime, before JAX
-    import jax
-
     from lineage_jax.config import load_config
     from lineage_jax.decode import generate_text, load_for_inference
     from lineage_jax.train.finetune import build_finetune, compile_finetune
     from lineage_jax.train.loop import train
 
-    base_dir, base_ref, hf_source = _prepare(args, src, out, kind, several=jax.process_count() > 1)
+    base_dir, base_ref, hf_source = _prepare(args, src, out, kind)
     fresh_mesh = ["mesh.data=-1", "mesh.fsdp=1", "mesh.expert=1", "mesh.tensor=1"]   # this run's devices, not the base's
     cfg = load_config(str(base_dir / "config.yaml"), [*fresh_mesh, *overrides, f"run_dir={out}"])
     _, model, params, tokenizer = load_for_inference(base_dir)
@@ -128,10 +127,7 @@ def run(args, overrides) -> int:
     from lineage_jax.adapt.lora import count
     from lineage_jax.decode.load import load_adapted
     _, _, merged, _, adapters, _ = load_adapted(out)   # every process: the restore's verdict is collective
-    (index, n), (lo, hi) = summary["process"], summary["process_rows"]
-    if n > 1:   # each process's own log says what it read
-        print(f"process {index} of {n}: held rows {lo}..{hi - 1} of every batch of {cfg.train.batch_size}; "
-              f"read {summary['rows_read']['train']} train and {summary['rows_read']['eval']} eval rows")
+    n = report_process_rows(summary, cfg.train.batch_size)
     losses = "already trained" if first is None else f"loss {first:.3f} -> {final:.3f}"
     print(f"done: {summary['steps']} steps, {losses}"
           + (f", eval {summary['eval_loss']:.3f}" if summary["eval_loss"] is not None else "")
@@ -143,12 +139,13 @@ def run(args, overrides) -> int:
     return 0
 
 
-def _prepare(args, src: Path, out: Path, kind: str, *, several: bool) -> tuple[Path, str, str | None]:
+def _prepare(args, src: Path, out: Path, kind: str) -> tuple[Path, str, str | None]:
     """(base_dir, base_ref, hf_source): ``--overwrite`` clears OUT's own files and a Hugging Face source is
     converted into ``OUT/base`` (one process only: ``run`` refuses a conversion across processes). Several
     processes: process 0 clears and tells the others whether it succeeded (they wait for it; a failure
     ends each of them in one line, its log says why)."""
     from lineage_jax.runs import lock, rundir
+    from parallel.distributed import verdict_of_process_0
     hf = kind == "hf"
     base_dir, base_ref = (out / "base", "base") if hf else (src, str(src))
     import jax
@@ -162,21 +159,12 @@ def _prepare(args, src: Path, out: Path, kind: str, *, several: bool) -> tuple[P
                 out.mkdir(parents=True, exist_ok=True)
                 convert_to_run_dir(src, base_dir, tokenizer=args.tokenizer)
         except BaseException:
-            _verdict(False, several)
+            verdict_of_process_0(False)
             raise
-        _verdict(True, several)
-    elif not _verdict(True, several):
+        verdict_of_process_0(True)
+    elif not verdict_of_process_0(True):
         raise ConfigError(f"finetune --run-dir {out}: process 0 could not prepare it (its log says why)")
     return base_dir, base_ref, (str(src) if hf else None)
-
-
-def _verdict(ok: bool, several: bool) -> bool:
-    """Process 0's ``ok``, on every process (one process: ``ok``)."""
-    if not several:
-        return ok
-    import numpy as np
-    from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def merge(args) -> int:

@@ -18,12 +18,11 @@ would break the resume guarantee above, and the windows are slices of a token ar
 memory.
 
 Why Grain is the default (``data.loader=grain``; ``numpy`` keeps NumPy's permutation): Grain answers
-one index at a time through Python (about 8 µs per index on the 2-core CPU host), where NumPy
-computes an epoch's permutation once and then slices it, so a draw costs more: measured 0.19 / 0.76
-/ 56 ms per batch of 16 / 64 / 512 rows against 0.017 / 0.033 / 0.21 ms (a loaded run; ``lineage
-bench input`` measures it side by side). Drawn in line between steps that would be a host stall;
-the training loop draws on a thread while the step runs (``data/prefetch.py``), and ``lineage bench
-input`` measures how much of the draw that hides.
+one index at a time through Python (about 9 µs per index on the 2-core CPU host), where NumPy
+computes an epoch's permutation once and then slices it, so a draw costs more: 0.15 / 4.6 / 39 ms per
+batch of 16 / 512 / 4,096 rows against 0.018 / 0.33 / 2.7 ms in one run of ``lineage bench input``
+(9-15x; the ratio grows with load, 12-53x in a busier run). Drawn in line between steps that would
+be a host stall; the training loop draws on a thread while the step runs (``data/prefetch.py``).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 The training loop blocks on every step's metrics (the finiteness check), so without help the host
 draws batch ``s + 1`` only after step ``s`` has finished, and the device waits for it. ``Prefetch``
-draws ``produce(0), produce(1), …`` on a thread, at most ``depth`` ahead of the consumer, while
+draws ``produce(0), produce(1), …`` on a thread, up to ``depth`` items queued (and one more being
+drawn) ahead of the consumer, while
 the device runs the step in flight. What is drawn does not change: item ``k`` is ``produce(k)``,
 the same pure function of the index the loop would call itself, so resuming, the order across
 processes and the batches a run sees are exactly those of drawing in line.
@@ -40,6 +41,9 @@ class Prefetch(Generic[T]):
             try:
                 item = (True, self._produce(k))
             except BaseException as e:  # noqa: BLE001 - handed to the consumer, who raises it in line
+                if isinstance(e, StopIteration):   # raised from next() it would end the consumer's loop
+                    wrapped = RuntimeError(f"produce({k}) raised StopIteration")   # silently (PEP 479's rule)
+                    wrapped.__cause__, e = e, wrapped
                 item = (False, e)
             if not self._put(item) or not item[0]:
                 return
@@ -59,6 +63,8 @@ class Prefetch(Generic[T]):
         return self
 
     def __next__(self) -> T:
+        if self._stop.is_set():
+            raise RuntimeError("Prefetch: next() after close() or after a draw raised")
         if self._served >= self._count:
             raise StopIteration
         ok, value = self._queue.get()

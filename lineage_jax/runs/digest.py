@@ -145,7 +145,9 @@ def _host_rows(x, tags: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
         a = np.asarray(data)
         starts = [sl.indices(n)[0] for sl, n in zip(index, x.shape)]
         starts += [0] * (a.ndim - len(starts))
-        step = max(1, chunk // max(1, a[0].size)) if a.ndim else 1
+        if a.size == 0:                                   # nothing to add (a[0] would not exist)
+            continue
+        step = max(1, chunk // max(1, int(np.prod(a.shape[1:])))) if a.ndim else 1
         for lo in range(0, a.shape[0] if a.ndim else 1, step):
             block = a[lo:lo + step] if a.ndim else a
             coords = [np.arange(st + (lo if d == 0 else 0), st + (lo if d == 0 else 0) + n, dtype=np.uint32)
@@ -187,7 +189,8 @@ def leaf_table(state: Any, *, on: str = "auto") -> list[tuple[str, str, np.ndarr
                 partial.add(len(rows))                     # this process's shards only: summed below
             rows.append(_host_rows(leaf, _tag(h)))
             continue
-        devices = tuple(sorted(leaf.sharding.device_set, key=lambda d: d.id)) if leaf.committed else None
+        devices = (tuple(sorted(leaf.sharding.device_set, key=lambda d: d.id))
+                   if isinstance(leaf, jax.Array) and leaf.committed else None)
         pending.add(len(rows))
         rows.append(_program(devices)(leaf, _tag(h)))                      # dispatched; fetched below
     rows = [np.asarray(r.addressable_data(0)) if i in pending else r for i, r in enumerate(rows)]

@@ -107,16 +107,6 @@ def finished(run_dir: Path, steps: int) -> bool:
     return bool(rows) and rows[-1]["step"] >= steps and "eval_loss" in rows[-1]
 
 
-def _everyone_agrees(verdict: bool) -> bool:
-    """Process 0's ``verdict`` on every process (one process: ``verdict``), so all skip or train a run together."""
-    import jax
-    if jax.process_count() == 1:
-        return verdict
-    import numpy as np
-    from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(verdict)))
-
-
 def sweep(base: Config, budgets: Sequence[float], sizes: int, out: str | Path, *, progress: bool = True,
           **plan_kw) -> dict:
     """Plan, write ``sweep.json``, train every unfinished run (one progress bar over the sweep's FLOPs).
@@ -126,6 +116,7 @@ def sweep(base: Config, budgets: Sequence[float], sizes: int, out: str | Path, *
 
     from lineage_jax.runs import atomic
     from lineage_jax.train.loop import train
+    from parallel.distributed import verdict_of_process_0
     out = Path(out)
     runs = plan(budgets, sizes, base, **plan_kw)
     per_step = base.train.batch_size * base.model.context
@@ -143,7 +134,7 @@ def sweep(base: Config, budgets: Sequence[float], sizes: int, out: str | Path, *
             flops = 6.0 * r.params * r.tokens(per_step)
             cfg = run_config(base, r, out)
             bar.set_postfix_str(f"{r.name}: N={r.params:,} D={r.tokens(per_step):,}")
-            if _everyone_agrees(finished(Path(cfg.run_dir), r.steps)):
+            if verdict_of_process_0(finished(Path(cfg.run_dir), r.steps)):   # all skip or train it
                 skipped.append(r.name)
             else:
                 train(cfg, progress=False, sample_chars=0)

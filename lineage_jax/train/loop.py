@@ -19,6 +19,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from lineage_jax.config import Config, UserError
+from parallel.distributed import verdict_of_process_0
 from lineage_jax.data import PackedSampler, Sampler, load_prepared, load_splits
 from lineage_jax.data.mixture import build_mixture, plot_mixture
 from lineage_jax.data.prefetch import Prefetch
@@ -141,7 +142,7 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
     kw = dict(progress=progress, sample_chars=sample_chars, stop_at=stop_at, overwrite=overwrite, builder=builder,
               files=files or {})
     if jax.process_index() > 0:                        # multi-process: process 0 locks and checks run_dir
-        if not _verdict_of_process_0(True):
+        if not verdict_of_process_0(True):
             raise RunDirError(f"run_dir {run_dir}: process 0 refused it (its log says why)")
         with lock.hold(run_dir, process=jax.process_index()):   # run.<i>.lock: a rerun waits for this process too
             return _train_locked(cfg, run_dir, tokenizer, **kw)
@@ -152,26 +153,16 @@ def train(cfg: Config, *, progress: bool = True, sample_chars: int = 0, stop_at:
                 rundir.check(run_dir, cfg.to_dict()["model"], cfg.data.tokenizer, tokenizer.fingerprint(),
                              overwrite=overwrite)
             except UserError:
-                _verdict_of_process_0(False)
+                verdict_of_process_0(False)
                 raise
-            _verdict_of_process_0(True)
+            verdict_of_process_0(True)
             return _train_locked(cfg, run_dir, tokenizer, **kw)
     except lock.RunDirBusyError:
-        _verdict_of_process_0(False)
+        verdict_of_process_0(False)
         raise
     finally:
         if created and not any(run_dir.iterdir()):     # refused or failed before writing: leave no trace
             run_dir.rmdir()
-
-
-def _verdict_of_process_0(ok: bool) -> bool:
-    """Multi-process: process 0, holding the lock, tells every process whether run_dir passed its check
-    (or was cleared, with ``overwrite``): the others wait for it, and a refusal ends each of them in
-    one line rather than a hang. One process alone: ``ok`` as it is."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, sample_chars: int,
@@ -206,6 +197,12 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
             mngr.close()
             raise RunDirError(f"run_dir {run_dir}: checkpoint step {start} {problem}; use the tokenizer it was "
                               f"trained with, a new run_dir, or --overwrite to start afresh there")
+        order = meta.get("data_order", "numpy")       # checkpoints from before the record: NumPy's, then the default
+        if order != cfg.data.loader and not cfg.data.mixture:    # (a mixture's order is its plan's, either way)
+            mngr.close()
+            raise RunDirError(f"run_dir {run_dir}: checkpoint step {start} was trained with data.loader={order}; "
+                              f"resume with data.loader={order} (another order would repeat and skip windows of "
+                              f"the epoch), or use a new run_dir, or --overwrite to start afresh there")
         position = int(meta["data_position"])
         if is_main:
             _truncate_metrics(metrics_path, start, note=tqdm.write)
@@ -214,7 +211,7 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
         atomic.write_text(run_dir / rundir.RUN_JSON, json.dumps({"tokenizer": record}, indent=1) + "\n")
         for name, text in files.items():
             atomic.write_text(run_dir / name, text)
-    saved_meta = {"tokenizer": {"spec": cfg.data.tokenizer, "sha256": record["sha256"]}}
+    saved_meta = {"tokenizer": {"spec": cfg.data.tokenizer, "sha256": record["sha256"]}, "data_order": cfg.data.loader}
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"train {run_dir.name}")

@@ -54,3 +54,18 @@ def test_leaving_early_joins_the_thread():
         assert next(batches) == 0
     assert not _threads()
     assert list(Prefetch(lambda k: k, count=0)) == []
+
+
+def test_a_stop_iteration_in_a_draw_is_an_error_not_the_end_of_training():
+    def produce(k):
+        if k == 2:
+            raise StopIteration                          # e.g. next() on an exhausted iterator inside a draw
+        return k
+
+    batches = Prefetch(produce, count=5)
+    assert [next(batches), next(batches)] == [0, 1]
+    with pytest.raises(RuntimeError, match=r"produce\(2\) raised StopIteration"):
+        next(batches)
+    with pytest.raises(RuntimeError, match="after close"):   # and it stays closed: no hang, no skipped item
+        next(batches)
+    assert not _threads()

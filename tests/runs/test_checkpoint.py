@@ -103,3 +103,15 @@ def test_a_malformed_digest_in_meta_leaves_the_finiteness_check():
     bad = jax.tree.map(np.copy, STATE)
     bad["params"]["w"][0, 0] = np.nan
     assert ckpt._problem(bad, {"digest": "x"}) == "params not finite"
+
+
+def test_a_digest_from_another_algorithm_is_checked_for_finiteness_only_and_said():
+    """A checkpoint whose digest this version cannot compute (another ``algo``) is not damage: its step must
+    not be set aside; it is checked for finite values, and the log says the digest went unverified."""
+    now = D.digest(STATE)
+    other = {k: {**v, "algo": "a-future-hash", "sum": "0" * 16} for k, v in now.items()}
+    lines = []
+    assert ckpt._problem(STATE, {"digest": other}, lines.append) is None
+    assert len(lines) == 1 and "a-future-hash" in lines[0] and "finite values only" in lines[0]
+    changed = {k: {**v, "sum": "0" * 16} for k, v in now.items()}          # the same algo, another sum
+    assert ckpt._problem(STATE, {"digest": changed}).startswith("digest mismatch")

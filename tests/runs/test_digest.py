@@ -148,3 +148,13 @@ def test_wide_and_complex_host_leaves_are_hashed_word_by_word(dtype):
     b.reshape(-1).view(np.uint32)[5] ^= np.uint32(1 << 31)
     assert D.digest({"params": a}) != D.digest({"params": b})
     assert D.digest({"params": a})["params"]["layout"] != D.digest({"params": np.zeros(a.shape, np.float32)})["params"]["layout"]
+
+
+def test_an_empty_leaf_has_the_digest_of_nothing_on_both_paths():
+    import numpy as np
+    state = {"params": {"e": np.zeros((0, 3), np.float32), "w": np.ones((2, 3), np.float32)}}
+    host, device = D.digest(state, on="host"), D.digest(state, on="device")
+    assert host == device
+    alone = D.digest({"params": {"w": np.ones((2, 3), np.float32)}})
+    assert host["params"]["sum"] == alone["params"]["sum"]           # no element: nothing added
+    assert host["params"]["layout"] != alone["params"]["layout"]     # but the layout records the leaf

@@ -53,12 +53,16 @@ def test_resume_is_bitwise_the_uninterrupted_run(tmp_path):
     train(small_cfg(straight, *extra), progress=False)
     train(small_cfg(resumed, *extra), progress=False, stop_at=4)           # "killed" after step 4
     assert ckpt.latest_step(resumed) == 4
+    with pytest.raises(RunDirError, match="trained with data.loader=grain; resume with data.loader=grain") as e:
+        train(small_cfg(resumed, *extra, "data.loader=numpy"), progress=False)   # another order: refused
+    assert "\n" not in str(e.value) and ckpt.latest_step(resumed) == 4
     train(small_cfg(resumed, *extra), progress=False)                      # same command again: resumes
     cfg = small_cfg(straight, *extra)
     a, meta_a = restored_params(straight, cfg)
     b, meta_b = restored_params(resumed, cfg)
     chex.assert_trees_all_equal(a, b)                                      # bitwise
     assert meta_a["data_position"] == meta_b["data_position"] == 8 * cfg.train.batch_size
+    assert meta_a["data_order"] == meta_b["data_order"] == "grain"
     la, lb = read_metrics(straight), read_metrics(resumed)
     assert [r["step"] for r in la] == [r["step"] for r in lb]
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
