@@ -34,6 +34,7 @@ def test_presets_and_overrides():
     ("optim.warmup_steps=-1", r"optim.warmup_steps=-1: must be >= 0"),
     ("mesh.data=0", r"mesh.data=0: mesh axis sizes must be positive"),
     ("train.steps", r"must look like section.key=value"),
+    ("run_dir=gs://bucket/run", r"run_dir=gs://bucket/run: a run directory is a path on a filesystem every process"),
 ])
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -239,6 +239,9 @@ class Config:
             getattr(self, name).validate()
         if not self.run_dir:
             raise ConfigError("run_dir: must name a directory for checkpoints and metrics")
+        if "://" in self.run_dir:   # Path("gs://b/r") would quietly become a local directory named "gs:"
+            raise ConfigError(f"run_dir={self.run_dir}: a run directory is a path on a filesystem every process "
+                              f"mounts (local disk, NFS such as Filestore); mount the storage and give the path")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -14,7 +14,10 @@ set -euo pipefail
 TPU=${TPU:-my-tpu}; ZONE=${ZONE:-us-central2-b}; PROJECT=${PROJECT:-my-project}
 TYPE=${TYPE:-v5litepod-16}; RUNTIME=${RUNTIME:-v2-alpha-tpuv5-lite}
 REPO=${REPO:-https://github.com/YOU/lineage_jax.git}
-RUN_DIR=${RUN_DIR:-gs://my-bucket/runs/tiny-mh}   # every host must see the run directory (a bucket or NFS)
+# Every host must see the run directory, and its lock files need a filesystem with locks: an NFS share
+# (e.g. a Filestore instance, NFS=10.0.0.2:/share) mounted at the same path on every host. lineage refuses
+# a URL such as gs://bucket/run: a run directory is a mounted path.
+NFS=${NFS:-10.0.0.2:/share}; RUN_DIR=${RUN_DIR:-/mnt/runs/tiny-mh}
 
 if [[ "${CREATE:-0}" == 1 ]]; then   # queued resource: waits until the slice is granted
   gcloud compute tpus queued-resources create "$TPU-qr" --node-id "$TPU" --project "$PROJECT" --zone "$ZONE" \
@@ -22,6 +25,7 @@ if [[ "${CREATE:-0}" == 1 ]]; then   # queued resource: waits until the slice is
 fi
 gcloud compute tpus tpu-vm ssh "$TPU" --project "$PROJECT" --zone "$ZONE" --worker=all --command="
   set -e
+  mountpoint -q /mnt/runs || { sudo mkdir -p /mnt/runs && sudo mount -t nfs $NFS /mnt/runs; }
   [ -d lineage_jax ] || git clone $REPO lineage_jax
   cd lineage_jax && python3 -m pip install -q -e . 'jax[tpu]'
   lineage train --coordinator auto --no-sample --no-progress \
