@@ -55,7 +55,7 @@ def tiny():
     cfg = load_config("tiny", ["model.layers=1", "model.width=32", "model.heads=4", "model.context=32",
                                "model.attn_chunks=1", "model.vocab_multiple=8"]).model
     model = models.build(cfg)
-    lm = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])
+    lm = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])   # one compile
     return model, lm
 
 

@@ -17,7 +17,7 @@ def _model():
     cfg = load_config("tiny", ["model.layers=1", "model.width=32", "model.heads=2", "model.context=32",
                                "model.attn_chunks=1"])
     m = models.build(cfg.model)
-    return m, nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])
+    return m, nn.unbox(jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])   # one compile
 
 
 def test_rollout_logprobs_equal_teacher_forced_recompute():
@@ -31,7 +31,7 @@ def test_rollout_logprobs_equal_teacher_forced_recompute():
         assert list(toks[b, :lens[b]]) == list(ids[b, :lens[b]])
         assert mask[b, :lens[b]].sum() == 0 and mask[b].sum() == out["lengths"][b] - lens[b] > 0
         assert np.all(toks[b, out["lengths"][b]:] == 0)
-    logp, tm = steps.policy_logprobs(m, params, out["tokens"], out["mask"])
+    logp, tm = jax.jit(steps.policy_logprobs, static_argnums=0)(m, params, out["tokens"], out["mask"])
     np.testing.assert_allclose(np.asarray(out["logp"]), np.asarray(logp * tm), atol=2e-5)
     again = rollout(m, params, ids, lens, jax.random.key(1), new_tokens=20, eos_id=tok.eos_id, vocab_limit=257)
     assert np.array_equal(np.asarray(again["tokens"]), toks)   # seeded

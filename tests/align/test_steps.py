@@ -32,7 +32,7 @@ def _pairs(n=8, seed=0):
 def _lm_params(cfg, seed=0):
     from lineage_jax import models
     m = models.build(cfg.model)
-    return nn.unbox(m.init(jax.random.key(seed), jnp.zeros((1, 32), jnp.int32))["params"])
+    return nn.unbox(jax.jit(m.init)(jax.random.key(seed), jnp.zeros((1, 32), jnp.int32))["params"])   # one compile
 
 
 def _dpo_run(cfg, devices, n_steps=3):

@@ -17,9 +17,26 @@ LLAMA = dataclasses.replace(GPT2, arch="llama", kv_heads=2, tied=False, mlp_dim=
 
 
 def loss_and_grads(cfg, params, tokens):
-    model = build(cfg)
-    loss = lambda p: jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, tokens[:, :-1]))[..., 0] ** 2)
-    return model.apply({"params": params}, tokens), jax.grad(loss)(params)
+    """Logits and the gradient of a loss through attention, jitted (one compile instead of an eager
+    dispatch per op, most of this file's time); each base model's reference computed once."""
+    key = (cfg, id(params), id(tokens))
+    if key not in _DONE:
+        model = build(cfg)
+        loss = lambda p: jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, tokens[:, :-1]))[..., 0] ** 2)
+        _DONE[key] = jax.jit(lambda p: (model.apply({"params": p}, tokens), jax.grad(loss)(p)))(params)
+    return _DONE[key]
+
+
+_DONE: dict = {}
+_BASE: dict = {}
+
+
+def base_inputs(base):
+    """Tokens and initial parameters of a base model, made once per model (the reference reuses them)."""
+    if base not in _BASE:
+        tokens = jax.random.randint(jax.random.key(0), (2, 32), 0, 50)
+        _BASE[base] = tokens, nn.unbox(jax.jit(build(base).init)(jax.random.key(1), tokens))["params"]
+    return _BASE[base]
 
 
 # flash on GPT-2 runs with -m slow: flash-llama-gqa (the same kernel, with grouped KV heads) stays default.
@@ -29,8 +46,7 @@ _slow = pytest.mark.slow
     pytest.param("xla", GPT2, id="xla-gpt2"), pytest.param("xla", LLAMA, id="xla-llama-gqa"),
     pytest.param("auto", GPT2, id="auto-gpt2", marks=_slow), pytest.param("auto", LLAMA, id="auto-llama-gqa", marks=_slow)])
 def test_kernels_compute_the_same_model(impl, base):
-    tokens = jax.random.randint(jax.random.key(0), (2, 32), 0, 50)
-    params = nn.unbox(build(base).init(jax.random.key(1), tokens))["params"]
+    tokens, params = base_inputs(base)
     ref_logits, ref_grads = loss_and_grads(base, params, tokens)
     logits, grads = loss_and_grads(dataclasses.replace(base, attn_impl=impl), params, tokens)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)

@@ -36,7 +36,7 @@ def _layer_and_params(seed=0, T=6, M=0):
     layer = RelativeMultiHeadAttention(heads=H, head_dim=K, init_std=0.3)
     h = jnp.zeros((1, T, D))
     mem = None if M == 0 else jnp.zeros((1, M, D))
-    params = nn.unbox(layer.init(jax.random.key(seed), h, mem))["params"]
+    params = nn.unbox(jax.jit(layer.init)(jax.random.key(seed), h, mem))["params"]   # one compile, not one per op
     # u and v start at zero: give them values so that the test sees their terms
     params = {**params, "u": 0.5 * jax.random.normal(jax.random.key(seed + 1), (H, K)),
               "v": 0.5 * jax.random.normal(jax.random.key(seed + 2), (H, K))}

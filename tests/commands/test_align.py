@@ -31,7 +31,7 @@ def pretrained_run(run, overrides=PRE):
     tok = get_tokenizer(cfg.data.tokenizer)
     (run / "run.json").write_text(json.dumps({"tokenizer": {"spec": "byte", "sha256": tok.fingerprint(),
                                                              "vocab_size": tok.vocab_size}}))
-    params = nn.unbox(models.build(cfg.model).init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])
+    params = nn.unbox(jax.jit(models.build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])
     with ckpt.manager(run, async_save=False) as mngr:
         ckpt.save(mngr, 1, {"params": params}, {"step": 1})
     return run

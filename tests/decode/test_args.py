@@ -49,7 +49,7 @@ def test_good_values_are_normalised():
 @pytest.fixture(scope="module")
 def gpt():
     model = GPT(ModelConfig(vocab_size=257, context=16, layers=1, width=16, heads=2, attn_chunks=1))
-    return model, model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
+    return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
 
 
 def test_every_api_entry_point_gives_the_rule_message(gpt):

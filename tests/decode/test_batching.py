@@ -22,7 +22,7 @@ def gpt():
     cfg = load_config("tiny", ["model.layers=2", "model.width=32", "model.heads=2", f"model.context={CTX}",
                                "model.attn_chunks=2"]).model
     model = GPT(cfg)
-    return model, model.init(jax.random.key(0), jnp.zeros((1, CTX), jnp.int32))["params"]
+    return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, CTX), jnp.int32))["params"]
 
 
 def _prompts(seed, lengths):

@@ -1,5 +1,6 @@
 """The KV cache: prefill + decode equals the full forward; cached generation equals recomputing the
 prefix (greedy and sampled, scan and unrolled, ragged batches); EOS; one compile; ``lineage sample`` flags."""
+import functools
 import json
 
 import jax
@@ -17,11 +18,13 @@ SMALL = ["model.layers=2", "model.width=32", "model.heads=2", "model.context=24"
 LENGTHS = np.array([5, 9, 2], np.int32)   # right-padded prompts of different lengths
 
 
+@functools.cache
 def _model(scan):
+    """The model, its parameters (a jitted init) and tokens, made once per layout for the whole file."""
     cfg = load_config("tiny", [*SMALL, f"model.scan_layers={str(scan).lower()}"])
     model = GPT(cfg.model)
     toks = jax.random.randint(jax.random.key(1), (3, cfg.model.context), 0, cfg.model.vocab_size)
-    params = model.init(jax.random.key(0), toks)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), toks)["params"]
     return model, params, toks
 
 
@@ -33,7 +36,7 @@ def _prompts(toks):
 @pytest.mark.parametrize("scan", [False, True])
 def test_prefill_then_decode_equals_full_forward(scan):
     model, params, toks = _model(scan)
-    full = model.apply({"params": params}, toks)
+    full = jax.jit(model.apply)({"params": params}, toks)
     prefill, decode_step = (jax.jit(f, static_argnums=0) for f in (kc.prefill, kc.decode_step))
     logits, cache = prefill(model, params, kc.init_cache(model.cfg, 3), jnp.asarray(_prompts(toks)), LENGTHS)
     for b, n in enumerate(LENGTHS):

@@ -101,8 +101,8 @@ def test_paged_forward_equals_the_contiguous_cache(arch):
     model = build(cfg)
     B, C, bs = 2, cfg.context, 4
     toks = jax.random.randint(jax.random.key(1), (B, C), 0, cfg.vocab_size)
-    params = model.init(jax.random.key(0), toks)["params"]
-    full = model.apply({"params": params}, toks)
+    params = jax.jit(model.init)(jax.random.key(0), toks)["params"]     # jitted: one compile, not one per op
+    full = jax.jit(model.apply)({"params": params}, toks)
     nb, N = C // bs, 2 * (C // bs) + 3
     tables = jnp.asarray(np.random.default_rng(2).permutation(N)[:B * nb].reshape(B, nb), jnp.int32)
     pool = pg.init_pool(cfg, N, bs)

@@ -35,7 +35,7 @@ def gpt():
     cfg = load_config("tiny", ["model.layers=1", "model.width=32", "model.heads=2", f"model.context={CTX}",
                                "model.attn_chunks=2"]).model
     model = GPT(cfg)
-    return model, _rig(nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, CTX), jnp.int32))["params"]), -100.0)
+    return model, _rig(nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, CTX), jnp.int32))["params"]), -100.0)
 
 
 @pytest.fixture(scope="module")

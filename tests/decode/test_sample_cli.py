@@ -4,8 +4,6 @@ as the target alone; ``--prompts-file`` through continuous batching equals one p
 bad flags are one line (exit 2) before JAX loads."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -23,18 +21,19 @@ def run_dir(tmp_path_factory):
     return run
 
 
-def _lineage(*args):
-    out = subprocess.run([sys.executable, "-m", "lineage_jax", *args], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return [json.loads(line) for line in out.stdout.splitlines()]
+def _lineage(capsys, *args):
+    """``lineage ARGS`` in this process (a subprocess would pay JAX's start-up again); its JSON lines."""
+    capsys.readouterr()
+    assert cli.main(list(args)) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-def test_draft_equal_to_target_accepts_every_proposal_and_keeps_the_greedy_text(run_dir):
+def test_draft_equal_to_target_accepts_every_proposal_and_keeps_the_greedy_text(run_dir, capsys):
     gamma, new = 3, 12
     base = ["sample", "--run-dir", str(run_dir), "--prompt", "def f", "--max-new-tokens", str(new), "--json",
             "--strategy", "greedy"]
-    [spec] = _lineage(*base, "--draft-run-dir", str(run_dir), "--gamma", str(gamma))
-    [plain] = _lineage(*base)
+    [spec] = _lineage(capsys, *base, "--draft-run-dir", str(run_dir), "--gamma", str(gamma))
+    [plain] = _lineage(capsys, *base)
     assert spec["text"] == plain["text"] and spec["tokens"] == plain["tokens"]
     assert spec["draft_tokens_accepted"] == spec["draft_tokens_proposed"] == gamma * spec["target_calls"]
     n_new = len(spec["tokens"]) - len("def f")

@@ -29,10 +29,10 @@ def rigged():
     cfg = load_config("tiny", ["model.layers=1", "model.width=32", "model.heads=2", f"model.context={CTX}",
                                "model.attn_chunks=2", f"model.vocab_size={VOCAB}"]).model
     model = GPT(cfg)
-    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, CTX), jnp.int32))["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, CTX), jnp.int32))["params"])
     params["ln_f"] = {"scale": jnp.zeros((32,)), "bias": jnp.zeros((32,)).at[0].set(1.0)}
     params["wte"] = params["wte"].at[:, 0].set(jnp.where(jnp.arange(VOCAB) >= TOK.vocab_size, 10.0, 0.0))
-    logits = model.apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
+    logits = jax.jit(model.apply)({"params": params}, jnp.zeros((1, 4), jnp.int32))
     assert int(jnp.argmax(logits[0, -1])) >= TOK.vocab_size            # the rig: a padded id wins
     return model, params
 

@@ -55,7 +55,7 @@ def _params(key):
 def test_two_towers_on_two_devices_equal_one_device():
     params = ax.tower_params(_params(jax.random.key(1)), LAYOUT)
     x = jax.random.normal(jax.random.key(2), (5, 8, 8, 1))
-    one = ax.towers(params, x, LAYOUT)
+    one = jax.jit(lambda p, x: ax.towers(p, x, LAYOUT))(params, x)     # jitted: one compile, not one per op
     assert one.shape == (5, 10)
     mesh = Mesh(np.asarray(jax.devices()[:2]), ("tower",), axis_types=(AxisType.Auto,))
     specs = jax.tree.map(lambda a: P(*[None] * (a.ndim - 1), "tower"), params)
@@ -66,7 +66,7 @@ def test_two_towers_on_two_devices_equal_one_device():
     hlo = sharded.lower(params, x).compile().as_text()
     assert hlo.count("all-gather-start(") + hlo.count("all-gather(") == 3
     # and a within-tower layer really is within: tower 0's outputs do not depend on tower 1's conv-1 maps
-    grad = jax.grad(lambda w: ax.towers([{**params[0], "w": w}, *params[1:2]], x, LAYOUT[:2])[..., :6].sum())
+    grad = jax.jit(jax.grad(lambda w: ax.towers([{**params[0], "w": w}, *params[1:2]], x, LAYOUT[:2])[..., :6].sum()))
     assert float(jnp.abs(grad(params[0]["w"])[..., 4:]).max()) == 0.0
 
 

@@ -166,5 +166,13 @@ def test_translate_quick_writes_result_json_and_its_png(tmp_path, capsys):
     assert res["details"]["config"]["steps"] == 300 and res["details"]["task"] == "dates"
     assert res["rows"][-1]["step"] == 300 and res["rows"][-1]["accuracy"] == res["details"]["accuracy"]
     assert res["supported"] is (res["details"]["accuracy"] >= 0.5)
+    # the lesson's proof (its in-process twin, tests/lessons/test_translate.py::test_a_short_run_learns_to_
+    # translate_dates, trains the same config and runs with -m slow): held-out exact match >= 50% (chance:
+    # 1 in 73,049), cross-entropy down by more than 90%, the smoothed loss above the NLL
+    s = res["details"]
+    assert s["chance"] < 1e-4 and s["accuracy"] >= 0.5 and res["supported"], s["accuracy"]
+    assert res["rows"][-1] == {"step": 300, "accuracy": s["accuracy"], "n": 200}
+    assert s["final_nll"] < 0.1 * s["first_nll"] and s["final_loss"] > s["final_nll"], (s["first_nll"], s["final_nll"])
+    assert sum(e["prediction"] == e["target"] for e in s["examples"]) >= 1
     assert res["figures"] == ["translate.png"] and (tmp_path / "translate.png").read_bytes()[:4] == b"\x89PNG"
     assert "held-out exact match" in out and ("-> supported" in out) is res["supported"]

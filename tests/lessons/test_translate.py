@@ -142,6 +142,8 @@ def test_train_step_is_pure():
     assert int(s1.step) == 1 and np.isfinite(m1["grad_norm"])
 
 
+@pytest.mark.slow   # the same 300 steps (QUICK trains this config) run in the default suite through the CLI:
+# tests/lessons/test_lessons.py::test_translate_quick_writes_result_json_and_its_png asserts all of this too
 def test_a_short_run_learns_to_translate_dates():
     """300 steps of a 32-wide, 1+1-layer Transformer: held-out exact match ≥ 50% (chance: 1 in 73,049),
     cross-entropy down by more than 90%."""

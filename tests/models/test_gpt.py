@@ -1,5 +1,6 @@
 """GPT-2 claims: parameter counts, logical axis names, causality, scan == unrolled, dtypes."""
 import dataclasses
+import functools
 
 import chex
 import flax.linen as nn
@@ -17,7 +18,13 @@ LOGICAL = {"vocab", "embed", "position", "heads", "kv", "mlp", "layers"}
 
 def init(cfg, T=None, seed=0):
     tokens = jnp.zeros((2, T or cfg.context), jnp.int32)
-    return nn.unbox(GPT(cfg).init(jax.random.key(seed), tokens)["params"])
+    return nn.unbox(jax.jit(GPT(cfg).init)(jax.random.key(seed), tokens)["params"])
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="deterministic")
+def fwd(cfg, params, tokens, deterministic=True, rngs=None):
+    """``GPT(cfg).apply`` jitted: one compile per config and shape instead of an eager dispatch per op."""
+    return GPT(cfg).apply({"params": params}, tokens, deterministic=deterministic, rngs=rngs)
 
 
 def abstract(cfg):
@@ -56,7 +63,7 @@ def test_causal_masking():
     tokens = jax.random.randint(jax.random.key(1), (2, SMALL.context), 0, SMALL.vocab_size)
     t = 9
     changed = tokens.at[:, t].set((tokens[:, t] + 1) % SMALL.vocab_size)
-    a, b = (GPT(SMALL).apply({"params": params}, x) for x in (tokens, changed))
+    a, b = (fwd(SMALL, params, x) for x in (tokens, changed))
     chex.assert_trees_all_close(a[:, :t], b[:, :t], atol=1e-6)
     assert float(jnp.abs(a[:, t:] - b[:, t:]).max()) > 1e-3   # the change is visible from t on
 
@@ -72,9 +79,9 @@ def stacked_to_unrolled(params, layers):
 def test_scan_equals_unrolled_and_chunking_is_exact(chunks):
     params = init(SMALL)
     tokens = jax.random.randint(jax.random.key(2), (2, SMALL.context), 0, SMALL.vocab_size)
-    ref = GPT(SMALL).apply({"params": params}, tokens)
+    ref = fwd(SMALL, params, tokens)
     unrolled = dataclasses.replace(SMALL, scan_layers=False, attn_chunks=chunks)
-    out = GPT(unrolled).apply({"params": stacked_to_unrolled(params, SMALL.layers)}, tokens)
+    out = fwd(unrolled, stacked_to_unrolled(params, SMALL.layers), tokens)
     chex.assert_trees_all_close(out, ref, atol=2e-5, rtol=2e-5)
 
 
@@ -85,7 +92,7 @@ def test_remat_keeps_gradients(remat):
 
     def grads(cfg):
         f = lambda p: jnp.mean(GPT(cfg).apply({"params": p}, tokens) ** 2)
-        return jax.grad(f)(params)
+        return jax.jit(jax.grad(f))(params)
 
     chex.assert_trees_all_close(grads(dataclasses.replace(SMALL, remat=remat)), grads(SMALL), atol=1e-6, rtol=1e-5)
 
@@ -94,9 +101,9 @@ def test_compute_dtype_separate_from_param_dtype():
     cfg = dataclasses.replace(SMALL, dtype="bfloat16", param_dtype="float32")
     params = init(cfg)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-    logits = GPT(cfg).apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
+    logits = fwd(cfg, params, jnp.zeros((1, 8), jnp.int32))
     assert logits.dtype == jnp.bfloat16
-    ref = GPT(SMALL).apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
+    ref = fwd(SMALL, params, jnp.zeros((1, 8), jnp.int32))
     np.testing.assert_allclose(np.asarray(logits, np.float32), ref, atol=0.05)
 
 
@@ -104,10 +111,10 @@ def test_dropout_needs_rng_and_changes_output():
     cfg = dataclasses.replace(SMALL, dropout=0.5)
     params = init(cfg)
     tokens = jnp.ones((1, 8), jnp.int32)
-    det = GPT(cfg).apply({"params": params}, tokens)
-    noisy = GPT(cfg).apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    det = fwd(cfg, params, tokens)
+    noisy = fwd(cfg, params, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)})
     assert float(jnp.abs(det - noisy).max()) > 1e-3
-    again = GPT(cfg).apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    again = fwd(cfg, params, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)})
     chex.assert_trees_all_equal(noisy, again)
 
 

@@ -38,7 +38,7 @@ def test_parts_compose_into_the_model(name):
     cfg = load_config("tiny", BASE + CASES[name]).model
     model = models.build(cfg)
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 257)
-    params = nn.unbox(model.init(jax.random.key(0), tokens)["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens)["params"])   # jitted: one compile, not a dispatch per op
     parts = models.pipeline_parts(cfg)
     cut = jax.jit(functools.partial(composed, parts))
     want, moe = jax.jit(functools.partial(forward, model))(params, tokens)

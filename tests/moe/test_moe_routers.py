@@ -174,9 +174,9 @@ def test_router_runs_in_float32_under_bf16():
     x = jax.random.normal(jax.random.key(0), (2, 3, 8), jnp.bfloat16)
     for router in ("shazeer", "gshard", "switch"):
         m = MoEFeedForward(4, 16, router=router, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-        v = m.init(jax.random.key(1), x)
-        (y, met), state = m.apply(v, x, deterministic=False, rngs={"router": jax.random.key(2)},
-                                  mutable=["intermediates"])
+        v = jax.jit(m.init)(jax.random.key(1), x)                 # jitted: one compile each, not one per op
+        (y, met), state = jax.jit(lambda v, x, k: m.apply(v, x, deterministic=False, rngs={"router": k},
+                                                          mutable=["intermediates"]))(v, x, jax.random.key(2))
         logits = state["intermediates"]["router_logits"][0]
         assert logits.dtype == jnp.float32
         kern = nn.unbox(v)["params"]["router"]["kernel"]
@@ -189,7 +189,7 @@ def test_router_runs_in_float32_under_bf16():
 @pytest.mark.parametrize("router", ["shazeer", "gshard", "switch"])
 def test_every_parameter_has_logical_axes(router):
     x = jnp.ones((2, 3, 8))
-    v = MoEFeedForward(4, 16, router=router).init(jax.random.key(0), x)
+    v = jax.eval_shape(MoEFeedForward(4, 16, router=router).init, jax.random.key(0), x)   # names and shapes only
     leaves = jax.tree.leaves(v["params"], is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned))
     assert leaves
     for leaf in leaves:

@@ -26,9 +26,9 @@ def test_linear_vjp_equals_autodiff(transpose_w):
 @pytest.mark.parametrize("chunks", [1, 2, 4, pytest.param(8, marks=pytest.mark.slow)])
 def test_chunked_causal_attention_equals_jax_nn(chunks):
     q, k, v = jax.random.normal(jax.random.key(1), (3, 2, 32, 4, 8))
-    out = causal_attention(q, k, v, chunks=chunks)
-    ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    out = jax.jit(lambda q, k, v: causal_attention(q, k, v, chunks=chunks))(q, k, v)   # jitted: one compile each
+    ref = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla"))(q, k, v)
     chex.assert_trees_all_close(out, ref, atol=1e-5, rtol=1e-5)
-    g = jax.grad(lambda q: jnp.sum(causal_attention(q, k, v, chunks=chunks) ** 2))(q)
-    g_ref = jax.grad(lambda q: jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True) ** 2))(q)
+    g = jax.jit(jax.grad(lambda q: jnp.sum(causal_attention(q, k, v, chunks=chunks) ** 2)))(q)
+    g_ref = jax.jit(jax.grad(lambda q: jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True) ** 2)))(q)
     chex.assert_trees_all_close(g, g_ref, atol=1e-4, rtol=1e-4)

@@ -105,9 +105,10 @@ def test_grouped_routing_is_each_sequence_routed_alone():
     x = jax.random.normal(jax.random.key(0), (G, S, D))
     grouped = MoEFeedForward(E, 16, router="gshard", capacity_factor=1.0, grouped=True)
     alone = MoEFeedForward(E, 16, router="gshard", capacity_factor=1.0)
-    params = grouped.init(jax.random.key(1), x)
-    y, m = grouped.apply(params, x)
-    outs = [alone.apply(params, x[g]) for g in range(G)]
+    params = jax.jit(grouped.init)(jax.random.key(1), x)           # jitted: one compile each, not one per op
+    y, m = jax.jit(grouped.apply)(params, x)
+    alone_apply = jax.jit(alone.apply)
+    outs = [alone_apply(params, x[g]) for g in range(G)]
     np.testing.assert_allclose(y, np.stack([o[0] for o in outs]), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(m["aux_loss"], np.mean([o[1]["aux_loss"] for o in outs]), rtol=1e-6)
     np.testing.assert_allclose(m["load"], np.sum([o[1]["load"] for o in outs], axis=0))
@@ -125,7 +126,7 @@ def test_moe_kv_cache_equals_recompute_when_capacity_does_not_bind():
     model = GPT(c)
     prompts = jnp.array([[3, 5, 7, 9, 0, 0], [1, 2, 3, 4, 5, 6]])
     lengths = jnp.array([4, 6])
-    params = nn.unbox(model.init(jax.random.key(0), prompts))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), prompts))["params"]
     out, lens = generate_cached(model, params, prompts, lengths, 8, key=jax.random.key(1), temperature=1.0)
     ref, ref_lens = generate_recompute(model, params, prompts, lengths, 8, key=jax.random.key(1), temperature=1.0)
     np.testing.assert_array_equal(np.asarray(lens), ref_lens)

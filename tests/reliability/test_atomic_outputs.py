@@ -86,7 +86,7 @@ def test_hf_save_failing_midway_keeps_the_old_export(tmp_path, monkeypatch):
     from lineage_jax.models.gpt import GPT
     mc = ModelConfig(vocab_size=50, context=8, layers=1, width=16, heads=2, attn_chunks=1)
     model = GPT(mc)
-    params = nn.unbox(model.init(jax.random.key(0), np.zeros((1, 8), np.int32)))["params"]
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8), np.int32)))["params"]
     hf.save(model, params, tmp_path / "hf")
     before = _files(tmp_path / "hf")
     real = safetensors.numpy.save_file

@@ -33,7 +33,9 @@ def _command(run_dir: Path, steps: int, devices: int, extra: list[str]) -> list[
 
 
 def _env(cache: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    """The suite's environment (its XLA_FLAGS too: LLVM opt level 0, tests/conftest.py; ``--devices`` replaces
+    the device count in them) with a compilation cache of this test's own."""
+    env = dict(os.environ)
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return env

@@ -61,16 +61,16 @@ def test_a_packed_row_computes_each_document_alone(arch, impl):
     docs = documents()
     rows = packed_rows(docs)
     assert (rows["segment_ids"].max(axis=1) >= 2).all()          # every row really holds several documents
-    params = model.init(jax.random.key(1), jnp.zeros((1, L), jnp.int32))["params"]
-    packed = model.apply({"params": params}, rows["tokens"], segment_ids=rows["segment_ids"],
-                         positions=rows["positions"])
-    single = model.apply({"params": params}, alone(docs))
+    params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, L), jnp.int32))["params"]
+    apply = jax.jit(model.apply)        # jitted: one compile per shape, not an eager dispatch per op
+    packed = apply({"params": params}, rows["tokens"], segment_ids=rows["segment_ids"], positions=rows["positions"])
+    single = apply({"params": params}, alone(docs))
     for r in range(rows["tokens"].shape[0]):
         for s in range(1, rows["segment_ids"][r].max() + 1):
             idx = np.flatnonzero(rows["segment_ids"][r] == s)
             d = rows["document"][r, idx[0]]
             np.testing.assert_allclose(packed[r, idx, :257], single[d, :len(idx), :257], atol=2e-5, rtol=2e-5)
-    unmasked = model.apply({"params": params}, rows["tokens"])   # without segments: documents see each other
+    unmasked = apply({"params": params}, rows["tokens"])   # without segments: documents see each other
     r, idx = 0, np.flatnonzero(rows["segment_ids"][0] == 2)
     assert np.abs(unmasked[r, idx] - packed[r, idx]).max() > 1e-2
 
@@ -80,11 +80,11 @@ def test_the_packed_loss_is_the_loss_of_the_documents_run_separately():
     model = models.build(cfg.model)
     docs = documents(seed=3)
     rows = packed_rows(docs)
-    params = model.init(jax.random.key(2), jnp.zeros((1, L), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(2), jnp.zeros((1, L), jnp.int32))["params"]
     batch = PackedSampler(rows, seed=0, eos_id=EOS).batch_with_segments(0, rows["tokens"].shape[0])
-    loss = float(make_loss_fn(model, dropout=False)(params, batch, None)[1][0])
+    loss = float(jax.jit(make_loss_fn(model, dropout=False))(params, batch, None)[1][0])
     single = alone(docs)
-    nll = token_nll(model.apply({"params": params}, single[:, :-1]), single[:, 1:])
+    nll = jax.jit(lambda p, t: token_nll(model.apply({"params": p}, t[:, :-1]), t[:, 1:]))(params, single)
     per_doc = [float(jnp.sum(nll[i, :len(d) - 1])) for i, d in enumerate(docs)]   # targets inside the document
     count = sum(len(d) - 1 for d in docs)
     assert batch["weights"].sum() == count

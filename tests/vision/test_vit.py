@@ -14,7 +14,7 @@ CFG = ViTConfig(image_size=16, patch_size=4, channels=3, width=32, depth=1, head
 
 def init(cfg=CFG, batch=2):
     images = jax.random.normal(jax.random.key(0), (batch, cfg.image_size, cfg.image_size, cfg.channels))
-    return images, ViT(cfg).init(jax.random.key(1), images)["params"]
+    return images, jax.jit(ViT(cfg).init)(jax.random.key(1), images)["params"]   # jitted: one compile, not one per op
 
 
 def test_patch_embedding_equals_transformers_vit_embeddings():
@@ -41,22 +41,22 @@ def test_patch_embedding_equals_transformers_vit_embeddings():
 
 def test_every_parameter_has_logical_axis_names_and_shapes_follow_the_config():
     images = jnp.zeros((2, 16, 16, 3))
-    boxed = ViT(CFG).init(jax.random.key(0), images)["params"]
+    boxed = jax.jit(ViT(CFG).init)(jax.random.key(0), images)["params"]
     specs = jax.tree.leaves(nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     leaves = jax.tree.leaves(nn.unbox(boxed))
     assert len(specs) == len(leaves) and all(len(s) == leaf.ndim for s, leaf in zip(specs, leaves))
     p = nn.unbox(boxed)
     assert p["pos"].shape == (CFG.num_patches + 1, 32) and p["patch"]["kernel"].shape == (4, 4, 3, 32)
-    assert ViT(CFG).apply({"params": p}, images).shape == (2, 32)
+    assert jax.eval_shape(ViT(CFG).apply, {"params": p}, images).shape == (2, 32)
     head = ViTConfig(image_size=16, patch_size=4, width=32, depth=1, heads=4, mlp_dim=64, num_classes=10)
     _, hp = init(head)
-    assert ViT(head).apply({"params": nn.unbox(hp)}, images).shape == (2, 10)
+    assert jax.eval_shape(ViT(head).apply, {"params": nn.unbox(hp)}, images).shape == (2, 10)
 
 
 def test_class_token_sees_every_patch():
     images, params = init()
     params = nn.unbox(params)
-    grad = jax.grad(lambda x: ViT(CFG).apply({"params": params}, x).sum())(images)   # d(cls features)/d(pixels)
+    grad = jax.jit(jax.grad(lambda x: ViT(CFG).apply({"params": params}, x).sum()))(images)   # d(cls features)/d(pixels)
     per_patch = np.abs(np.asarray(grad)).reshape(2, 4, 4, 4, 4, 3).sum(axis=(2, 4, 5))
     assert (per_patch > 0).all()
 
