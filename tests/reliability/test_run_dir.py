@@ -184,7 +184,7 @@ def test_two_real_training_runs_into_one_run_dir(tmp_path, capsys):
     metrics); once the first is killed -9, the same command resumes it."""
     import time
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}     # the suite's XLA_FLAGS: 8 devices, LLVM opt level 0
     first = subprocess.Popen([sys.executable, "-m", "lineage_jax", "train", "--no-progress", "--no-sample", *TINY,
                               "train.steps=100000", "train.ckpt_every=5", f"run_dir={run}"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
