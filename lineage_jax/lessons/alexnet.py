@@ -86,9 +86,7 @@ class Config:
     data_dir: str = ""           # where the TFDS copy is prepared ("" : $TFDS_DATA_DIR or ~/.cache/lineage_jax/tfds)
 
     def __post_init__(self):
-        for f in ("steps", "batch", "dense", "evals"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "dense", "evals")
         for f in ("c1", "c2", "c3", "c4"):
             if getattr(self, f) < 2 or getattr(self, f) % 2:
                 raise ConfigError(f"{f}={getattr(self, f)}: must be even and at least 2 (split between two towers)")

@@ -119,9 +119,7 @@ class Config:
     momentum: float = 0.9        # α of eq. 9
 
     def __post_init__(self):
-        for f in ("checks", "xor_steps", "xor_hidden", "spiral_steps", "spiral_hidden"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "checks", "xor_steps", "xor_hidden", "spiral_steps", "spiral_hidden")
         if self.act not in mlp.ACTIVATIONS or self.act == "linear":
             raise ConfigError(f"act={self.act}: unknown; allowed: tanh, sigmoid, relu")
         if not self.lr > 0 or not 0 <= self.momentum < 1:

@@ -132,9 +132,7 @@ class Config:
     mismatch_sizes: str = "1,2,8,256"
 
     def __post_init__(self):
-        for f in ("steps", "batch", "hidden", "layers", "n_train", "n_test", "eval_every"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "hidden", "layers", "n_train", "n_test", "eval_every")
         if not 0 < self.target < 1:
             raise ConfigError(f"target={self.target}: must be in (0, 1)")
         harness.positive_list("mismatch_sizes", self.mismatch_sizes, int, "1,2,8")

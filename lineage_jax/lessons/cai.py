@@ -59,10 +59,8 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        for f in ("sft_steps", "judge_steps", "revise_prompts", "candidates", "slcai_steps", "dpo_steps", "batch",
-                  "eval_prompts", "train_rows", "width", "layers"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "sft_steps", "judge_steps", "revise_prompts", "candidates", "slcai_steps",
+                                   "dpo_steps", "batch", "eval_prompts", "train_rows", "width", "layers")
         if self.examples < 2:
             raise ConfigError(f"examples={self.examples}: must be at least 2 (one following, one breaking)")
         if not self.beta > 0:

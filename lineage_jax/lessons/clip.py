@@ -54,9 +54,7 @@ class Config:
     data_dir: str = ""
 
     def __post_init__(self):
-        for f in ("steps", "batch"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr}: must be positive")
         if self.dataset not in ("default", "tiny"):

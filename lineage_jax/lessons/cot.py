@@ -37,9 +37,7 @@ class Config:
     temperature: float = 0.7
 
     def __post_init__(self):
-        for f in ("steps", "batch", "d", "heads", "layers", "test_per_size"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "d", "heads", "layers", "test_per_size")
         if not 2 <= self.max_digits <= 8:
             raise ConfigError(f"max_digits={self.max_digits}: between 2 and 8")
         if self.votes < 0:

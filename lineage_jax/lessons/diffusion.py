@@ -60,9 +60,8 @@ class Config:
     data_dir: str = ""           # "" : $TFDS_DATA_DIR or ~/.cache/lineage_jax/tfds
 
     def __post_init__(self):
-        for f in ("steps", "batch", "ae_steps", "samples", "ddpm_samples", "ddim_steps", "snapshots", "scorer_steps"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "ae_steps", "samples", "ddpm_samples", "ddim_steps", "snapshots",
+                                   "scorer_steps")
         if min(self.samples, self.ddpm_samples) < 10:
             raise ConfigError(f"samples={self.samples}, ddpm_samples={self.ddpm_samples}: need >= 10 (one per digit)")
         if self.ddim_steps > self.timesteps:

@@ -99,9 +99,7 @@ class Config:
     evals: int = 10
 
     def __post_init__(self):
-        for f in ("hidden", "n_train", "n_test", "inputs", "classes", "batch", "steps", "evals"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "hidden", "n_train", "n_test", "inputs", "classes", "batch", "steps", "evals")
         if not 0 < self.rate < 1:
             raise ConfigError(f"rate={self.rate}: must be in (0, 1)")
         if not 0 <= self.label_noise < 1:

@@ -54,9 +54,7 @@ class Config:
             raise ConfigError(f"widths={self.widths}: give 3 or more model widths (the lesson compares sizes)")
         if any(w % 8 for w in self.width_list()):
             raise ConfigError(f"widths={self.widths}: each width must be a multiple of 8")
-        for f in ("digits", "layers", "steps", "batch", "n_test", "seeds"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "digits", "layers", "steps", "batch", "n_test", "seeds")
         if self.digits > 8:
             raise ConfigError(f"digits={self.digits}: at most 8")
         if not self.lr > 0:

@@ -51,9 +51,7 @@ class Config:
     k: int = 8                   # samples per held-out problem for pass@k
 
     def __post_init__(self):
-        for f in ("sft_steps", "rl_steps", "prompts", "d", "layers", "heads", "eval_every", "test"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "sft_steps", "rl_steps", "prompts", "d", "layers", "heads", "eval_every", "test")
         if not 1 <= self.digits <= 6:
             raise ConfigError(f"digits={self.digits}: between 1 and 6")
         if self.group < 2 or self.k < 2:

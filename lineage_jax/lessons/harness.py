@@ -47,6 +47,14 @@ def _coerce(name: str, raw: str, typ) -> Any:
     raise ConfigError(f"{name}={raw}: expected {kinds[typ]}")
 
 
+def at_least_one(cfg, *fields: str) -> None:
+    """A lesson config's integer ``fields`` (sizes, step counts) are each >= 1, or one line naming the first
+    that is not."""
+    for f in fields:
+        if getattr(cfg, f) < 1:
+            raise ConfigError(f"{f}={getattr(cfg, f)}: must be at least 1")
+
+
 def positive_list(field: str, raw: str, kind: type, example: str) -> list:
     """``"1,2,8"`` -> ``[1, 2, 8]`` (``kind`` int or float), every value > 0; else ConfigError naming ``field``."""
     try:

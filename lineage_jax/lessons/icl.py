@@ -46,9 +46,7 @@ class Config:
     eval_batch: int = 256
 
     def __post_init__(self):
-        for f in ("steps", "eval_every", "batch", "d", "heads", "eval_batch"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "eval_every", "batch", "d", "heads", "eval_batch")
         if self.length < 8:
             raise ConfigError(f"length={self.length}: at least 8 (two spans of length >= 2 and room to move)")
         if self.vocab < 8:

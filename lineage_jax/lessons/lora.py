@@ -47,9 +47,7 @@ class Config:
     gpt2_small: bool = True       # compile GPT-2 small's steps (not run) for the memory rows
 
     def __post_init__(self):
-        for f in ("pretrain_steps", "steps", "qlora_rank"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "pretrain_steps", "steps", "qlora_rank")
         if not (self.full_lr > 0 and self.lora_lr > 0):
             raise ConfigError(f"full_lr={self.full_lr}, lora_lr={self.lora_lr}: must be positive")
         self.rank_list()

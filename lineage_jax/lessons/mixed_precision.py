@@ -99,9 +99,7 @@ class Config:
     evals: int = 8
 
     def __post_init__(self):
-        for f in ("steps", "batch", "hidden", "n_train", "period", "evals"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "hidden", "n_train", "period", "evals")
         if not self.lr > 0 or not self.init_scale >= 1:
             raise ConfigError(f"lr={self.lr}, init_scale={self.init_scale}: need lr > 0 and init_scale >= 1")
 

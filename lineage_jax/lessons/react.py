@@ -45,9 +45,7 @@ class Config:
     max_steps: int = 4           # ReAct rounds before a trace is stopped
 
     def __post_init__(self):
-        for f in ("steps", "batch", "d", "heads", "layers", "test_per_size", "max_steps"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "d", "heads", "layers", "test_per_size", "max_steps")
         if not 1 <= self.max_digits <= 6 or not 1 <= self.b_digits <= 3:
             raise ConfigError(f"max_digits={self.max_digits}, b_digits={self.b_digits}: max_digits between 1 and "
                               f"6, b_digits between 1 and 3")

@@ -94,9 +94,7 @@ class Config:
     target_error: float = 0.25   # AlexNet Fig. 1's 25% training error
 
     def __post_init__(self):
-        for f in ("depth", "width", "examples", "inputs", "classes", "batch", "steps", "eval_every"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "depth", "width", "examples", "inputs", "classes", "batch", "steps", "eval_every")
         harness.positive_list("lrs", self.lrs, float, "0.01,0.1")
         if not 0 < self.target_error < 1 or not 0 <= self.momentum < 1:
             raise ConfigError(f"target_error={self.target_error}, momentum={self.momentum}: each must be in (0, 1)")

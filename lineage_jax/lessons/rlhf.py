@@ -57,10 +57,8 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        for f in ("sft_steps", "rm_steps", "dpo_steps", "ppo_iters", "batch", "eval_prompts", "train_rows",
-                  "width", "layers"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "sft_steps", "rm_steps", "dpo_steps", "ppo_iters", "batch", "eval_prompts",
+                                   "train_rows", "width", "layers")
         if self.batch % 2:
             raise ConfigError(f"batch={self.batch}: must be even (PPO's two minibatches)")
         harness.positive_list("betas", self.betas, float, "0.1,0.5")

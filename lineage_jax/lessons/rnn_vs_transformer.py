@@ -31,7 +31,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.core import meta
 
@@ -201,10 +200,8 @@ class Config:
     checkpoints: int = 8          # held-out evaluations along the clock
 
     def __post_init__(self):
-        for f in ("d", "heads", "layers", "batch", "vocab", "repeats", "race_batch", "checkpoints",
-                  "budget_steps"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "d", "heads", "layers", "batch", "vocab", "repeats", "race_batch", "checkpoints",
+                                   "budget_steps")
         if self.layers % 2:
             raise ConfigError(f"layers={self.layers}: must be even (the LSTM gets 3·layers/2 to match parameters)")
         if not 1 <= self.delay < self.quality_n:

@@ -219,9 +219,7 @@ class Config:
     per_bucket: int = 200       # held-out pairs per source-length bucket
 
     def __post_init__(self):
-        for f in ("steps", "batch", "embed", "hidden", "per_bucket"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "embed", "hidden", "per_bucket")
         names = self.variant_list
         bad = [v for v in names if v not in VARIANTS]
         if bad or not names or len(set(names)) != len(names):

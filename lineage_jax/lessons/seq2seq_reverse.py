@@ -83,9 +83,7 @@ class Config:
     per_bucket: int = 150
 
     def __post_init__(self):
-        for f in ("steps", "batch", "embed", "hidden", "per_bucket"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "embed", "hidden", "per_bucket")
         harness.positive_list("layers", self.layers, int, "1,4")
         if not 100 <= self.max_number <= 1_000_000:
             raise ConfigError(f"max_number={self.max_number}: must be in 100 … 1000000")

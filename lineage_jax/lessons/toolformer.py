@@ -51,9 +51,7 @@ class Config:
     test_per_kind: int = 100
 
     def __post_init__(self):
-        for f in ("base_steps", "ft_steps", "batch", "corpus", "d", "heads", "layers", "test_per_kind"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "base_steps", "ft_steps", "batch", "corpus", "d", "heads", "layers", "test_per_kind")
         if not 2 <= self.max_digits <= 5:
             raise ConfigError(f"max_digits={self.max_digits}: between 2 and 5")
         if not 0 < self.quoted < 1:

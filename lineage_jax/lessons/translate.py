@@ -237,9 +237,7 @@ class Config:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"task={self.task}: unknown; allowed: {', '.join(TASKS)}")
-        for f in ("steps", "batch", "d_model", "heads", "layers", "warmup", "n_test", "eval_subset"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)}: must be at least 1")
+        harness.at_least_one(self, "steps", "batch", "d_model", "heads", "layers", "warmup", "n_test", "eval_subset")
         if self.d_ff < 0:
             raise ConfigError(f"d_ff={self.d_ff}: must be at least 0 (0: 4 × d_model)")
         if self.d_model % (2 * self.heads):
