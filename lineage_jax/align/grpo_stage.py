@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 
 from lineage_jax.align import config as acfg, dataset, setup as align_setup, steps
 from lineage_jax.align.rollout import rollout
-from lineage_jax.align.run import check_source, load_params, open_stage
+from lineage_jax.align.run import check_source, load_params, open_stage, save_stage
 from lineage_jax.config import load_config
 from lineage_jax.config.errors import ConfigError
 from lineage_jax.reasoning import arith, grpo
-from lineage_jax.runs import checkpoint as ckpt, lock, rundir
+from lineage_jax.runs import lock, rundir
 from lineage_jax.tokenize import get_tokenizer
 
 DEFAULTS = ["train.steps=30", "optim.lr=3e-4"]
@@ -189,8 +189,7 @@ def _run_locked(src: Path, out: Path, cfg, g: GrpoConfig, tok, progress: bool) -
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("reward", "kl")}, refresh=False)
             if done % cfg.train.ckpt_every == 0 or done == iters:
-                ckpt.save(mngr, done, state, {"step": done, "tokenizer": {"spec": cfg.data.tokenizer,
-                                                                          "sha256": tok.fingerprint()}})
+                save_stage(mngr, done, state, cfg, tok)
             bar.update(1)
     finally:
         bar.close()

@@ -33,6 +33,7 @@ from lineage_jax.data.sources import resolve_data_dir
 from lineage_jax.runs import atomic, checkpoint as ckpt, lock, rundir
 from lineage_jax.runs.rundir import RunDirError
 from lineage_jax.tokenize import get_tokenizer
+from lineage_jax.train.loop import truncate_metrics
 
 HEADED = ("rm", "ppo")   # stages whose checkpoints hold {"lm", "head"}; a "judge" run's hold {"lm", "heads"}
 SOURCES = {"sft": ("pretrain", "sft"), "rm": ("pretrain", "sft"), "dpo": ("pretrain", "sft"),
@@ -140,13 +141,17 @@ def open_stage(out: Path, s, init_params, cfg: Config, tok, kind: str, sources: 
     if restored is None:
         metrics_path.unlink(missing_ok=True)
     else:
-        rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
-        atomic.write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
+        truncate_metrics(metrics_path, start, note=tqdm.write)
     record = {"spec": cfg.data.tokenizer, "sha256": tok.fingerprint(), "vocab_size": tok.vocab_size}
     atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     atomic.write_text(out / rundir.RUN_JSON, json.dumps({"tokenizer": record, "align": {
         "kind": kind, "sources": sources, "config": dataclasses.asdict(stage_cfg)}}, indent=1) + "\n")
     return mngr, start, state, metrics_path
+
+
+def save_stage(mngr, step: int, state, cfg: Config, tok) -> None:
+    """A stage's checkpoint at ``step``, with the tokenizer it was trained with in its meta."""
+    ckpt.save(mngr, step, state, {"step": step, "tokenizer": {"spec": cfg.data.tokenizer, "sha256": tok.fingerprint()}})
 
 
 def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -> dict:
@@ -196,8 +201,7 @@ def _run_locked(kind, sources, out: Path, cfg: Config, a, tok, progress: bool) -
                                 refresh=False)
                 window = []
             if done % cfg.train.ckpt_every == 0 or done == iters:
-                ckpt.save(mngr, done, state, {"step": done, "tokenizer": {"spec": cfg.data.tokenizer,
-                                                                          "sha256": tok.fingerprint()}})
+                save_stage(mngr, done, state, cfg, tok)
             bar.update(1)
     finally:
         bar.close()

@@ -107,7 +107,7 @@ def read_metrics(path: Path, note=None) -> list[dict]:
     return rows
 
 
-def _truncate_metrics(path: Path, step: int, note=None) -> None:
+def truncate_metrics(path: Path, step: int, note=None) -> None:
     """Drop rows logged after the checkpoint we resume from (they will be logged again), atomically."""
     if path.is_file():
         rows = [r for r in read_metrics(path, note) if r["step"] <= step]
@@ -205,7 +205,7 @@ def _train_locked(cfg: Config, run_dir: Path, tokenizer, *, progress: bool, samp
                               f"the epoch), or use a new run_dir, or --overwrite to start afresh there")
         position = int(meta["data_position"])
         if is_main:
-            _truncate_metrics(metrics_path, start, note=tqdm.write)
+            truncate_metrics(metrics_path, start, note=tqdm.write)
     if is_main:
         atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic.write_text(run_dir / rundir.RUN_JSON, json.dumps({"tokenizer": record}, indent=1) + "\n")

@@ -4,14 +4,14 @@ import json
 import pytest
 
 from lineage_jax.runs import atomic
-from lineage_jax.train.loop import RunDirError, _truncate_metrics, read_metrics
+from lineage_jax.train.loop import RunDirError, truncate_metrics, read_metrics
 
 
 def test_a_torn_last_line_is_dropped_with_a_note(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     notes = []
-    _truncate_metrics(path, 2, note=notes.append)
+    truncate_metrics(path, 2, note=notes.append)
     assert read_metrics(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
     assert len(notes) == 1 and "torn last line" in notes[0]
 
